@@ -1,0 +1,143 @@
+"""Core throughput: windows/s of model + scorer vs the bare forward pass, per backend and batch.
+
+    python bench/core.py [--repeats 5] [--threads 2] [--out bench/results/core.md]
+
+For each batch size and backend (eager PyTorch, TorchScript, ONNX Runtime) it times
+  bare  : the backend's forward pass on already-scaled windows (n, W, d)
+  full  : Detector.infer (scaling + forward + score components) + Scorer.update (hybrid score,
+          EMA, threshold, episodes, attribution)
+Each figure is the median over --repeats runs; every run loops for at least --min-seconds.
+The ratio full/bare is what the scorer costs. Only public tools (time.perf_counter) are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stream_vae.export import to_onnx, to_torchscript
+from stream_vae.inference import Detector, OrtBackend, TorchBackend
+from stream_vae.model import LSTMVAE, VAEConfig
+from stream_vae.scaler import Scaler
+from stream_vae.scoring.hybrid import HybridScore
+from stream_vae.scoring.scorer import Scorer
+
+BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
+
+
+def _rate(fn: Callable[[], object], n_windows: int, repeats: int, min_s: float) -> float:
+    fn()  # warm-up (allocations, lazy init)
+    rates = []
+    for _ in range(repeats):
+        calls, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_s:
+                break
+        rates.append(calls * n_windows / dt)
+    return statistics.median(rates)
+
+
+class TraceBackend:
+    """TorchScript module as a backend (outputs: recon, mu, logvar)."""
+
+    def __init__(self, path: str) -> None:
+        self.module = torch.jit.load(path)
+
+    @torch.inference_mode()
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, None, np.ndarray, np.ndarray]:
+        recon, mu, logvar = self.module(torch.from_numpy(x))
+        return recon.numpy(), None, mu.numpy(), logvar.numpy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--features", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--latent", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--min-seconds", type=float, default=0.3)
+    p.add_argument("--batches", type=int, nargs="*", default=list(BATCHES))
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    w, d = args.window, args.features
+    model = LSTMVAE(VAEConfig(d, w, args.hidden, args.latent)).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    scaler = Scaler(np.zeros(d, np.float32), np.ones(d, np.float32))
+    tmp = Path(tempfile.mkdtemp())
+    backends = {
+        "eager": TorchBackend(model, "cpu"),
+        "torchscript": TraceBackend(str(to_torchscript(model, tmp / "m.ts"))),
+        "onnxruntime": OrtBackend(str(to_onnx(model, tmp / "m.onnx")), threads=args.threads),
+    }
+    calib = Detector(backends["eager"], scaler, w).infer(
+        rng.normal(size=(512, w, d)).astype(np.float32)
+    )
+    hybrid = HybridScore(alpha=0.5).fit(calib)
+    names = [f"f{i}" for i in range(d)]
+
+    rows = []
+    for b in args.batches:
+        x = rng.normal(size=(b, w, d)).astype(np.float32)
+        keys = [f"s{i}" for i in range(b)]
+        ts = np.arange(b, dtype=np.float64)
+        row = {"batch": b}
+        for name, backend in backends.items():
+            det = Detector(backend, scaler, w, max_batch=max(args.batches))
+            scorer = Scorer(hybrid, 3.0, names, "bench")
+            bare = _rate(lambda backend=backend, x=x: backend(x), b, args.repeats, args.min_seconds)
+            full = _rate(
+                lambda det=det, sc=scorer, x=x, k=keys, t=ts: sc.update(k, t, det.infer(x)),
+                b,
+                args.repeats,
+                args.min_seconds,
+            )
+            row[name] = (bare, full)
+        rows.append(row)
+        print(
+            f"batch {b}: "
+            + ", ".join(f"{k} {v[0]:.0f}/{v[1]:.0f}" for k, v in row.items() if k != "batch"),
+            file=sys.stderr,
+        )
+
+    lines = [
+        f"LSTM-VAE {n_params:,} parameters, W={w}, d={d}, hidden={args.hidden}, "
+        f"latent={args.latent}; torch {torch.__version__}, {args.threads} threads; "
+        f"median of {args.repeats} runs, windows/s (bare forward / model+scorer, ratio).",
+        "",
+        "| batch | eager bare | eager +scorer | ratio | TorchScript bare | +scorer | ORT bare | "
+        "ORT +scorer | ratio | ORT/eager (+scorer) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        (eb, ef), (tb, tf), (ob, of) = r["eager"], r["torchscript"], r["onnxruntime"]
+        lines.append(
+            f"| {r['batch']} | {eb:,.0f} | {ef:,.0f} | {ef / eb:.2f} | {tb:,.0f} | "
+            f"{tf:,.0f} | {ob:,.0f} | {of:,.0f} | {of / ob:.2f} | {of / ef:.2f} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The ``stream-vae`` command.
+
+Every expected failure (bad settings, bad files, a model that does not fit the data) prints one
+``error: …`` line on stderr and exits with status 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import StreamVAEError
+
+__all__ = ["main"]
+
+log = logging.getLogger("stream_vae")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stream-vae", description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, help="TOML settings file (env STREAM_VAE_* wins)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fit a model on normal telemetry")
+    t.add_argument("--data", required=True, type=Path, help="CSV/Parquet file, or SMD dir/file")
+    t.add_argument("--out", required=True, type=Path, help="model directory to write")
+    t.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
+    t.add_argument("--warm-start", type=Path, help="model directory to start from")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    t.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("score", help="score a file through the streaming path")
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path, help="scores CSV to write")
+    s.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch", type=int, default=2048, help="records per micro-batch")
+
+    e = sub.add_parser("export", help="export a model to TorchScript and/or ONNX")
+    e.add_argument("--model", required=True, type=Path)
+    e.add_argument("--out", required=True, type=Path, help="directory for the exported files")
+    e.add_argument("--to", default="all", choices=["all", "torchscript", "onnx"])
+
+    g = sub.add_parser("generate", help="write a synthetic labelled fleet as CSV files")
+    g.add_argument("--out", required=True, type=Path, help="directory for train.csv, test.csv")
+    g.add_argument("--series", type=int, default=20)
+    g.add_argument("--features", type=int, default=8)
+    g.add_argument("--steps", type=int, default=2000)
+    g.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from . import commands  # heavy imports (torch) only after the arguments parse
+
+    try:
+        return int(getattr(commands, f"cmd_{args.command}")(args))
+    except StreamVAEError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Implementations of the CLI subcommands (argument parsing lives in :mod:`stream_vae.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+from .artifact import Artifact
+from .config import Settings, load_settings
+from .errors import ConfigError, DataError
+from .pipeline import Pipeline
+from .tabular import read_table, write_scores
+from .trainer import train_artifact
+
+__all__ = ["cmd_export", "cmd_generate", "cmd_score", "cmd_train"]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    warm = Artifact.load(args.warm_start) if args.warm_start else None
+    table = read_table(args.data, fmt=args.format)
+    art = train_artifact(
+        table.batch,
+        table.feature_names,
+        settings,
+        warm_start=warm,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    art.save(args.out)
+    m = art.training["metrics"]
+    print(
+        f"model {art.version} -> {args.out}: {m['n_series']} series, {m['n_rows']} rows, "
+        f"{m['n_windows']['train']} training windows, best epoch {m['best_epoch']}, "
+        f"val recon {m['val_recon']:.4f}, alpha {art.hybrid.alpha:.2f}, threshold "
+        f"{art.threshold:.4f} ({art.calibration.method}, target FPR "
+        f"{art.calibration.target_fpr:g}), {m['train_seconds']:.1f} s"
+    )
+    if m["posterior_collapse"]:
+        print(
+            "warning: posterior collapse (every latent dim has KL ~ 0); the latent score is "
+            "uninformative: lower train.beta or raise train.free_bits"
+        )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        raise ConfigError("--batch must be ≥ 1")
+    art = Artifact.load(args.model)
+    table = read_table(args.data, fmt=args.format, feature_names=art.feature_names)
+    pipe = Pipeline.from_artifact(art, args.device)
+    rows: list[tuple[str, float, float, float, float, bool]] = []
+    n_alerts = 0
+    for scored in pipe.stream(table.batch, args.batch):
+        alert = scored.is_alert
+        rows.extend(
+            (k, float(t), float(s), float(r), scored.threshold, bool(a))
+            for k, t, s, r, a in zip(
+                scored.keys, scored.ts, scored.smoothed, scored.raw, alert, strict=True
+            )
+        )
+        n_alerts += sum(1 for a in scored.alerts if a.event == "open")
+    if args.out.parent and not args.out.parent.exists():
+        args.out.parent.mkdir(parents=True)
+    write_scores(args.out, rows)
+    print(
+        f"scored {len(rows)} windows of {len(set(table.batch.series_ids))} series with "
+        f"{art.version}: {n_alerts} alert episodes -> {args.out}"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import to_onnx, to_torchscript
+
+    art = Artifact.load(args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = art.model()
+    written = []
+    if args.to in ("all", "torchscript"):
+        written.append(to_torchscript(model, args.out / "model.ts"))
+    if args.to in ("all", "onnx"):
+        try:
+            written.append(to_onnx(model, args.out / "model.onnx"))
+        except ImportError as exc:
+            raise DataError(
+                f"ONNX export needs the onnx package ({exc}): pip install 'stream-vae[onnx]'"
+            ) from None
+    print("exported " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .synthetic import generate_fleet
+
+    fleet = generate_fleet(args.series, args.features, args.steps, seed=args.seed)
+    train, test = fleet.split(int(args.steps * 0.6))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("test", test)):
+        sids, ts, values, labels = part.interleaved()
+        with (args.out / f"{name}.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["series_id", "ts", *fleet.feature_names])
+            for sid, t, v in zip(sids, ts, values, strict=True):
+                w.writerow([sid, repr(float(t)), *(f"{x:.5g}" for x in v)])
+        with (args.out / f"{name}_labels.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["series_id", "ts", "label"])
+            w.writerows(
+                (s, repr(float(t)), int(lab)) for s, t, lab in zip(sids, ts, labels, strict=True)
+            )
+    print(
+        f"wrote {args.out}/train.csv and test.csv ({args.series} series x {args.features} "
+        f"features, {args.steps} steps, {len(fleet.injections)} injected anomalies)"
+    )
+    return 0

@@ -1,0 +1,207 @@
+"""One settings tree for the whole product.
+
+Built once in the entry point (:func:`load_settings`), frozen, and handed out slice by slice: each
+component receives only the sub-model it needs. Sources, highest priority first: explicit
+arguments, environment variables (``STREAM_VAE_`` prefix, ``__`` between levels, e.g.
+``STREAM_VAE_WINDOW__SIZE=64``), an optional TOML file, then the defaults below.
+
+Examples
+--------
+>>> s = load_settings(env={"STREAM_VAE_WINDOW__SIZE": "48"})
+>>> s.window.size, s.window.stride
+(48, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "ModelSettings",
+    "ScoringSettings",
+    "Settings",
+    "TrainSettings",
+    "WindowSettings",
+    "format_validation_error",
+    "load_settings",
+]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class WindowSettings(BaseModel):
+    """Sliding windows per series (see :class:`stream_vae.windows.WindowStore`)."""
+
+    model_config = _FROZEN
+
+    size: int = Field(32, ge=2, le=4096, description="points per window (W)")
+    stride: int = Field(1, ge=1, description="new points between two scored windows")
+    # A gap longer than this (event time) breaks a series: reset, or forward-fill a few points.
+    max_gap_s: float | None = Field(None, gt=0)
+    gap_policy: Literal["reset", "ffill"] = "reset"
+    max_fill: int = Field(0, ge=0, le=1024)
+    idle_ttl_s: float | None = Field(None, gt=0, description="evict series silent this long")
+    max_series: int | None = Field(None, ge=1, description="LRU bound on series held")
+
+
+class ModelSettings(BaseModel):
+    """Shape of the LSTM-VAE (see :class:`stream_vae.model.VAEConfig`)."""
+
+    model_config = _FROZEN
+
+    hidden: int = Field(64, ge=1, le=4096)
+    latent: int = Field(16, ge=1, le=1024)
+    layers: int = Field(1, ge=1, le=8)
+    gaussian_output: bool = Field(False, description="decoder also predicts a log-variance")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TrainSettings(BaseModel):
+    """How a model is fitted on normal windows (see :func:`stream_vae.training.fit`)."""
+
+    model_config = _FROZEN
+
+    epochs: int = Field(30, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(2e-3, gt=0, lt=1)
+    beta: float = Field(0.05, ge=0, description="weight of the KL term (β-VAE)")
+    # KL annealing: β ramps linearly from 0 over this many optimiser steps, which keeps the
+    # encoder from collapsing the posterior to the prior before the decoder learns anything.
+    kl_anneal_steps: int = Field(500, ge=0)
+    # Free bits: each latent dimension's KL below this many nats is not penalised.
+    free_bits: float = Field(0.02, ge=0)
+    val_fraction: float = Field(0.2, gt=0, lt=0.9, description="tail of each series held out")
+    patience: int = Field(5, ge=1, description="epochs without val improvement before stopping")
+    noise_std: float = Field(0.0, ge=0, description="Gaussian input noise (scaled units)")
+    max_windows: int = Field(200_000, ge=1, description="cap on training windows (subsampled)")
+    # Features whose std is below this (in data units) are scaled by the floor instead, so a
+    # near-constant metric cannot dominate the reconstruction error when it moves slightly.
+    std_floor: float = Field(1e-2, gt=0)
+    seed: int = 0
+    torch_threads: int = Field(2, ge=1, le=256)
+
+
+class ScoringSettings(BaseModel):
+    """Hybrid score, smoothing, threshold and episodes (see :mod:`stream_vae.scoring`)."""
+
+    model_config = _FROZEN
+
+    recon_mode: Literal["window", "last"] = "window"
+    latent_mode: Literal["kl", "prior_nll"] = "kl"
+    normaliser: Literal["robust", "standard"] = "robust"
+    transform: Literal["softplus", "sigmoid"] = "softplus"
+    combine: Literal["sum", "product"] = "sum"
+    # α weighs reconstruction against the latent term; "auto" picks it on validation windows
+    # against synthetic corruptions of the same windows (see docs/scoring.md).
+    alpha: float | Literal["auto"] = "auto"
+    ema_beta: float = Field(0.5, ge=0, lt=1)
+    target_fpr: float = Field(1e-3, gt=0, lt=0.5)
+    threshold_method: Literal["quantile", "pot", "auto"] = "auto"
+    hysteresis: float = Field(0.9, gt=0, le=1)
+    close_after: int = Field(3, ge=1)
+    cooldown: int = Field(0, ge=0)
+    top_k: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _alpha_range(self) -> ScoringSettings:
+        if self.alpha != "auto" and not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError("alpha must be in [0, 1] or 'auto'")
+        return self
+
+
+class Settings(BaseSettings):
+    """The root of the settings tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_VAE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    window: WindowSettings = WindowSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    scoring: ScoringSettings = ScoringSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return (*sources, file_secret_settings)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One readable line per problem: ``window.size: Input should be ≥ 2 (got 0)``."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        got = (
+            f" (got {err['input']!r})"
+            if "input" in err and not isinstance(err["input"], dict)
+            else ""
+        )
+        parts.append(f"{where}: {err['msg']}{got}")
+    return "; ".join(parts)
+
+
+def load_settings(
+    toml_file: Path | str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the frozen settings tree, or raise :class:`ConfigError` with one readable line.
+
+    ``env`` replaces the process environment (for tests); ``overrides`` win over everything.
+    """
+    cls: type[Settings] = Settings
+    if toml_file is not None:
+        path = Path(toml_file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        cls = type("FileSettings", (Settings,), {})
+        cls.model_config = {**Settings.model_config, "toml_file": path}
+    try:
+        if env is None:
+            return cls(**overrides)
+        # pydantic-settings reads the process environment; an explicit mapping goes through init.
+        return cls(**{**_nest(env), **overrides})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    except ValueError as exc:  # e.g. malformed TOML or JSON in an env var
+        raise ConfigError(str(exc).splitlines()[0]) from None
+
+
+def _nest(env: Mapping[str, str]) -> dict[str, Any]:
+    prefix = "STREAM_VAE_"
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.upper().startswith(prefix):
+            continue
+        path = key[len(prefix) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out

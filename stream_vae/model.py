@@ -1,0 +1,145 @@
+"""The LSTM variational autoencoder and its loss.
+
+Encoder: an LSTM reads the window; its last hidden state gives μ and log σ² of q(z|x).
+Decoder: z is repeated over the W time steps and an LSTM maps it back to the window (the mean,
+and optionally a per-point log-variance for a Gaussian likelihood).
+
+Examples
+--------
+>>> import torch
+>>> m = LSTMVAE(VAEConfig(n_features=3, window=8, hidden=16, latent=4))
+>>> out = m(torch.zeros(5, 8, 3))
+>>> tuple(out.recon.shape), tuple(out.mu.shape)
+((5, 8, 3), (5, 4))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ShapeError
+
+__all__ = [
+    "LSTMVAE",
+    "LossParts",
+    "VAEConfig",
+    "VAEOutput",
+    "kl_per_dim",
+    "pick_device",
+    "vae_loss",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class VAEConfig:
+    """Architecture of :class:`LSTMVAE` (stored in the artifact manifest)."""
+
+    n_features: int  # d: channels per point
+    window: int  # W: points per window
+    hidden: int = 64  # LSTM width of encoder and decoder
+    latent: int = 16  # k: size of z
+    layers: int = 1
+    gaussian_output: bool = False  # decoder also predicts log σ² per point → Gaussian NLL
+    dropout: float = 0.0  # between stacked LSTM layers only (ignored when layers == 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class VAEOutput(NamedTuple):
+    recon: Tensor  # (n, W, d) decoder mean
+    recon_logvar: Tensor | None  # (n, W, d) or None
+    mu: Tensor  # (n, k)
+    logvar: Tensor  # (n, k)
+
+
+class LossParts(NamedTuple):
+    total: Tensor  # scalar the optimiser sees
+    recon: Tensor  # scalar, per point and feature
+    kl: Tensor  # scalar, nats per window (before free bits)
+    kl_per_dim: Tensor  # (k,) batch mean, nats
+
+
+class LSTMVAE(nn.Module):
+    """LSTM encoder → (μ, log σ²) → reparameterised z → LSTM decoder."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        drop = config.dropout if config.layers > 1 else 0.0
+        self.encoder = nn.LSTM(
+            config.n_features, config.hidden, config.layers, batch_first=True, dropout=drop
+        )
+        self.to_mu = nn.Linear(config.hidden, config.latent)
+        self.to_logvar = nn.Linear(config.hidden, config.latent)
+        self.decoder = nn.LSTM(
+            config.latent, config.hidden, config.layers, batch_first=True, dropout=drop
+        )
+        n_out = config.n_features * (2 if config.gaussian_output else 1)
+        self.to_out = nn.Linear(config.hidden, n_out)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _, (h, _) = self.encoder(x)  # h: (layers, n, H)
+        last = h[-1]  # (n, H)
+        # Clamp log σ² so exp() stays finite on out-of-distribution windows.
+        return self.to_mu(last), self.to_logvar(last).clamp(-12.0, 8.0)  # (n, k) each
+
+    def decode(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        seq = z.unsqueeze(1).expand(-1, self.config.window, -1)  # (n, W, k)
+        h, _ = self.decoder(seq)  # (n, W, H)
+        out = self.to_out(h)  # (n, W, d) or (n, W, 2d)
+        if not self.config.gaussian_output:
+            return out, None
+        mean, logvar = out.chunk(2, dim=-1)  # (n, W, d) each
+        return mean, logvar.clamp(-8.0, 8.0)
+
+    def forward(self, x: Tensor, sample: bool | None = None) -> VAEOutput:
+        """Reconstruct ``x`` of shape (n, W, d); z is sampled in training, z = μ otherwise."""
+        if x.dim() != 3 or x.shape[1:] != (self.config.window, self.config.n_features):
+            raise ShapeError(
+                f"LSTMVAE input: expected (n, {self.config.window}, {self.config.n_features}), "
+                f"got {tuple(x.shape)}"
+            )
+        mu, logvar = self.encode(x)
+        use_sample = self.training if sample is None else sample
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if use_sample else mu  # (n, k)
+        recon, recon_logvar = self.decode(z)
+        return VAEOutput(recon, recon_logvar, mu, logvar)
+
+
+def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(q(z|x) ‖ N(0, I)) per window and latent dim, in nats: (n, k)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def vae_loss(out: VAEOutput, x: Tensor, *, beta: float, free_bits: float = 0.0) -> LossParts:
+    """Reconstruction + β·KL, with free bits per latent dimension.
+
+    The reconstruction term is the mean squared error, or the Gaussian negative log-likelihood
+    when the decoder predicts a variance; both are per point and feature. The KL term is summed
+    over latent dims (after clamping each dim's batch-mean KL at ``free_bits`` from below, so
+    the optimiser gains nothing by pushing a dim under it) and divided by W·d to sit on the same
+    per-point scale as the reconstruction.
+    """
+    if out.recon_logvar is None:
+        recon = (out.recon - x).pow(2).mean()
+    else:
+        lv = out.recon_logvar
+        recon = 0.5 * (lv + (x - out.recon).pow(2) * torch.exp(-lv)).mean()
+    kl_dims = kl_per_dim(out.mu, out.logvar).mean(0)  # (k,)
+    kl = kl_dims.sum()
+    kl_term = torch.clamp(kl_dims, min=free_bits).sum() if free_bits > 0 else kl
+    n_points = x.shape[1] * x.shape[2]
+    total = recon + beta * kl_term / n_points
+    return LossParts(total, recon.detach(), kl.detach(), kl_dims.detach())
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)

@@ -1,0 +1,79 @@
+"""Alert values: one event (open/close) of one episode, with what caused it.
+
+``alert_id`` is a hash of (series, episode start, model version): the open and close events of one
+episode share it, and a replay after a restart produces the same id, so consumers can de-duplicate
+on ``(alert_id, event)``.
+
+Examples
+--------
+>>> import numpy as np
+>>> alert_id("pump-1", 1700000000.0, "v1") == alert_id("pump-1", 1700000000.0, "v1")
+True
+>>> top_features(np.array([1.0, 3.0, 0.0]), ("a", "b", "c"), k=2)
+(('b', 0.75), ('a', 0.25))
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Alert", "alert_id", "top_features"]
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert event as published to the alert topic (see DESIGN.md, Contracts)."""
+
+    alert_id: str
+    series_id: str
+    event: str  # "open" | "close"
+    ts: float  # epoch seconds of the window that caused the event
+    episode_start_ts: float
+    score: float  # smoothed (EMA) score
+    threshold: float
+    raw_score: float
+    recon_score: float
+    latent_score: float
+    peak_score: float
+    top_features: tuple[tuple[str, float], ...]  # (feature, share of recon error)
+    model_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "series_id": self.series_id,
+            "event": self.event,
+            "ts": self.ts,
+            "episode_start_ts": self.episode_start_ts,
+            "score": self.score,
+            "threshold": self.threshold,
+            "raw_score": self.raw_score,
+            "recon_score": self.recon_score,
+            "latent_score": self.latent_score,
+            "peak_score": self.peak_score,
+            "top_features": [{"feature": f, "share": s} for f, s in self.top_features],
+            "model_version": self.model_version,
+        }
+
+
+def alert_id(series_id: str, episode_start_ts: float, model_version: str) -> str:
+    """Deterministic id of an episode: 16 hex chars of SHA-256 over its identity."""
+    key = f"{series_id}\x1f{episode_start_ts!r}\x1f{model_version}".encode()
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def top_features(
+    errors: npt.NDArray[np.floating[Any]], names: Sequence[str], k: int
+) -> tuple[tuple[str, float], ...]:
+    """The k features with the largest share of one window's reconstruction error."""
+    total = float(errors.sum())
+    if total <= 0.0:
+        return ()
+    order = np.argsort(-errors, kind="stable")[:k]
+    return tuple((names[i], round(float(errors[i]) / total, 4)) for i in order)

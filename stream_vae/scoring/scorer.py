@@ -1,0 +1,121 @@
+"""The streaming scorer: hybrid score → per-series EMA → threshold → alert episodes.
+
+Pure and stateful per series; the service, the offline CLI and evaluation all call
+:meth:`Scorer.update` with the windows' keys, timestamps and the model's :class:`ScoreParts`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import check_shape
+from .alerts import Alert, alert_id, top_features
+from .ema import SeriesEMA
+from .episodes import EpisodeTracker
+from .hybrid import HybridScore, ScoreParts
+
+__all__ = ["ScoredBatch", "Scorer"]
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """Per-window results of one :meth:`Scorer.update` call, plus the alert events it caused."""
+
+    keys: tuple[str, ...]
+    ts: F64  # (n,)
+    raw: F64  # (n,) hybrid score before smoothing
+    smoothed: F64  # (n,) per-series EMA of raw: what the threshold applies to
+    recon: F64  # (n,) normalised reconstruction component
+    latent: F64  # (n,) normalised latent component
+    threshold: float
+    alerts: tuple[Alert, ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def is_alert(self) -> npt.NDArray[np.bool_]:
+        return self.smoothed >= self.threshold
+
+
+class Scorer:
+    """Turns model outputs for windows of many series into scores and alert events."""
+
+    def __init__(
+        self,
+        hybrid: HybridScore,
+        threshold: float,
+        feature_names: Sequence[str],
+        model_version: str,
+        *,
+        ema_beta: float = 0.5,
+        hysteresis: float = 0.9,
+        close_after: int = 3,
+        cooldown: int = 0,
+        top_k: int = 3,
+    ) -> None:
+        self.hybrid = hybrid
+        self.threshold = threshold
+        self.feature_names = tuple(feature_names)
+        self.model_version = model_version
+        self.ema_beta = ema_beta
+        self.hysteresis = hysteresis
+        self.close_after = close_after
+        self.cooldown = cooldown
+        self.top_k = top_k
+        self._ema = SeriesEMA(ema_beta)
+        self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
+
+    def update(self, keys: Sequence[str], ts: npt.ArrayLike, parts: ScoreParts) -> ScoredBatch:
+        """Score n windows in arrival order; returns scores and the open/close events caused."""
+        n = len(parts)
+        ts_arr = np.asarray(ts, dtype=np.float64)
+        check_shape("Scorer.update ts", ts_arr.shape, (n,))
+        check_shape("Scorer.update parts", parts.recon_features.shape, (n, len(self.feature_names)))
+        keys = tuple(keys)
+        if len(keys) != n:
+            raise ValueError(f"Scorer.update: {len(keys)} keys for {n} windows")
+        h = self.hybrid.raw(parts)
+        smoothed = np.asarray(self._ema.update(keys, h.raw), dtype=np.float64)
+        events = self._episodes.update(keys, ts_arr, smoothed, self.threshold)
+        alerts = tuple(
+            Alert(
+                alert_id=alert_id(e.series_id, e.episode_start_ts, self.model_version),
+                series_id=e.series_id,
+                event=e.event,
+                ts=float(ts_arr[e.row]),
+                episode_start_ts=float(e.episode_start_ts),
+                score=float(smoothed[e.row]),
+                threshold=self.threshold,
+                raw_score=float(h.raw[e.row]),
+                recon_score=float(h.recon[e.row]),
+                latent_score=float(h.latent[e.row]),
+                peak_score=float(e.peak_score),
+                top_features=top_features(
+                    parts.recon_features[e.row], self.feature_names, self.top_k
+                ),
+                model_version=self.model_version,
+            )
+            for e in events
+        )
+        return ScoredBatch(keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts)
+
+    def drop(self, keys: Iterable[str]) -> None:
+        """Forget the state of these series (e.g. their partition was revoked)."""
+        keys = list(keys)
+        self._ema.drop(keys)
+        self._episodes.drop(keys)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"ema": self._ema.snapshot(), "episodes": self._episodes.snapshot()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self._ema.restore(snapshot["ema"])
+        self._episodes.restore(snapshot["episodes"])

@@ -1,0 +1,398 @@
+"""Per-series sliding windows: records in, ready windows ``(n, W, d)`` out.
+
+A :class:`WindowStore` keeps the last ``W`` points of every series in one pooled ring buffer and
+emits a window whenever a series has a full buffer and ``stride`` new points since its last
+window. It also owns what can go wrong with event time: late or duplicate points are dropped,
+long gaps reset the series or are forward-filled, and idle or excess series are evicted.
+
+The store is pure: no I/O, no asyncio, no torch.
+
+Examples
+--------
+>>> import numpy as np
+>>> from stream_vae.records import RecordBatch
+>>> store = WindowStore(window=3, n_features=1)
+>>> batch = RecordBatch(("a",) * 4, np.arange(4.0), np.arange(4, dtype=np.float32)[:, None])
+>>> ready = store.push_many(batch)
+>>> ready.keys, ready.ts.tolist(), ready.values[..., 0].tolist()
+(('a', 'a'), [2.0, 3.0], [[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import check_shape
+from .records import RecordBatch
+
+__all__ = ["ReadyWindows", "WindowStore"]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+# Growth factor of the pool. Growing uses realloc (ndarray.resize), which for large blocks is an
+# mremap without a copy, so a small factor costs little and keeps the unused tail (RSS held for
+# slots nobody uses yet) under ~25%.
+_GROWTH = 1.25
+_MIN_CAPACITY = 64
+_SNAPSHOT_FORMAT = 1
+_COUNTERS = ("points", "late", "gap_resets", "filled", "evicted_lru", "evicted_idle", "windows")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyWindows:
+    """Windows that became ready in one :meth:`WindowStore.push_many` call, in that order."""
+
+    keys: tuple[str, ...]  # series id of each window
+    ts: F64  # (n,) ts of each window's last point, epoch seconds
+    values: F32  # (n, W, d), oldest -> newest
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class WindowStore:
+    """Ring buffers of the last ``window`` points of each series.
+
+    Parameters
+    ----------
+    window
+        Points per window (W).
+    n_features
+        Values per point (d).
+    stride
+        New points of a series between two of its windows; the first window comes as soon as
+        the buffer is full.
+    max_gap_s
+        A step longer than this (event time) is a gap; ``None`` never breaks a series.
+    gap_policy
+        ``"reset"`` empties the series on a gap; ``"ffill"`` repeats its last point
+        ``round(gap / last_step) - 1`` times, or resets when that is more than ``max_fill``
+        (or when no step has been observed yet).
+    max_fill
+        Most points one gap may be forward-filled with.
+    idle_ttl_s
+        :meth:`evict_idle` removes series whose last point is older than this.
+    max_series
+        Most series held; a new series beyond it evicts the least recently updated one.
+
+    Notes
+    -----
+    Filled points count as points (for the buffer and for the stride), but windows are only
+    emitted on real points, so a window always ends on an observed point. ``last_step`` is
+    updated only by steps that are not gaps, so it stays the series' typical step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stream_vae.records import RecordBatch
+    >>> store = WindowStore(3, 1, max_gap_s=1.5, gap_policy="ffill", max_fill=2)
+    >>> ts = np.array([0.0, 1.0, 4.0, 3.0])  # a gap of 3 steps, then a late point
+    >>> ready = store.push_many(RecordBatch(("a",) * 4, ts, np.float32([[1], [2], [3], [9]])))
+    >>> ready.values[..., 0].tolist(), store.counters["filled"], store.counters["late"]
+    ([[2.0, 2.0, 3.0]], 2, 1)
+    """
+
+    def __init__(
+        self,
+        window: int,
+        n_features: int,
+        stride: int = 1,
+        max_gap_s: float | None = None,
+        gap_policy: Literal["reset", "ffill"] = "reset",
+        max_fill: int = 0,
+        idle_ttl_s: float | None = None,
+        max_series: int | None = None,
+    ) -> None:
+        self.window = window
+        self.n_features = n_features
+        self.stride = stride
+        self.max_gap_s = max_gap_s
+        self.gap_policy = gap_policy
+        self.max_fill = max_fill
+        self.idle_ttl_s = idle_ttl_s
+        self.max_series = max_series
+        self._validate()
+        # Slot-indexed state: the pool holds the rings, the small arrays their metadata.
+        self._pool: F32 = np.zeros((0, window, n_features), dtype=np.float32)  # (cap, W, d)
+        self._head: I64 = np.zeros(0, dtype=np.int64)  # next write position in the ring
+        self._count: I64 = np.zeros(0, dtype=np.int64)  # points held, 0 = free slot
+        self._last_ts: F64 = np.zeros(0, dtype=np.float64)
+        self._last_step: F64 = np.zeros(0, dtype=np.float64)  # NaN until a step is seen
+        self._since: I64 = np.zeros(0, dtype=np.int64)  # points since the last window
+        self._ids: list[str | None] = []  # slot -> series id
+        self._slots: OrderedDict[str, int] = OrderedDict()  # least recently updated first
+        self._free: list[int] = []
+        self._n_used = 0  # slots ever handed out (the rest of the capacity is untouched)
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._ar = np.arange(window)
+
+    def _validate(self) -> None:
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        def is_int(x: object) -> bool:
+            return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+        def is_pos(x: object) -> bool:
+            return isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < math.inf
+
+        need(is_int(self.window) and self.window >= 1, "window", "an int >= 1")
+        need(is_int(self.n_features) and self.n_features >= 1, "n_features", "an int >= 1")
+        need(is_int(self.stride) and self.stride >= 1, "stride", "an int >= 1")
+        need(self.max_gap_s is None or is_pos(self.max_gap_s), "max_gap_s", "None or > 0")
+        need(self.gap_policy in ("reset", "ffill"), "gap_policy", "'reset' or 'ffill'")
+        need(is_int(self.max_fill) and self.max_fill >= 0, "max_fill", "an int >= 0")
+        need(self.idle_ttl_s is None or is_pos(self.idle_ttl_s), "idle_ttl_s", "None or > 0")
+        ok = self.max_series is None or (is_int(self.max_series) and self.max_series >= 1)
+        need(ok, "max_series", "None or an int >= 1")
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Counts since construction: points, late, gap_resets, filled, evicted_*, windows."""
+        return dict(self._counts)
+
+    @property
+    def n_series(self) -> int:
+        """Series currently held."""
+        return len(self._slots)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the pooled buffers and their metadata (capacity, not only used slots)."""
+        arrays = (self._pool, self._head, self._count, self._last_ts, self._last_step, self._since)
+        return sum(a.nbytes for a in arrays)
+
+    def __contains__(self, series_id: object) -> bool:
+        return series_id in self._slots
+
+    def buffered(self, series_id: str) -> int:
+        """Points held for ``series_id`` (at most ``window``; 0 for an unknown series)."""
+        slot = self._slots.get(series_id)
+        return 0 if slot is None else int(self._count[slot])
+
+    # ------------------------------------------------------------------ pushing
+
+    def push_many(self, batch: RecordBatch) -> ReadyWindows:
+        """Add a batch of records in order; return the windows that became ready."""
+        n, w, d = len(batch.series_ids), self.window, self.n_features
+        check_shape("WindowStore.push_many ts", batch.ts.shape, (n,))
+        check_shape("WindowStore.push_many values", batch.values.shape, (n, d))
+        keys: list[str] = []
+        ends: list[float] = []
+        # At most one window per record; grown by doubling rather than reserved for all n, and
+        # written in place rather than stacked from n small copies (heap churn, a second copy).
+        out: F32 = np.empty((min(n, 64), w, d), dtype=np.float32)  # (cap, W, d)
+        values = batch.values
+        for i, (sid, t) in enumerate(zip(batch.series_ids, batch.ts.tolist(), strict=True)):
+            slot = self._accept(sid, t)
+            if slot >= 0 and self._append(slot, values[i], t):
+                if len(keys) == len(out):
+                    out.resize((min(n, 2 * len(out)), w, d), refcheck=False)  # we own `out`
+                self._copy_window(slot, out[len(keys)])
+                keys.append(sid)
+                ends.append(t)
+        out.resize((len(keys), w, d), refcheck=False)  # (n_ready, W, d), shrunk in place
+        self._counts["windows"] += len(keys)
+        return ReadyWindows(tuple(keys), np.asarray(ends, dtype=np.float64), out)
+
+    def _accept(self, sid: str, t: float) -> int:
+        """Slot to append ``t`` to (after handling a gap), or -1 if the point is late."""
+        slot = self._slots.get(sid)
+        if slot is None:
+            return self._allocate(sid)
+        step = t - float(self._last_ts[slot])
+        if not step > 0:  # out of order or duplicate (also NaN)
+            self._counts["late"] += 1
+            return -1
+        self._slots.move_to_end(sid)
+        if self.max_gap_s is not None and step > self.max_gap_s:
+            self._bridge_gap(slot, step)
+        else:
+            self._last_step[slot] = step
+        return slot
+
+    def _append(self, slot: int, row: F32, t: float) -> bool:
+        """Write one real point; return whether the series now emits a window."""
+        h = int(self._head[slot])
+        self._pool[slot, h] = row
+        self._head[slot] = h + 1 if h + 1 < self.window else 0
+        count = min(int(self._count[slot]) + 1, self.window)
+        self._count[slot] = count
+        self._last_ts[slot] = t
+        self._counts["points"] += 1
+        since = int(self._since[slot]) + 1
+        ready = count >= self.window and since >= self.stride
+        self._since[slot] = 0 if ready else since
+        return ready
+
+    def _copy_window(self, slot: int, dst: F32) -> None:
+        """Copy the full ring of ``slot`` into ``dst`` (W, d), oldest -> newest."""
+        ring, h = self._pool[slot], int(self._head[slot])  # (W, d)
+        dst[: self.window - h] = ring[h:]
+        dst[self.window - h :] = ring[:h]
+
+    def _bridge_gap(self, slot: int, gap: float) -> None:
+        if self.gap_policy == "ffill":
+            step = float(self._last_step[slot])
+            ratio = gap / step if step > 0 else math.inf  # no step seen yet: cannot fill
+            if math.isfinite(ratio):
+                n_fill = round(ratio) - 1
+                if n_fill <= self.max_fill:
+                    self._fill(slot, n_fill)
+                    return
+        self._reset(slot)
+        self._counts["gap_resets"] += 1
+
+    def _fill(self, slot: int, n_fill: int) -> None:
+        """Append ``n_fill`` copies of the last point (only the last W matter)."""
+        if n_fill <= 0:
+            return
+        w, h = self.window, int(self._head[slot])
+        last = self._pool[slot, (h - 1) % w].copy()  # (d,)
+        self._pool[slot, (h + self._ar[: min(n_fill, w)]) % w] = last
+        self._head[slot] = (h + n_fill) % w
+        self._count[slot] = min(int(self._count[slot]) + n_fill, w)
+        self._since[slot] += n_fill
+        self._counts["filled"] += n_fill
+
+    def _reset(self, slot: int) -> None:
+        self._head[slot] = 0
+        self._count[slot] = 0
+        # "Never emitted": the first window comes as soon as the buffer is full again.
+        self._since[slot] = self.stride
+
+    # ------------------------------------------------------------------ slots
+
+    def _allocate(self, sid: str) -> int:
+        if self.max_series is not None and len(self._slots) >= self.max_series:
+            old, _ = next(iter(self._slots.items()))
+            self._remove(old)
+            self._counts["evicted_lru"] += 1
+        if self._free:
+            slot = self._free.pop()
+        else:
+            if self._n_used == len(self._pool):
+                self._grow()
+            slot = self._n_used
+            self._n_used += 1
+        self._slots[sid] = slot
+        self._ids[slot] = sid
+        self._reset(slot)
+        self._last_ts[slot] = -math.inf
+        self._last_step[slot] = math.nan
+        return slot
+
+    def _grow(self) -> None:
+        cap = max(_MIN_CAPACITY, math.ceil(len(self._pool) * _GROWTH))
+        if self.max_series is not None:
+            cap = min(cap, self.max_series)
+        # ndarray.resize reallocs in place (no transient second pool). refcheck=False is safe:
+        # the store never hands out views of these arrays.
+        self._pool.resize((cap, self.window, self.n_features), refcheck=False)
+        for a in (self._head, self._count, self._last_ts, self._last_step, self._since):
+            a.resize(cap, refcheck=False)
+        self._ids.extend([None] * (cap - len(self._ids)))
+
+    def _remove(self, sid: str) -> None:
+        slot = self._slots.pop(sid)
+        self._ids[slot] = None
+        self._count[slot] = 0
+        self._free.append(slot)
+
+    def evict_idle(self, now_ts: float) -> int:
+        """Remove series whose last point is older than ``now_ts - idle_ttl_s``; return how many."""
+        if self.idle_ttl_s is None:
+            return 0
+        n = self._n_used
+        idle = (self._count[:n] > 0) & (self._last_ts[:n] < now_ts - self.idle_ttl_s)
+        for slot in np.flatnonzero(idle).tolist():
+            sid = self._ids[slot]
+            assert sid is not None  # a slot with points is always owned
+            self._remove(sid)
+        n_idle = int(idle.sum())
+        self._counts["evicted_idle"] += n_idle
+        return n_idle
+
+    def drop(self, series_ids: Iterable[str]) -> int:
+        """Remove the given series (unknown ids are ignored); return how many were removed."""
+        n = 0
+        for sid in series_ids:
+            if sid in self._slots:
+                self._remove(sid)
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ snapshot / restore
+
+    def snapshot(self, series_ids: Iterable[str] | None = None) -> dict[str, Any]:
+        """State of all (or the given, known) series, enough to continue exactly as before.
+
+        Everything is plain Python (str, int, float, None, lists) except ``values``, a float32
+        array ``(n, W, d)`` oldest -> newest whose last ``count[i]`` rows are the points held
+        (the rest are zero). Series are listed least recently updated first. orjson with
+        ``OPT_SERIALIZE_NUMPY`` (``stream_vae._json``) writes it as is; :meth:`restore` also
+        accepts ``values`` as nested lists. Global :attr:`counters` are not part of it.
+        """
+        if series_ids is None:
+            ids = list(self._slots)
+        else:
+            wanted = set(series_ids)
+            ids = [s for s in self._slots if s in wanted]
+        slots = np.array([self._slots[s] for s in ids], dtype=np.intp)
+        w = self.window
+        order = (self._head[slots, None] + self._ar[None, :]) % w  # (n, W)
+        values = self._pool[slots[:, None], order]  # (n, W, d), a copy
+        count = self._count[slots]
+        values[self._ar[None, :] < (w - count)[:, None]] = 0.0  # no stale rows in a snapshot
+        steps = self._last_step[slots].tolist()
+        return {
+            "format": _SNAPSHOT_FORMAT,
+            "window": w,
+            "n_features": self.n_features,
+            "series_ids": ids,
+            "values": values,
+            "count": count.tolist(),
+            "last_ts": self._last_ts[slots].tolist(),
+            "last_step": [None if math.isnan(s) else s for s in steps],
+            "since_emit": self._since[slots].tolist(),
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Merge a :meth:`snapshot` in: its series overwrite ours and become the most recent."""
+        if snapshot.get("format") != _SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown snapshot format {snapshot.get('format')!r}")
+        w, d = self.window, self.n_features
+        if (snapshot["window"], snapshot["n_features"]) != (w, d):
+            raise ValueError(
+                f"snapshot is for window={snapshot['window']}, n_features="
+                f"{snapshot['n_features']}; this store has window={w}, n_features={d}"
+            )
+        ids: list[str] = list(snapshot["series_ids"])
+        values = np.asarray(snapshot["values"], dtype=np.float32).reshape(len(ids), w, d)
+        columns = ("count", "last_ts", "last_step", "since_emit")
+        rows = zip(ids, *(snapshot[c] for c in columns), strict=True)
+        for i, (sid, count, last_ts, last_step, since) in enumerate(rows):
+            if not 1 <= count <= w:
+                raise ValueError(f"snapshot count of {sid!r} must be in 1..{w}, got {count}")
+            slot = self._slots.get(sid)
+            if slot is None:
+                slot = self._allocate(sid)
+            self._slots.move_to_end(sid)
+            self._pool[slot] = values[i]  # newest at W-1, so the next write goes to 0
+            self._head[slot] = 0
+            self._count[slot] = count
+            self._last_ts[slot] = last_ts
+            self._last_step[slot] = math.nan if last_step is None else last_step
+            self._since[slot] = since

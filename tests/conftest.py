@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from stream_vae.artifact import Artifact
+from stream_vae.cli import main
+
+# Tests run on the CPU with a fixed, small thread count: results must not depend on the machine.
+torch.set_num_threads(2)
+
+TINY_TOML = """
+[window]
+size = 16
+[model]
+hidden = 16
+latent = 4
+[train]
+epochs = 4
+batch_size = 64
+lr = 0.005
+[scoring]
+target_fpr = 0.01
+"""
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    model_dir: Path
+    artifact: Artifact
+    train_csv: Path
+    test_csv: Path
+    config: Path
+
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        return self.artifact.vae_config.window, self.artifact.vae_config.n_features
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """A small model trained through the CLI on a generated fleet (a few seconds on 2 cores)."""
+    root = tmp_path_factory.mktemp("tiny")
+    cfg = root / "tiny.toml"
+    cfg.write_text(TINY_TOML)
+    assert (
+        main(
+            [
+                "generate",
+                "--out",
+                str(root),
+                "--series",
+                "4",
+                "--features",
+                "3",
+                "--steps",
+                "600",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    model_dir = root / "model"
+    assert (
+        main(
+            [
+                "--config",
+                str(cfg),
+                "train",
+                "--data",
+                str(root / "train.csv"),
+                "--out",
+                str(model_dir),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    return TinyModel(
+        model_dir, Artifact.load(model_dir), root / "train.csv", root / "test.csv", cfg
+    )

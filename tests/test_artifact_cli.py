@@ -1,0 +1,221 @@
+"""Artifacts, export parity and the CLI, on a small model trained once per session."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stream_vae.artifact import Artifact
+from stream_vae.cli import main
+from stream_vae.errors import ArtifactError
+from stream_vae.export import to_onnx, to_torchscript
+from stream_vae.inference import Detector, OrtBackend
+from stream_vae.pipeline import Pipeline
+from stream_vae.tabular import read_table
+
+from .conftest import TinyModel
+
+
+def _scores(pipe: Pipeline, path: Path) -> np.ndarray:
+    table = read_table(path)
+    return np.concatenate([s.smoothed for s in pipe.stream(table.batch, 500)])
+
+
+def test_round_trip_gives_identical_scores(tiny: TinyModel, tmp_path: Path) -> None:
+    again = Artifact.load(tiny.artifact.save(tmp_path / "copy"))
+    assert again.version == tiny.artifact.version
+    assert again.feature_names == tiny.artifact.feature_names
+    a = _scores(Pipeline.from_artifact(tiny.artifact, "cpu"), tiny.test_csv)
+    b = _scores(Pipeline.from_artifact(again, "cpu"), tiny.test_csv)
+    assert len(a) > 100
+    assert np.array_equal(a, b)
+
+
+def test_manifest_is_json_with_versions(tiny: TinyModel) -> None:
+    m = json.loads((tiny.model_dir / "manifest.json").read_text())
+    assert m["version"].startswith("v-") and m["feature_names"] == list(tiny.artifact.feature_names)
+    assert {"torch", "numpy", "python"} <= set(m["libraries"])
+    assert m["calibration"]["threshold"] > 0
+    assert "kl_per_dim" in m["training"]["metrics"]
+
+
+def test_feature_mismatch_is_refused(tiny: TinyModel) -> None:
+    with pytest.raises(ArtifactError, match="feature mismatch"):
+        tiny.artifact.check_features([*tiny.artifact.feature_names[:-1], "volts"])
+    tiny.artifact.check_features(list(reversed(tiny.artifact.feature_names)))  # order is free
+
+
+def test_load_refuses_garbage(tmp_path: Path, tiny: TinyModel) -> None:
+    with pytest.raises(ArtifactError, match="not a model directory"):
+        Artifact.load(tmp_path)
+    bad = tmp_path / "bad"
+    tiny.artifact.save(bad)
+    (bad / "weights.pt").write_bytes(b"not a zip")
+    with pytest.raises(ArtifactError):
+        Artifact.load(bad)
+
+
+def test_weights_only_refuses_pickled_code(tmp_path: Path, tiny: TinyModel) -> None:
+    evil = tmp_path / "evil"
+    tiny.artifact.save(evil)
+
+    class Boom:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("code ran",))
+
+    torch.save({"x": Boom()}, evil / "weights.pt")
+    with pytest.raises(ArtifactError):
+        Artifact.load(evil)
+
+
+def test_export_parity(tiny: TinyModel, tmp_path: Path) -> None:
+    model = tiny.artifact.model()
+    x = torch.from_numpy(
+        np.random.default_rng(0).normal(size=(37, *tiny.window_shape)).astype(np.float32)
+    )
+    with torch.no_grad():
+        eager = model(x, sample=False)
+    ts = torch.jit.load(str(to_torchscript(model, tmp_path / "m.ts")))
+    with torch.no_grad():
+        traced = ts(x)
+    for a, b in zip(traced, (eager.recon, eager.mu, eager.logvar), strict=True):
+        assert float((a - b).abs().max()) <= 1e-4
+    ort = OrtBackend(str(to_onnx(model, tmp_path / "m.onnx")), threads=1)
+    recon, _, mu, logvar = ort(x.numpy())
+    for a, b in zip((recon, mu, logvar), (eager.recon, eager.mu, eager.logvar), strict=True):
+        assert float(np.abs(a - b.numpy()).max()) <= 1e-4
+    # the ORT backend scores windows exactly like the eager one (same score_parts)
+    raw = np.random.default_rng(1).normal(size=(50, *tiny.window_shape)).astype(np.float32)
+    eager_det = tiny.artifact.detector("cpu")
+    ort_det = Detector(ort, tiny.artifact.scaler, tiny.window_shape[0])
+    assert np.allclose(
+        eager_det.infer(raw).recon_features, ort_det.infer(raw).recon_features, atol=1e-4
+    )
+
+
+def test_cli_score_writes_one_row_per_window(
+    tiny: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scores.csv"
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny.model_dir),
+                "--data",
+                str(tiny.test_csv),
+                "--out",
+                str(out),
+                "--batch",
+                "333",
+            ]
+        )
+        == 0
+    )
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["series_id", "ts", "score", "raw_score", "threshold", "is_alert"]
+    assert len(rows) == len(_scores(Pipeline.from_artifact(tiny.artifact, "cpu"), tiny.test_csv))
+    assert {r["is_alert"] for r in rows} <= {"0", "1"}
+    assert "alert episodes" in capsys.readouterr().out
+
+
+def test_cli_export(tiny: TinyModel, tmp_path: Path) -> None:
+    assert main(["export", "--model", str(tiny.model_dir), "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "model.onnx").stat().st_size > 1000
+    assert (tmp_path / "x" / "model.ts").stat().st_size > 1000
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty file"),
+        ("series_id,ts,a,b\n", "no data rows"),
+        ("id,ts,a,b\ns,1,2,3\n", "missing column(s) ['series_id']"),
+        ("series_id,ts\ns,1\n", "no feature columns"),
+        ("series_id,ts,a,b\ns,1,2,x\n", ":2: column b: not a number: 'x'"),
+        ("series_id,ts,a,b\ns,1,2,nan\n", ":2: column b: nan value"),
+        ("series_id,ts,a,b\ns,1,2\n", ":2: 3 cells, header has 4"),
+        ("series_id,ts,a,b\ns,soon,2,3\n", ":2: column ts: cannot parse timestamp"),
+        ("series_id,ts,a,a\ns,1,2,3\n", "duplicate column"),
+    ],
+)
+def test_cli_bad_training_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    f = _write(tmp_path / "d.csv", content)
+    assert main(["train", "--data", str(f), "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_cli_score_wrong_feature_set(
+    tiny: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = tiny.artifact.feature_names
+    f = _write(
+        tmp_path / "d.csv",
+        "series_id,ts,"
+        + ",".join([*names[:-1], "volts"])
+        + "\n"
+        + "s,1,"
+        + ",".join("1" for _ in names)
+        + "\n",
+    )
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny.model_dir),
+                "--data",
+                str(f),
+                "--out",
+                str(tmp_path / "o.csv"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "missing ['" + names[-1] + "']" in err and "unknown ['volts']" in err
+
+
+def test_cli_missing_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tmp_path),
+                "--data",
+                str(tmp_path / "x.csv"),
+                "--out",
+                str(tmp_path / "o.csv"),
+            ]
+        )
+        == 2
+    )
+    assert "not a model directory" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAM_VAE_WINDOW__SIZE", "1")
+    f = _write(tmp_path / "d.csv", "series_id,ts,a\ns,1,2\n")
+    assert main(["train", "--data", str(f), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: window.size") and err.count("\n") == 1

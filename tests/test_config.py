@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream_vae.config import load_settings
+from stream_vae.errors import ConfigError
+
+
+def test_defaults_are_frozen() -> None:
+    s = load_settings(env={})
+    assert s.window.size == 32
+    with pytest.raises(Exception, match="frozen"):
+        s.window.size = 4  # type: ignore[misc]
+
+
+def test_env_nesting_and_types() -> None:
+    s = load_settings(
+        env={
+            "STREAM_VAE_WINDOW__SIZE": "48",
+            "STREAM_VAE_SCORING__ALPHA": "0.25",
+            "STREAM_VAE_TRAIN__EPOCHS": "3",
+            "OTHER": "x",
+        }
+    )
+    assert (s.window.size, s.scoring.alpha, s.train.epochs) == (48, 0.25, 3)
+
+
+def test_process_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAM_VAE_MODEL__HIDDEN", "12")
+    assert load_settings().model.hidden == 12
+
+
+def test_toml_file_below_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[window]\nsize = 20\nstride = 2\n[scoring]\nalpha = "auto"\n')
+    s = load_settings(f)
+    assert (s.window.size, s.window.stride, s.scoring.alpha) == (20, 2, "auto")
+    monkeypatch.setenv("STREAM_VAE_WINDOW__SIZE", "24")
+    assert load_settings(f).window.size == 24
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        (
+            {"STREAM_VAE_WINDOW__SIZE": "0"},
+            "window.size: Input should be greater than or equal to 2",
+        ),
+        ({"STREAM_VAE_SCORING__ALPHA": "1.5"}, "alpha must be in [0, 1]"),
+        ({"STREAM_VAE_SCORING__TARGET_FPR": "0"}, "scoring.target_fpr"),
+        ({"STREAM_VAE_SCORING__TYPO": "1"}, "scoring.typo: Extra inputs are not permitted"),
+        ({"STREAM_VAE_TRAIN__LR": "fast"}, "train.lr"),
+    ],
+)
+def test_bad_values_give_one_readable_line(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env)
+    msg = str(info.value)
+    assert fragment in msg
+    assert "\n" not in msg
+
+
+def test_missing_and_malformed_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[window\nsize=")
+    with pytest.raises(ConfigError):
+        load_settings(bad)

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_vae.errors import RecordError
+from stream_vae.records import REASONS, Record, RecordBatch, decode, encode, parse_ts
+
+FEATURES = ("temp", "pressure", "rpm")
+
+
+def test_list_values_and_key_fallback() -> None:
+    r = decode(b"pump-1", b'{"ts": 1700000000.5, "values": [1, 2.5, -3]}', FEATURES)
+    assert r.series_id == "pump-1"
+    assert r.ts == 1700000000.5
+    assert r.values.dtype == np.float32
+    assert r.values.tolist() == [1.0, 2.5, -3.0]
+
+
+def test_object_values_reordered_to_model_order() -> None:
+    r = decode(
+        None,
+        b'{"series_id": "a", "ts": 5, "values": {"rpm": 3, "temp": 1, "pressure": 2}}',
+        FEATURES,
+    )
+    assert r.values.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_body_series_id_wins_over_key() -> None:
+    assert (
+        decode(b"k", b'{"series_id": "b", "ts": 1, "values": [1, 2, 3]}', FEATURES).series_id == "b"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2023-11-14T22:13:20Z", 1700000000.0),
+        ("2023-11-14T22:13:20+00:00", 1700000000.0),
+        ("2023-11-14 22:13:20", 1700000000.0),  # naive = UTC
+        ("2023-11-14T23:13:20+01:00", 1700000000.0),
+        ("1700000000", 1700000000.0),
+        (1700000000, 1700000000.0),
+    ],
+)
+def test_timestamps(raw: object, expected: float) -> None:
+    assert parse_ts(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        (b"k", b"{not json", "bad_json"),
+        (b"k", b"[1, 2, 3]", "bad_json"),
+        (b"k", None, "bad_json"),
+        (None, b'{"ts": 1, "values": [1, 2, 3]}', "missing_field"),
+        (b"k", b'{"values": [1, 2, 3]}', "missing_field"),
+        (b"k", b'{"ts": 1}', "missing_field"),
+        (b"k", b'{"ts": 1, "values": [1, 2]}', "wrong_arity"),
+        (b"k", b'{"ts": 1, "values": {"temp": 1, "pressure": 2}}', "wrong_arity"),
+        (b"k", b'{"ts": 1, "values": {"temp": 1, "pressure": 2, "volts": 3}}', "unknown_feature"),
+        (b"k", b'{"ts": 1, "values": [1, NaN, 3]}', "bad_json"),  # orjson rejects NaN literals
+        (b"k", b'{"ts": 1, "values": [1, 1e400, 3]}', "bad_json"),
+        (b"k", b'{"ts": 1, "values": [1, 1e300, 3]}', "bad_value"),  # finite but not float32
+        (b"k", b'{"ts": 1, "values": [1, "2", 3]}', "bad_value"),
+        (b"k", b'{"ts": 1, "values": [1, true, 3]}', "bad_value"),
+        (b"k", b'{"ts": 1, "values": 7}', "bad_value"),
+        (b"k", b'{"ts": "yesterday", "values": [1, 2, 3]}', "bad_timestamp"),
+        (b"k", b'{"ts": true, "values": [1, 2, 3]}', "bad_timestamp"),
+        (b"k", b'{"ts": null, "values": [1, 2, 3]}', "bad_timestamp"),
+        (b"k", b'{"series_id": 5, "ts": 1, "values": [1, 2, 3]}', "bad_series_id"),
+        (b"k", b'{"series_id": "", "ts": 1, "values": [1, 2, 3]}', "bad_series_id"),
+        (b"\xff\xfe", b'{"ts": 1, "values": [1, 2, 3]}', "bad_series_id"),
+    ],
+)
+def test_rejections_carry_a_reason(key: bytes | None, value: bytes | None, reason: str) -> None:
+    with pytest.raises(RecordError) as info:
+        decode(key, value, FEATURES)
+    assert info.value.reason == reason
+    assert info.value.reason in REASONS
+
+
+def test_nan_spelled_as_string_number_is_rejected() -> None:
+    # "NaN" is not JSON; a float NaN can only arrive through a non-standard encoder as a string
+    with pytest.raises(RecordError) as info:
+        decode(b"k", b'{"ts": 1, "values": [1, "NaN", 3]}', FEATURES)
+    assert info.value.reason == "bad_value"
+
+
+def test_oversized() -> None:
+    with pytest.raises(RecordError) as info:
+        decode(b"k", b'{"ts": 1, "values": [1, 2, 3]}' + b" " * 100, FEATURES, max_bytes=64)
+    assert info.value.reason == "oversized"
+
+
+def test_encode_round_trip_both_forms() -> None:
+    rec = Record("s", 12.5, np.array([1.5, -2.0, 3.25], np.float32))
+    for names in (None, FEATURES):
+        back = decode(None, encode(rec, names), FEATURES)
+        assert back.series_id == "s" and back.ts == 12.5
+        assert back.values.tolist() == [1.5, -2.0, 3.25]
+
+
+def test_batch_from_records_and_slice() -> None:
+    recs = [Record(f"s{i % 2}", float(i), np.full(3, i, np.float32)) for i in range(5)]
+    b = RecordBatch.from_records(recs, 3)
+    assert b.series_ids == ("s0", "s1", "s0", "s1", "s0")
+    assert b.values[:, 0].tolist() == [0, 1, 2, 3, 4]
+    s = b.slice(1, 3)
+    assert s.series_ids == ("s1", "s0") and s.ts.tolist() == [1.0, 2.0]
+    assert [r.ts for r in b.records()] == [0.0, 1.0, 2.0, 3.0, 4.0]

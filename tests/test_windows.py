@@ -1,0 +1,459 @@
+"""WindowStore: exact windows on hand-made streams, gaps, eviction, snapshots, properties."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_vae import _json
+from stream_vae.errors import ShapeError
+from stream_vae.records import RecordBatch
+from stream_vae.windows import ReadyWindows, WindowStore
+
+F64 = npt.NDArray[np.float64]
+Out = list[tuple[str, float, list[list[float]]]]
+
+
+def make_batch(sids: Sequence[str], ts: Sequence[float] | F64, d: int = 1) -> RecordBatch:
+    """Record i carries values [i, -i, 2i, ...][:d]: a window shows which records it holds."""
+    n = len(sids)
+    i = np.arange(n, dtype=np.float32)[:, None]
+    values = np.hstack([i * (k // 2 + 1) * (-1 if k % 2 else 1) for k in range(d)])
+    return RecordBatch(tuple(sids), np.asarray(ts, dtype=np.float64), values.reshape(n, d))
+
+
+def rows(ready: ReadyWindows) -> Out:
+    """Windows as comparable tuples; for d=1 the values are the record indices."""
+    return [
+        (k, float(t), v.tolist())
+        for k, t, v in zip(ready.keys, ready.ts, ready.values, strict=True)
+    ]
+
+
+def idx(ready: ReadyWindows) -> list[tuple[str, float, list[int]]]:
+    """For d=1 batches: each window as the indices of the records it holds."""
+    return [(k, t, [int(x[0]) for x in v]) for k, t, v in rows(ready)]
+
+
+def push_each(store: WindowStore, batch: RecordBatch) -> Out:
+    out: Out = []
+    for i in range(len(batch)):
+        out.extend(rows(store.push_many(batch.slice(i, i + 1))))
+    return out
+
+
+# ---------------------------------------------------------------- exact windows
+
+
+def test_stride_1_emits_every_point_once_full() -> None:
+    store = WindowStore(3, 1)
+    ready = store.push_many(make_batch("aaaaa", [0, 1, 2, 3, 4]))
+    assert len(ready) == 3
+    assert idx(ready) == [("a", 2.0, [0, 1, 2]), ("a", 3.0, [1, 2, 3]), ("a", 4.0, [2, 3, 4])]
+    assert ready.values.dtype == np.float32 and ready.values.shape == (3, 3, 1)
+    assert ready.ts.dtype == np.float64
+    assert store.counters["windows"] == 3 and store.counters["points"] == 5
+
+
+def test_stride_2_first_window_when_full_then_every_second_point() -> None:
+    store = WindowStore(3, 1, stride=2)
+    ready = store.push_many(make_batch("aaaaaaa", [0, 1, 2, 3, 4, 5, 6]))
+    assert idx(ready) == [("a", 2.0, [0, 1, 2]), ("a", 4.0, [2, 3, 4]), ("a", 6.0, [4, 5, 6])]
+
+
+def test_multi_feature_window_is_oldest_to_newest() -> None:
+    store = WindowStore(2, 3)
+    ready = store.push_many(make_batch("aaa", [10, 11, 12], d=3))
+    assert rows(ready) == [
+        ("a", 11.0, [[0, 0, 0], [1, -1, 2]]),
+        ("a", 12.0, [[1, -1, 2], [2, -2, 4]]),
+    ]
+
+
+def test_windows_of_one_batch_are_distinct_copies() -> None:
+    store = WindowStore(2, 1)
+    ready = store.push_many(make_batch("aaaa", [0, 1, 2, 3]))
+    before = ready.values.copy()
+    store.push_many(make_batch("aaaa", [4, 5, 6, 7]))  # overwrites the whole ring twice
+    assert np.array_equal(ready.values, before)
+    assert idx(ready) == [("a", 1.0, [0, 1]), ("a", 2.0, [1, 2]), ("a", 3.0, [2, 3])]
+
+
+def test_interleaved_series_keep_separate_buffers() -> None:
+    store = WindowStore(2, 1)
+    ready = store.push_many(make_batch("ababcbca", [0, 0, 1, 1, 0, 2, 0, 2]))
+    assert idx(ready) == [
+        ("a", 1.0, [0, 2]),
+        ("b", 1.0, [1, 3]),
+        ("b", 2.0, [3, 5]),
+        ("a", 2.0, [2, 7]),
+    ]
+    assert store.counters["late"] == 1  # the second c at ts 0
+    assert store.n_series == 3 and "c" in store and store.buffered("c") == 1
+
+
+def test_late_and_duplicate_points_are_dropped_and_counted() -> None:
+    store = WindowStore(3, 1)
+    ready = store.push_many(make_batch("aaaaaa", [0, 1, 1, 0.5, 2, 3]))
+    assert idx(ready) == [("a", 2.0, [0, 1, 4]), ("a", 3.0, [1, 4, 5])]
+    assert store.counters["late"] == 2 and store.counters["points"] == 4
+
+
+# ---------------------------------------------------------------- gaps
+
+
+def test_gap_reset_clears_the_series() -> None:
+    store = WindowStore(2, 1, max_gap_s=1.5)
+    ready = store.push_many(make_batch("aaaa", [0, 1, 2, 5]))
+    assert idx(ready) == [("a", 1.0, [0, 1]), ("a", 2.0, [1, 2])]
+    assert store.buffered("a") == 1 and store.counters["gap_resets"] == 1
+    ready = store.push_many(make_batch("a", [6]))
+    assert ready.ts.tolist() == [6.0]  # first window after a reset: as soon as full again
+
+
+def test_ffill_repeats_the_last_point() -> None:
+    store = WindowStore(4, 1, max_gap_s=1.5, gap_policy="ffill", max_fill=2)
+    ready = store.push_many(make_batch("aaaa", [0, 1, 4, 5]))  # gap of 3 steps: 2 fills
+    assert idx(ready) == [("a", 4.0, [1, 1, 1, 2]), ("a", 5.0, [1, 1, 2, 3])]
+    assert store.counters["filled"] == 2 and store.counters["gap_resets"] == 0
+    assert store.counters["points"] == 4
+
+
+def test_ffill_uses_the_last_non_gap_step() -> None:
+    store = WindowStore(3, 1, max_gap_s=1.0, gap_policy="ffill", max_fill=3)
+    # step 0.5, then a gap of 1.5 (3 steps: 2 fills), then another gap of 1.5 (step still 0.5)
+    ready = store.push_many(make_batch("aaaa", [0, 0.5, 2.0, 3.5]))
+    assert idx(ready) == [("a", 2.0, [1, 1, 2]), ("a", 3.5, [2, 2, 3])]
+    assert store.counters["filled"] == 4
+
+
+def test_ffill_too_long_gap_resets() -> None:
+    store = WindowStore(2, 1, max_gap_s=1.5, gap_policy="ffill", max_fill=2)
+    store.push_many(make_batch("aaa", [0, 1, 5]))  # would need 3 fills
+    assert (store.counters["filled"], store.counters["gap_resets"]) == (0, 1)
+    assert store.buffered("a") == 1
+
+
+def test_ffill_without_an_observed_step_resets() -> None:
+    store = WindowStore(2, 1, max_gap_s=1.5, gap_policy="ffill", max_fill=10)
+    store.push_many(make_batch("aa", [0, 3]))
+    assert store.counters["gap_resets"] == 1 and store.buffered("a") == 1
+
+
+def test_filled_points_count_toward_the_stride() -> None:
+    store = WindowStore(2, 1, stride=3, max_gap_s=1.5, gap_policy="ffill", max_fill=5)
+    ready = store.push_many(make_batch("aaa", [0, 1, 4]))
+    # first window when full (ts 1); then 2 fills + 1 real point = 3 points -> a window at ts 4
+    assert idx(ready) == [("a", 1.0, [0, 1]), ("a", 4.0, [1, 2])]
+
+
+def test_ffill_longer_than_the_window() -> None:
+    store = WindowStore(2, 1, max_gap_s=1.5, gap_policy="ffill", max_fill=5)
+    ready = store.push_many(make_batch("aaa", [0, 1, 6]))  # 4 fills > W
+    assert idx(ready) == [("a", 1.0, [0, 1]), ("a", 6.0, [1, 2])]
+    assert store.counters["filled"] == 4
+
+
+# ---------------------------------------------------------------- eviction and drop
+
+
+def test_evict_idle() -> None:
+    store = WindowStore(2, 1, idle_ttl_s=10.0)
+    store.push_many(make_batch("abc", [0, 15, 10]))
+    assert store.evict_idle(20.0) == 1  # a (0 < 10); c sits exactly at the limit and stays
+    assert "a" not in store and "b" in store and "c" in store
+    assert store.counters["evicted_idle"] == 1
+    assert store.evict_idle(20.0) == 0
+    assert WindowStore(2, 1).evict_idle(1e12) == 0  # no ttl: never evicts
+
+
+def test_lru_eviction_at_max_series() -> None:
+    store = WindowStore(2, 1, max_series=2)
+    # a late point does not count as an update: c evicts a, not b
+    store.push_many(make_batch("abbc", [0, 0, -5, 0]))
+    assert store.n_series == 2 and "a" not in store and "b" in store and "c" in store
+    assert store.counters["evicted_lru"] == 1 and store.counters["late"] == 1
+    ready = store.push_many(make_batch("ba", [1, 2]))  # b is updated, so a evicts c
+    assert idx(ready) == [("b", 1.0, [1, 0])]  # record 1 of the first batch, 0 of this one
+    assert "c" not in store and store.buffered("a") == 1 and store.counters["evicted_lru"] == 2
+
+
+def test_drop_removes_given_series_only() -> None:
+    store = WindowStore(2, 1)
+    store.push_many(make_batch("abc", [0, 0, 0]))
+    assert store.drop(["a", "c", "zz"]) == 2
+    assert store.n_series == 1 and "b" in store and store.buffered("a") == 0
+    assert idx(store.push_many(make_batch("aa", [-1, 0]))) == [("a", 0.0, [0, 1])]  # fresh
+
+
+def test_freed_slots_are_reused() -> None:
+    store = WindowStore(4, 2)
+    store.push_many(make_batch([f"s{i}" for i in range(64)], [0.0] * 64, d=2))
+    held = store.nbytes
+    assert held >= 64 * 4 * 2 * 4
+    store.drop([f"s{i}" for i in range(64)])
+    store.push_many(make_batch([f"t{i}" for i in range(64)], [0.0] * 64, d=2))
+    assert store.nbytes == held and store.n_series == 64
+
+
+def test_many_series_survive_pool_growth() -> None:
+    n, w = 300, 3
+    sids = [f"s{i}" for i in range(n)] * (w + 1)
+    ts = np.repeat(np.arange(w + 1, dtype=np.float64), n)
+    ready = WindowStore(w, 1).push_many(make_batch(sids, ts))
+    assert len(ready) == 2 * n
+    for k, (sid, t, win) in enumerate(idx(ready)):
+        i, r = k % n, w - 1 + k // n
+        assert (sid, t, win) == (f"s{i}", float(r), [i + n * j for j in range(r - w + 1, r + 1)])
+
+
+# ---------------------------------------------------------------- snapshot / restore
+
+
+def _restart(a: WindowStore, **kw: Any) -> WindowStore:
+    b = WindowStore(a.window, a.n_features, **kw)
+    b.restore(_json.loads(_json.dumps(a.snapshot())))  # through JSON, as it would travel
+    return b
+
+
+def test_snapshot_restore_continues_identically() -> None:
+    kw: dict[str, Any] = {"stride": 2, "max_gap_s": 2.5, "gap_policy": "ffill", "max_fill": 1}
+    first = make_batch("abcabcaabb", [0, 0, 0, 1, 1, 3, 2, 4, 2, 3])
+    rest = make_batch("aabbccabca", [5, 6, 5, 5, 1, 9, 7, 6, 10, 8])
+    a = WindowStore(3, 1, **kw)
+    a.push_many(first)
+    b = _restart(a, **kw)
+    c = WindowStore(3, 1, **kw)
+    c.restore(copy.deepcopy(a.snapshot()))
+    out_a = rows(a.push_many(rest))
+    assert out_a, "the continuation must emit windows, or this proves nothing"
+    assert rows(b.push_many(rest)) == out_a == rows(c.push_many(rest))
+
+
+def test_snapshot_keeps_lru_order() -> None:
+    a = WindowStore(2, 1, max_series=3)
+    a.push_many(make_batch("abca", [0, 0, 0, 1]))  # LRU: b, c, a
+    b = _restart(a, max_series=3)
+    assert a.snapshot()["series_ids"] == ["b", "c", "a"] == b.snapshot()["series_ids"]
+    a.push_many(make_batch("d", [0]))
+    b.push_many(make_batch("d", [0]))
+    assert "b" not in a and "b" not in b and a.snapshot()["series_ids"] == ["c", "a", "d"]
+
+
+def test_partial_snapshot_merges_into_another_store() -> None:
+    a = WindowStore(2, 1)
+    a.push_many(make_batch("aabb", [0, 1, 0, 1]))
+    snap = a.snapshot(["b", "nope"])
+    assert snap["series_ids"] == ["b"] and snap["count"] == [2]
+    other = WindowStore(2, 1)
+    other.push_many(make_batch("bbz", [7, 8, 0]))  # b is overwritten, z is kept
+    other.restore(snap)
+    assert other.n_series == 2 and other.buffered("z") == 1
+    # b continues from a's state (last ts 1, values 2 and 3): ts 0, 1 and the second 2 are late
+    assert idx(other.push_many(make_batch("bbbb", [0, 1, 2, 2]))) == [("b", 2.0, [3, 2])]
+    assert other.counters["late"] == 3
+
+
+def test_snapshot_of_partial_buffer_has_zeros_before_the_points() -> None:
+    a = WindowStore(3, 1)
+    a.push_many(
+        RecordBatch(("a", "a"), np.array([0.0, 2.0]), np.array([[7], [8]], dtype=np.float32))
+    )
+    a.push_many(RecordBatch(("b",), np.array([0.0]), np.array([[9]], dtype=np.float32)))
+    snap = a.snapshot()
+    assert snap["series_ids"] == ["a", "b"] and snap["count"] == [2, 1]
+    assert snap["values"].tolist() == [[[0.0], [7.0], [8.0]], [[0.0], [0.0], [9.0]]]
+    assert snap["last_ts"] == [2.0, 0.0] and snap["last_step"] == [2.0, None]
+    assert snap["since_emit"] == [3, 2]  # never emitted: first window as soon as full
+
+
+def test_snapshot_hides_stale_points_of_a_reset_series() -> None:
+    a = WindowStore(3, 1, max_gap_s=1.5)
+    ts = np.array([0.0, 1.0, 2.0, 9.0])  # the gap before ts 9 resets: 5, 6, 7 are gone
+    a.push_many(RecordBatch(("a",) * 4, ts, np.array([[5], [6], [7], [8]], dtype=np.float32)))
+    assert a.snapshot()["values"].tolist() == [[[0.0], [0.0], [8.0]]]
+
+
+def test_restore_rejects_another_shape() -> None:
+    snap = WindowStore(3, 2).snapshot()
+    with pytest.raises(ValueError, match="window=3"):
+        WindowStore(4, 2).restore(snap)
+
+
+# ---------------------------------------------------------------- contract
+
+
+def test_batched_equals_one_by_one_and_inputs_unmutated() -> None:
+    batch = make_batch("abcabcabcaabbcc", [0, 0, 0, 1, 1, 1, 2, 1, 2, 3, 9, 3, 4, 2, 5], d=2)
+    before = (batch.series_ids, batch.ts.copy(), batch.values.copy())
+    kw: dict[str, Any] = {"max_gap_s": 3.0, "gap_policy": "ffill", "max_fill": 3}
+    whole = WindowStore(3, 2, **kw).push_many(batch)
+    assert rows(whole) and rows(whole) == push_each(WindowStore(3, 2, **kw), batch)
+    assert (batch.series_ids, batch.ts.tolist(), batch.values.tolist()) == (
+        before[0], before[1].tolist(), before[2].tolist(),
+    )  # fmt: skip
+    assert not np.shares_memory(whole.values, batch.values)
+
+
+def test_empty_batch() -> None:
+    ready = WindowStore(3, 2).push_many(make_batch([], [], d=2))
+    assert len(ready) == 0 and ready.values.shape == (0, 3, 2) and ready.ts.shape == (0,)
+
+
+def test_wrong_shapes_raise() -> None:
+    store = WindowStore(3, 2)
+    with pytest.raises(ShapeError, match=r"expected shape \(2, 2\), got \(2, 3\)"):
+        store.push_many(make_batch("ab", [0, 1], d=3))
+    with pytest.raises(ShapeError):
+        store.push_many(RecordBatch(("a",), np.zeros(2), np.zeros((1, 2), np.float32)))
+
+
+def test_counters_and_introspection() -> None:
+    store = WindowStore(2, 1)
+    assert store.counters == dict.fromkeys(
+        ["points", "late", "gap_resets", "filled", "evicted_lru", "evicted_idle", "windows"], 0
+    )
+    store.push_many(make_batch("aaa", [0, 1, 2]))
+    c = store.counters
+    c["points"] = -1  # a copy
+    assert store.counters["points"] == 3 and store.buffered("a") == 2 and store.buffered("b") == 0
+    assert (store.window, store.n_features, store.stride, store.gap_policy) == (2, 1, 1, "reset")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"window": 0}, "window"),
+        ({"window": 2.0}, "window"),
+        ({"n_features": 0}, "n_features"),
+        ({"stride": 0}, "stride"),
+        ({"stride": True}, "stride"),
+        ({"max_gap_s": 0.0}, "max_gap_s"),
+        ({"max_gap_s": float("nan")}, "max_gap_s"),
+        ({"gap_policy": "interpolate"}, "gap_policy"),
+        ({"max_fill": -1}, "max_fill"),
+        ({"idle_ttl_s": -5.0}, "idle_ttl_s"),
+        ({"max_series": 0}, "max_series"),
+    ],
+)
+def test_constructor_validation(kwargs: dict[str, Any], name: str) -> None:
+    args: dict[str, Any] = {"window": 3, "n_features": 2, **kwargs}
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        WindowStore(**args)
+
+
+# ---------------------------------------------------------------- properties
+
+
+class Reference:
+    """The semantics, written as plainly as possible: whole point lists per series."""
+
+    def __init__(self, w: int, stride: int, max_gap_s: float | None, policy: str, max_fill: int,
+                 max_series: int | None) -> None:  # fmt: skip
+        self.w, self.stride, self.max_gap_s = w, stride, max_gap_s
+        self.policy, self.max_fill, self.max_series = policy, max_fill, max_series
+        self.series: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.late = 0
+
+    def push(self, sid: str, t: float, v: list[float]) -> list[list[float]] | None:
+        s = self.series.get(sid)
+        if s is None:
+            if self.max_series is not None and len(self.series) == self.max_series:
+                self.series.popitem(last=False)
+            s = self.series[sid] = {"pts": [], "step": None, "since": None}
+        elif t <= s["last"]:
+            self.late += 1
+            return None
+        else:
+            self.series.move_to_end(sid)
+            self._gap(s, t - s["last"])
+        s["pts"].append(v)
+        s["last"] = t
+        if len(s["pts"]) >= self.w and (s["since"] is None or s["since"] + 1 >= self.stride):
+            s["since"] = 0
+            return s["pts"][-self.w :]  # type: ignore[no-any-return]
+        s["since"] = None if s["since"] is None else s["since"] + 1
+        return None
+
+    def _gap(self, s: dict[str, Any], gap: float) -> None:
+        if self.max_gap_s is None or gap <= self.max_gap_s:
+            s["step"] = gap
+            return
+        n = round(gap / s["step"]) - 1 if self.policy == "ffill" and s["step"] else None
+        if n is not None and n <= self.max_fill:
+            s["pts"] += [s["pts"][-1]] * n
+            s["since"] = None if s["since"] is None else s["since"] + n
+        else:
+            s["pts"], s["since"] = [], None
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[dict[str, Any], RecordBatch, list[int]]:
+    kw = {
+        "window": draw(st.integers(1, 4)),
+        "stride": draw(st.integers(1, 3)),
+        "max_gap_s": draw(st.sampled_from([None, 2.5, 4.0])),
+        "gap_policy": draw(st.sampled_from(["reset", "ffill"])),
+        "max_fill": draw(st.integers(0, 3)),
+        "max_series": draw(st.sampled_from([None, None, 2])),
+    }
+    n = draw(st.integers(0, 40))
+    sids = draw(st.lists(st.sampled_from("abc"), min_size=n, max_size=n))
+    steps = draw(st.lists(st.sampled_from([-2.0, 0.0, 0.5, 1.0, 1.0, 2.0, 5.0]), min_size=n,
+                          max_size=n))  # fmt: skip
+    cuts = sorted({0, n, *draw(st.lists(st.integers(0, n), max_size=6))})
+    return kw, make_batch(sids, np.cumsum(steps).tolist(), d=2), cuts
+
+
+def _chunks(store: WindowStore, batch: RecordBatch, cuts: list[int]) -> Out:
+    out: Out = []
+    for i, j in itertools.pairwise(cuts):
+        out.extend(rows(store.push_many(batch.slice(i, j))))
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_property_matches_reference_model(
+    case: tuple[dict[str, Any], RecordBatch, list[int]],
+) -> None:
+    kw, batch, cuts = case
+    store = WindowStore(n_features=2, **kw)
+    got = rows(store.push_many(batch))
+    ref = Reference(kw["window"], kw["stride"], kw["max_gap_s"], kw["gap_policy"], kw["max_fill"],
+                    kw["max_series"])  # fmt: skip
+    want: Out = []
+    for sid, t, v in zip(batch.series_ids, batch.ts.tolist(), batch.values.tolist(), strict=True):
+        win = ref.push(sid, t, v)
+        if win is not None:
+            want.append((sid, t, win))
+    assert got == want
+    assert store.counters["late"] == ref.late and store.counters["windows"] == len(want)
+    assert {s: store.buffered(s) for s in "abc"} == {
+        s: min(len(ref.series[s]["pts"]), kw["window"]) if s in ref.series else 0 for s in "abc"
+    }
+    assert _chunks(WindowStore(n_features=2, **kw), batch, cuts) == got
+    assert push_each(WindowStore(n_features=2, **kw), batch) == got
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_property_snapshot_restore(case: tuple[dict[str, Any], RecordBatch, list[int]]) -> None:
+    kw, batch, cuts = case
+    mid = cuts[len(cuts) // 2]
+    a = WindowStore(n_features=2, **kw)
+    a.push_many(batch.slice(0, mid))
+    b = WindowStore(n_features=2, **kw)
+    b.restore(_json.loads(_json.dumps(a.snapshot())))
+    tail = batch.slice(mid, len(batch))
+    assert rows(a.push_many(tail)) == rows(b.push_many(tail))
+    assert a.snapshot()["series_ids"] == b.snapshot()["series_ids"]
