@@ -30,14 +30,40 @@ def _score_server(data: Path, out: Path, server: str, config: list[str]) -> dict
     model = out / "models" / server
     scores_csv = out / "scores" / f"{server}.csv"
     t0 = time.perf_counter()
-    rc = cli([*config, "train", "--data", str(data / "train" / f"{server}.txt"), "--format", "smd",
-              "--out", str(model), "--no-progress", "--device", "cpu"])
+    rc = cli(
+        [
+            *config,
+            "train",
+            "--data",
+            str(data / "train" / f"{server}.txt"),
+            "--format",
+            "smd",
+            "--out",
+            str(model),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     t_train = time.perf_counter() - t0
     if rc != 0:
         raise SystemExit(f"training {server} failed ({rc})")
-    rc = cli([*config, "score", "--model", str(model), "--data",
-              str(data / "test" / f"{server}.txt"), "--format", "smd", "--out", str(scores_csv),
-              "--device", "cpu"])
+    rc = cli(
+        [
+            *config,
+            "score",
+            "--model",
+            str(model),
+            "--data",
+            str(data / "test" / f"{server}.txt"),
+            "--format",
+            "smd",
+            "--out",
+            str(scores_csv),
+            "--device",
+            "cpu",
+        ]
+    )
     if rc != 0:
         raise SystemExit(f"scoring {server} failed ({rc})")
     labels = np.loadtxt(data / "test_label" / f"{server}.txt", dtype=np.int64).astype(bool)
@@ -77,10 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     for s in servers:
         results[s] = _score_server(args.data, args.out, s, config)
         r = results[s]
-        print(f"{s}: ROC-AUC {r['roc_auc']:.3f} AUC-PR {r['auc_pr']:.3f} "
-              f"(train {r['train_s']:.0f} s)", file=sys.stderr)
-    keys = ["roc_auc", "auc_pr", "roc_auc_smoothed", "auc_pr_smoothed", "precision_at_threshold",
-            "recall_at_threshold", "alert_rate", "anomaly_rate"]
+        print(
+            f"{s}: ROC-AUC {r['roc_auc']:.3f} AUC-PR {r['auc_pr']:.3f} "
+            f"(train {r['train_s']:.0f} s)",
+            file=sys.stderr,
+        )
+    keys = [
+        "roc_auc",
+        "auc_pr",
+        "roc_auc_smoothed",
+        "auc_pr_smoothed",
+        "precision_at_threshold",
+        "recall_at_threshold",
+        "alert_rate",
+        "anomaly_rate",
+    ]
     lines = ["| server | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for s, r in results.items():
         lines.append(f"| {s} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
@@ -90,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "asd_core.md").write_text(text + "\n")
-    (args.out / "asd_core.json").write_text(json.dumps({"servers": results, "mean": means},
-                                                       indent=2))
+    (args.out / "asd_core.json").write_text(
+        json.dumps({"servers": results, "mean": means}, indent=2)
+    )
     return 0
 
 

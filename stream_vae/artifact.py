@@ -201,7 +201,9 @@ class Artifact:
         except FileNotFoundError:
             raise ArtifactError(f"model directory has no {_WEIGHTS}: {root}") from None
         except Exception as exc:  # torch raises unpickling, zip and runtime errors alike
-            raise ArtifactError(f"unreadable weights in {root}: {str(exc).splitlines()[0]}") from None
+            raise ArtifactError(
+                f"unreadable weights in {root}: {str(exc).splitlines()[0]}"
+            ) from None
         try:
             art = cls(
                 feature_names=tuple(m["feature_names"]),

@@ -157,8 +157,12 @@ def fit(
             step += 1
             sums += np.array([loss.total.item(), loss.recon.item(), loss.kl.item()]) * len(xb)
         tr = sums / len(x_train)
-        vl, vr, vk, _ = _evaluate(model, x_val, beta, settings)
-        history.append(EpochStats(epoch, float(tr[0]), float(tr[1]), float(tr[2]), vl, vr, vk, beta))
+        # Early stopping compares epochs on the loss at the final β: with the annealed β the
+        # validation loss rises while β ramps up, and training would stop too early.
+        vl, vr, vk, _ = _evaluate(model, x_val, settings.beta, settings)
+        history.append(
+            EpochStats(epoch, float(tr[0]), float(tr[1]), float(tr[2]), vl, vr, vk, beta)
+        )
         bar(epoch, tr[0], tr[2], vl)
         if vl < best - 1e-5:
             best, best_state, best_epoch, stale = vl, _copy_state(model), epoch, 0

@@ -84,8 +84,9 @@ def test_training_lowers_the_loss_and_early_stops() -> None:
 def test_posterior_collapse_is_detected() -> None:
     # a huge β with no free bits pushes every latent dim to the prior
     train, val = _sines(512, 12, 2, 2), _sines(64, 12, 2, 3)
-    settings = TrainSettings(epochs=10, batch_size=64, lr=1e-2, beta=500.0, free_bits=0.0,
-                             kl_anneal_steps=0, patience=20)
+    settings = TrainSettings(
+        epochs=10, batch_size=64, lr=1e-2, beta=500.0, free_bits=0.0, kl_anneal_steps=0, patience=20
+    )
     res = fit(train, val, ModelSettings(hidden=8, latent=3), settings, progress=False)
     assert res.collapsed and res.metrics()["posterior_collapse"] is True
     assert max(res.kl_per_dim) < 0.01
@@ -103,8 +104,9 @@ def test_seeded_fits_are_identical() -> None:
 def test_warm_start_begins_where_the_model_was() -> None:
     train, val = _sines(512, 16, 3, 6), _sines(128, 16, 3, 7)
     ms = ModelSettings(hidden=24, latent=4)
-    base = fit(train, val, ms, TrainSettings(epochs=12, batch_size=64, lr=5e-3, patience=3),
-               progress=False)
+    base = fit(
+        train, val, ms, TrainSettings(epochs=12, batch_size=64, lr=5e-3, patience=3), progress=False
+    )
     one_epoch = TrainSettings(epochs=1, batch_size=64, lr=1e-4)
     warm = fit(train, val, ms, one_epoch, init_state=base.model.state_dict(), progress=False)
     cold = fit(train, val, ms, one_epoch, progress=False)
