@@ -70,6 +70,8 @@ _BURST_NOISE = (4.0, 6.0)
 
 # Latent weights in the mixing (daily sine, slow sine, AR drift): the daily cycle dominates.
 _LATENT_WEIGHTS = np.array([1.0, 0.6, 0.4])
+# Per-series deviation from the fleet's mixing matrix (whose entries are ~N(0, 1)).
+_MIXING_JITTER = 0.2
 _AR_PHI = 0.98  # smooth drift: correlation time ~ 50 rows
 _REGIME_SHIFT_STDS = 1.5
 _REGIME_PERIOD_CHANGE = 0.2
@@ -224,14 +226,16 @@ def generate_fleet(
     if noise <= 0:
         raise ConfigError(f"noise must be > 0, got {noise}")
     series_ids = tuple(f"machine-{i:03d}" for i in range(n_series))
-    base_offset, base_scale = _fleet_channels(seed, n_features)
+    base_offset, base_scale, base_mixing = _fleet_channels(seed, n_features)
     plan = _deal_kinds(seed, n_series, n_anomalies_per_series, kinds)
     values = np.empty((n_series, n_steps, n_features), np.float32)
     labels = np.zeros((n_series, n_steps), np.bool_)
     injections: list[Injection] = []
     for i, sid in enumerate(series_ids):
         rng = np.random.default_rng([seed, 0, i])
-        normal = _normal_series(rng, base_offset, base_scale, n_steps, regime_change_at, noise)
+        normal = _normal_series(
+            rng, base_offset, base_scale, base_mixing, n_steps, regime_change_at, noise
+        )
         x = normal.values  # (T, d)
         std = _channel_std(x, regime_change_at)
         rng = np.random.default_rng([seed, 2, i])
@@ -276,12 +280,19 @@ def _feature_names(d: int) -> tuple[str, ...]:
     return tuple(_FEATURE_BASE[j % base] + (f"_{j // base}" if j >= base else "") for j in range(d))
 
 
-def _fleet_channels(seed: int, d: int) -> tuple[F64, F64]:
-    """Per-channel offset and scale shared by the fleet (sensor units differ by channel)."""
+def _fleet_channels(seed: int, d: int) -> tuple[F64, F64, F64]:
+    """Per-channel offset, scale and latent mixing shared by the fleet.
+
+    Machines of one type share their physics: how temperature follows load is the same on every
+    unit, give or take. So the mixing of latent factors into channels is drawn once for the
+    fleet and only perturbed per series (``_MIXING_JITTER``); that shared structure is what lets
+    one model see a stuck sensor or a broken correlation on any machine.
+    """
     rng = np.random.default_rng([seed, 3])
     offset = rng.uniform(0.0, 50.0, d)
     scale = np.exp(rng.uniform(math.log(0.5), math.log(5.0), d))
-    return offset, scale
+    mixing = rng.normal(size=(3, d))
+    return offset, scale, mixing
 
 
 def _deal_kinds(seed: int, n_series: int, rate: float, kinds: Sequence[str]) -> list[list[str]]:
@@ -300,6 +311,7 @@ def _normal_series(
     rng: np.random.Generator,
     base_offset: F64,
     base_scale: F64,
+    base_mixing: F64,
     n_steps: int,
     regime_change_at: int | None,
     noise: float,
@@ -320,7 +332,7 @@ def _normal_series(
     latents = np.stack(
         [math.sqrt(2) * np.sin(phase1), math.sqrt(2) * np.sin(phase2), _ar1(rng, n_steps)], axis=1
     )  # (T, 3), each about unit variance
-    mixing = rng.normal(size=(3, d)) * _LATENT_WEIGHTS[:, None]
+    mixing = (base_mixing + _MIXING_JITTER * rng.normal(size=(3, d))) * _LATENT_WEIGHTS[:, None]
     mixing /= np.linalg.norm(mixing, axis=0, keepdims=True)
     scale = base_scale * rng.uniform(0.8, 1.25, d)
     offset = base_offset + rng.normal(0.0, 0.3, d) * base_scale

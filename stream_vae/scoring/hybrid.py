@@ -29,6 +29,10 @@ __all__ = ["HybridParts", "HybridScore", "ScoreParts", "roc_auc"]
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
+# Floor on a feature's typical validation error (scaled units²): a feature reconstructed
+# perfectly would otherwise turn any later error into an infinite score.
+_MIN_FEATURE_SCALE = 1e-6
+
 
 @dataclass(frozen=True, slots=True)
 class ScoreParts:
@@ -44,10 +48,6 @@ class ScoreParts:
         n = self.latent.shape[0]
         check_shape("ScoreParts.latent", self.latent.shape, (n,))
         check_shape("ScoreParts.recon_features", self.recon_features.shape, (n, None))
-
-    @property
-    def recon(self) -> F32:
-        return self.recon_features.mean(axis=1)  # type: ignore[no-any-return]  # (n,)
 
     def take(self, idx: npt.NDArray[np.intp]) -> ScoreParts:
         return ScoreParts(self.recon_features[idx], self.latent[idx])
@@ -81,17 +81,30 @@ class HybridScore:
         self.normaliser = normaliser
         self.transform = transform
         self.combine = combine
+        self._feature_scale: F64 = np.ones(0)
         self._recon_norm = Normaliser(normaliser)
         self._latent_norm = Normaliser(normaliser)
 
     def fit(self, parts: ScoreParts) -> HybridScore:
         """Fit both normalisers on validation (normal) windows; returns self."""
-        self._recon_norm.fit(parts.recon)
+        # Each feature's error is measured against its own typical error on normal windows, so
+        # a feature the model always reconstructs loosely does not drown the others.
+        med = np.median(parts.recon_features.astype(np.float64), axis=0)  # (d,)
+        self._feature_scale = np.maximum(med, _MIN_FEATURE_SCALE)
+        self._recon_norm.fit(self.recon(parts))
         self._latent_norm.fit(parts.latent)
         return self
 
+    def feature_errors(self, parts: ScoreParts) -> F64:
+        """Per-feature errors relative to their typical value on validation windows: (n, d)."""
+        return parts.recon_features / self._feature_scale
+
+    def recon(self, parts: ScoreParts) -> F64:
+        """The reconstruction component R before normalisation: (n,)."""
+        return self.feature_errors(parts).mean(axis=1)  # type: ignore[no-any-return]
+
     def components(self, parts: ScoreParts) -> tuple[F64, F64]:
-        r = apply_transform(self._recon_norm.transform(parts.recon), self.transform)
+        r = apply_transform(self._recon_norm.transform(self.recon(parts)), self.transform)
         lat = apply_transform(self._latent_norm.transform(parts.latent), self.transform)
         return r, lat
 
@@ -110,6 +123,7 @@ class HybridScore:
             "normaliser": self.normaliser,
             "transform": self.transform,
             "combine": self.combine,
+            "feature_scale": self._feature_scale.tolist(),
             "recon_norm": self._recon_norm.to_dict(),
             "latent_norm": self._latent_norm.to_dict(),
         }
@@ -117,6 +131,7 @@ class HybridScore:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HybridScore:
         h = cls(float(d["alpha"]), d["normaliser"], d["transform"], d["combine"])
+        h._feature_scale = np.asarray(d["feature_scale"], dtype=np.float64)
         h._recon_norm = Normaliser.from_dict(d["recon_norm"])
         h._latent_norm = Normaliser.from_dict(d["latent_norm"])
         return h

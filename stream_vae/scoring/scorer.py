@@ -83,6 +83,7 @@ class Scorer:
         if len(keys) != n:
             raise ValueError(f"Scorer.update: {len(keys)} keys for {n} windows")
         h = self.hybrid.raw(parts)
+        rel = self.hybrid.feature_errors(parts)  # (n, d) for attribution
         smoothed = np.asarray(self._ema.update(keys, h.raw), dtype=np.float64)
         events = self._episodes.update(keys, ts_arr, smoothed, self.threshold)
         alerts = tuple(
@@ -98,9 +99,7 @@ class Scorer:
                 recon_score=float(h.recon[e.row]),
                 latent_score=float(h.latent[e.row]),
                 peak_score=float(e.peak_score),
-                top_features=top_features(
-                    parts.recon_features[e.row], self.feature_names, self.top_k
-                ),
+                top_features=top_features(rel[e.row], self.feature_names, self.top_k),
                 model_version=self.model_version,
             )
             for e in events
