@@ -5,7 +5,8 @@ tail) → score normalisers, α and threshold on the tail → Artifact``. The we
 tail; the normalisers are monotone and α is chosen against synthetic faults, so neither biases
 the threshold, and using the whole tail for it halves the variance of its tail estimate against
 a separate calibration split (fresh-data FPR for a 1% target: 2.8% → 1.8%, docs/scoring.md).
-Warm start reuses the previous weights as the starting point (the scaler, normalisers and threshold are always refitted on the new data).
+Warm start reuses the previous weights as the starting point (the scaler, normalisers and
+threshold are always refitted on the new data).
 """
 
 from __future__ import annotations
