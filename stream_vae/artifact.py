@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import torch
 from . import _json
 from .config import ScoringSettings, WindowSettings
 from .errors import ArtifactError
-from .inference import Detector, TorchBackend
+from .inference import Backend, Detector, OrtBackend, TorchBackend
 from .model import LSTMVAE, VAEConfig, pick_device
 from .scaler import Scaler
 from .scoring.hybrid import HybridScore
@@ -89,16 +89,40 @@ class Artifact:
         m.load_state_dict(self.state_dict)
         return m.eval()
 
-    def detector(self, device: str = "auto", *, max_batch: int = 4096) -> Detector:
-        backend = TorchBackend(self.model(), pick_device(device))
+    def detector(
+        self,
+        device: str = "auto",
+        *,
+        backend: Literal["torch", "onnx"] = "torch",
+        threads: int = 2,
+        max_batch: int = 4096,
+    ) -> Detector:
+        """The forward pass on ``device`` (torch), or on the CPU under ONNX Runtime."""
+        impl: Backend = (
+            self._onnx_backend(threads)
+            if backend == "onnx"
+            else TorchBackend(self.model(), pick_device(device))
+        )
         return Detector(
-            backend,
+            impl,
             self.scaler,
             self.vae_config.window,
             recon_mode=self.scoring.recon_mode,
             latent_mode=self.scoring.latent_mode,
             max_batch=max_batch,
         )
+
+    def _onnx_backend(self, threads: int) -> Backend:
+        from .export import to_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = to_onnx(self.model(), Path(tmp) / "model.onnx")
+            try:
+                return OrtBackend(str(path), threads)  # the session holds the graph in memory
+            except ImportError:
+                raise ArtifactError(
+                    "the onnx backend needs onnxruntime: pip install 'stream-vae[onnx]'"
+                ) from None
 
     def scorer(self, scoring: ScoringSettings | None = None) -> Scorer:
         """A fresh per-series scorer; ``scoring`` may override episode settings (not the score)."""

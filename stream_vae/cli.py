@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
     s.add_argument("--device", default="auto")
     s.add_argument("--batch", type=int, default=2048, help="records per micro-batch")
+    s.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="onnx: ONNX Runtime on the CPU (stream-vae[onnx])",
+    )
 
     e = sub.add_parser("export", help="export a model to TorchScript and/or ONNX")
     e.add_argument("--model", required=True, type=Path)

@@ -54,7 +54,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise ConfigError("--batch must be ≥ 1")
     art = Artifact.load(args.model)
     table = read_table(args.data, fmt=args.format, feature_names=art.feature_names)
-    pipe = Pipeline.from_artifact(art, args.device)
+    pipe = Pipeline.from_artifact(art, args.device, args.backend)
     rows: list[tuple[str, float, float, float, float, bool]] = []
     n_alerts = 0
     for scored in pipe.stream(table.batch, args.batch):

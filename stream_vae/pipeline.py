@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from .artifact import Artifact
 from .inference import Detector
@@ -29,8 +30,11 @@ class Pipeline:
     scorer: Scorer
 
     @classmethod
-    def from_artifact(cls, artifact: Artifact, device: str = "auto") -> Pipeline:
-        return cls(artifact.window_store(), artifact.detector(device), artifact.scorer())
+    def from_artifact(
+        cls, artifact: Artifact, device: str = "auto", backend: Literal["torch", "onnx"] = "torch"
+    ) -> Pipeline:
+        detector = artifact.detector(device, backend=backend)
+        return cls(artifact.window_store(), detector, artifact.scorer())
 
     def process(self, batch: RecordBatch) -> ScoredBatch:
         """Records in arrival order → scores of the windows they completed, and alert events."""

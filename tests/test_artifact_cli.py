@@ -14,7 +14,7 @@ from stream_vae.artifact import Artifact
 from stream_vae.cli import main
 from stream_vae.errors import ArtifactError
 from stream_vae.export import to_onnx, to_torchscript
-from stream_vae.inference import Detector, OrtBackend
+from stream_vae.inference import OrtBackend
 from stream_vae.pipeline import Pipeline
 from stream_vae.tabular import read_table
 
@@ -92,7 +92,7 @@ def test_export_parity(tiny: TinyModel, tmp_path: Path) -> None:
     # the ORT backend scores windows exactly like the eager one (same score_parts)
     raw = np.random.default_rng(1).normal(size=(50, *tiny.window_shape)).astype(np.float32)
     eager_det = tiny.artifact.detector("cpu")
-    ort_det = Detector(ort, tiny.artifact.scaler, tiny.window_shape[0])
+    ort_det = tiny.artifact.detector(backend="onnx", threads=1)
     assert np.allclose(
         eager_det.infer(raw).recon_features, ort_det.infer(raw).recon_features, atol=1e-4
     )
@@ -219,3 +219,15 @@ def test_cli_bad_config(
     assert main(["train", "--data", str(f), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: window.size") and err.count("\n") == 1
+
+
+def test_cli_score_onnx_backend_matches_torch(tiny: TinyModel, tmp_path: Path) -> None:
+    outs = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"{backend}.csv"
+        args = ["score", "--model", str(tiny.model_dir), "--data", str(tiny.test_csv)]
+        assert main([*args, "--out", str(out), "--backend", backend, "--device", "cpu"]) == 0
+        with out.open() as fh:
+            outs[backend] = np.array([float(r["raw_score"]) for r in csv.DictReader(fh)])
+    assert len(outs["torch"]) > 100
+    assert np.allclose(outs["torch"], outs["onnx"], rtol=1e-3, atol=1e-3)
