@@ -53,10 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--to", default="all", choices=["all", "torchscript", "onnx"])
 
     d = sub.add_parser("demo", help="train on a generated fleet and stream its future (offline)")
-    d.add_argument("--series", type=int, default=16)
+    d.add_argument("--series", type=int, default=20)
     d.add_argument("--features", type=int, default=8)
-    d.add_argument("--steps", type=int, default=1200)
-    d.add_argument("--epochs", type=int, default=10)
+    d.add_argument("--steps", type=int, default=1600)
+    d.add_argument("--epochs", type=int, default=20)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
 

@@ -81,9 +81,17 @@ def score_parts(
     the error is the per-point negative log-likelihood (without its constant).
     """
     recon, recon_lv, mu, logvar = outputs
-    sq = (x - recon) ** 2  # (n, W, d)
-    err = sq if recon_lv is None else 0.5 * (recon_lv + sq * np.exp(-recon_lv))
-    per_feature = err.mean(axis=1) if recon_mode == "window" else err[:, -1, :]  # (n, d)
+    if recon_mode == "last":
+        x, recon = x[:, -1:, :], recon[:, -1:, :]  # (n, 1, d): only the newest point counts
+        recon_lv = None if recon_lv is None else recon_lv[:, -1:, :]
+    # In place on one temporary: this runs on every window of the stream.
+    err = np.subtract(x, recon)  # (n, W, d)
+    np.square(err, out=err)
+    if recon_lv is not None:
+        err *= np.exp(-recon_lv)
+        err += recon_lv
+        err *= 0.5
+    per_feature = err.mean(axis=1)  # (n, d)
     if latent_mode == "kl":
         latent = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar).sum(axis=1)  # (n,)
     else:  # −log N(μ; 0, I)

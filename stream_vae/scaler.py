@@ -41,7 +41,9 @@ class Scaler:
 
     def transform(self, x: npt.NDArray[np.floating[Any]]) -> F32:
         """Scale an array whose last axis is the feature axis: (…, d) → (…, d) float32."""
-        return ((x - self.mean) / self.std).astype(np.float32, copy=False)
+        out = np.subtract(x, self.mean, dtype=np.float32)
+        out /= self.std
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
