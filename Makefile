@@ -18,7 +18,10 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/stream-vae demo
 
+# Lint and types are part of the test command, so CI keeps them clean too.
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check stream_vae tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed

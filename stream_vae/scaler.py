@@ -41,7 +41,7 @@ class Scaler:
 
     def transform(self, x: npt.NDArray[np.floating[Any]]) -> F32:
         """Scale an array whose last axis is the feature axis: (…, d) → (…, d) float32."""
-        out = np.subtract(x, self.mean, dtype=np.float32)
+        out: F32 = np.subtract(x, self.mean, dtype=np.float32)
         out /= self.std
         return out
 

@@ -83,9 +83,10 @@ class Scorer:
         if len(keys) != n:
             raise ValueError(f"Scorer.update: {len(keys)} keys for {n} windows")
         h = self.hybrid.raw(parts)
-        rel = self.hybrid.feature_errors(parts)  # (n, d) for attribution
         smoothed = np.asarray(self._ema.update(keys, h.raw), dtype=np.float64)
         events = self._episodes.update(keys, ts_arr, smoothed, self.threshold)
+        # Attribution only for the rows that raised an event: most batches raise none.
+        rel = self.hybrid.feature_errors(parts.take(np.array([e.row for e in events], np.intp)))
         alerts = tuple(
             Alert(
                 alert_id=alert_id(e.series_id, e.episode_start_ts, self.model_version),
@@ -99,10 +100,10 @@ class Scorer:
                 recon_score=float(h.recon[e.row]),
                 latent_score=float(h.latent[e.row]),
                 peak_score=float(e.peak_score),
-                top_features=top_features(rel[e.row], self.feature_names, self.top_k),
+                top_features=top_features(rel[i], self.feature_names, self.top_k),
                 model_version=self.model_version,
             )
-            for e in events
+            for i, e in enumerate(events)
         )
         return ScoredBatch(keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts)
 
