@@ -69,10 +69,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.out.parent and not args.out.parent.exists():
         args.out.parent.mkdir(parents=True)
     write_scores(args.out, rows)
+    c = pipe.store.counters
     print(
         f"scored {len(rows)} windows of {len(set(table.batch.series_ids))} series with "
         f"{art.version}: {n_alerts} alert episodes -> {args.out}"
     )
+    if c["late"] or c["gap_resets"]:
+        print(
+            f"note: {c['late']} late or duplicate rows were skipped (timestamps must increase "
+            f"within a series) and {c['gap_resets']} gaps restarted a series' window"
+        )
     return 0
 
 

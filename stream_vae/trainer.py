@@ -53,6 +53,11 @@ def train_artifact(
     train_cfg, win = settings.train, settings.window
     if warm_start is not None:
         warm_start.check_features(feature_names)
+    # Training files need not be in time order; the windows must be.
+    order = np.argsort(batch.ts, kind="stable")
+    batch = RecordBatch(
+        tuple(batch.series_ids[i] for i in order), batch.ts[order], batch.values[order]
+    )
     head, tail = split_by_time(batch, train_cfg.val_fraction)
     scaler = Scaler.fit(head.values, train_cfg.std_floor)
     w_train = make_windows(head, win.size)

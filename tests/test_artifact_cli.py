@@ -231,3 +231,14 @@ def test_cli_score_onnx_backend_matches_torch(tiny: TinyModel, tmp_path: Path) -
             outs[backend] = np.array([float(r["raw_score"]) for r in csv.DictReader(fh)])
     assert len(outs["torch"]) > 100
     assert np.allclose(outs["torch"], outs["onnx"], rtol=1e-3, atol=1e-3)
+
+
+def test_cli_score_reports_skipped_late_rows(
+    tiny: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = tiny.test_csv.read_text().splitlines()
+    f = tmp_path / "late.csv"
+    f.write_text("\n".join([*lines[:200], lines[5], *lines[200:]]) + "\n")  # row 5 again, late
+    out = tmp_path / "o.csv"
+    assert main(["score", "--model", str(tiny.model_dir), "--data", str(f), "--out", str(out)]) == 0
+    assert "1 late or duplicate rows were skipped" in capsys.readouterr().out
