@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
 
+    u = sub.add_parser("run", help="the streaming service: Kafka in, alerts out")
+    u.add_argument("--model", required=True, type=Path)
+
     r = sub.add_parser("replay", help="produce a CSV/Parquet/SMD file to a Kafka topic")
     r.add_argument("data", type=Path)
     r.add_argument("--topic", required=True)

@@ -6,6 +6,7 @@ import argparse
 import csv
 from datetime import UTC
 
+import torch
 from aiokafka.errors import KafkaError
 
 from .artifact import Artifact
@@ -15,7 +16,15 @@ from .pipeline import Pipeline
 from .tabular import read_table, write_scores
 from .trainer import train_artifact
 
-__all__ = ["cmd_demo", "cmd_export", "cmd_generate", "cmd_replay", "cmd_score", "cmd_train"]
+__all__ = [
+    "cmd_demo",
+    "cmd_export",
+    "cmd_generate",
+    "cmd_replay",
+    "cmd_run",
+    "cmd_score",
+    "cmd_train",
+]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -81,6 +90,33 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"note: {c['late']} late or duplicate rows were skipped (timestamps must increase "
             f"within a series) and {c['gap_resets']} gaps restarted a series' window"
         )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from .service import Service
+
+    settings = _settings(args)
+    torch.set_num_threads(settings.train.torch_threads)
+    service = Service(settings, Artifact.load(args.model))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await service.run(stop)
+
+    try:
+        asyncio.run(serve())
+    except (OSError, KafkaError) as exc:
+        raise KafkaUnavailableError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+        ) from None
+    print("stopped: " + ", ".join(f"{k} {v}" for k, v in service.accounting().items()))
     return 0
 
 

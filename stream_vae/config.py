@@ -33,6 +33,7 @@ __all__ = [
     "KafkaSettings",
     "ModelSettings",
     "ScoringSettings",
+    "ServiceSettings",
     "Settings",
     "TrainSettings",
     "WindowSettings",
@@ -166,6 +167,18 @@ class KafkaSettings(BaseModel):
         return self
 
 
+class ServiceSettings(BaseModel):
+    """The streaming loop (see stream_vae.service)."""
+
+    model_config = _FROZEN
+
+    max_batch_records: int = Field(2048, ge=1, le=1_000_000, description="records per batch")
+    max_wait_ms: int = Field(50, ge=0, le=60_000, description="longest wait to fill a batch")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on the final drain")
+    device: str = "auto"
+    backend: Literal["torch", "onnx"] = "torch"
+
+
 class Settings(BaseSettings):
     """The root of the settings tree."""
 
@@ -181,6 +194,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     scoring: ScoringSettings = ScoringSettings()
     kafka: KafkaSettings = KafkaSettings()
+    service: ServiceSettings = ServiceSettings()
 
     @classmethod
     def settings_customise_sources(
