@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=20)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
+    d.add_argument("--rate", type=float, default=4000.0, help="records/s streamed into Kafka")
 
     u = sub.add_parser("run", help="the streaming service: Kafka in, alerts out")
     u.add_argument("--model", required=True, type=Path)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-from datetime import UTC
+from datetime import UTC, datetime
+from typing import Any
 
 import torch
 from aiokafka.errors import KafkaError
@@ -187,14 +188,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate a fleet, train on its clean past, stream its future through the pipeline."""
-    from datetime import datetime
+    """Train on a generated fleet's past; stream its future through Kafka and the service."""
+    import asyncio
+    import time
+    import uuid
 
+    from .broker import EmbeddedBroker
+    from .demo import stream_through_kafka
     from .evaluation.events import Segment, match_events
     from .records import RecordBatch
     from .synthetic import generate_fleet
 
     base = _settings(args)
+    torch.set_num_threads(base.train.torch_threads)
     # The demo trades a little accuracy for time: fewer epochs than a production fit.
     settings = base.model_copy(
         update={"train": base.train.model_copy(update={"epochs": args.epochs})}
@@ -206,7 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"fleet: {args.series} series x {args.features} sensors, {args.steps} steps; training on "
         f"the first {past.n_steps} steps, then streaming {future.n_steps} steps with "
-        f"{len(future.injections)} injected anomalies"
+        f"{len(future.injections)} injected anomalies through Kafka"
     )
     sids, ts, values, _ = past.interleaved()
     art = train_artifact(
@@ -220,28 +226,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"model {art.version}: alpha {art.hybrid.alpha:.2f}, threshold {art.threshold:.3f} "
         f"({art.calibration.method}), {art.training['metrics']['train_seconds']:.0f} s"
     )
-    pipe = Pipeline.from_artifact(art, args.device)
     sids, ts, values, _ = future.interleaved()
     stream = RecordBatch(tuple(sids), ts, values)
-    step_s = float(fleet.ts[1] - fleet.ts[0])
-    opens: list[tuple[str, int]] = []
-    for scored in pipe.stream(stream, chunk=args.series * 10):
-        for a in scored.alerts:
-            when = datetime.fromtimestamp(a.ts, UTC).strftime("%Y-%m-%d %H:%M")
-            top = ", ".join(f"{f} {s:.0%}" for f, s in a.top_features)
+    last_progress = [0.0]
+
+    def on_alert(a: dict[str, Any]) -> None:
+        when = datetime.fromtimestamp(a["ts"], UTC).strftime("%Y-%m-%d %H:%M")
+        top = ", ".join(f"{t['feature']} {t['share']:.0%}" for t in a["top_features"])
+        print(
+            f"{when}  {a['event'].upper():5}  {a['series_id']}  score {a['score']:.2f} "
+            f"(threshold {a['threshold']:.2f})  top: {top}",
+            flush=True,
+        )
+
+    def on_progress(sent: int, total: int, acc: dict[str, int]) -> None:
+        now = time.monotonic()
+        if now - last_progress[0] >= 2.0 or acc["consumed"] >= total:
+            last_progress[0] = now
             print(
-                f"{when}  {a.event.upper():5}  {a.series_id}  score {a.score:.2f} "
-                f"(threshold {a.threshold:.2f})  top: {top}"
+                f"  .. produced {sent}/{total}, consumed {acc['consumed']}, windows scored "
+                f"{acc['windows']}, alerts {acc['alerts']}",
+                flush=True,
             )
-            if a.event == "open":
-                opens.append((a.series_id, round((a.ts - fleet.ts[0]) / step_s)))
+
+    tag = uuid.uuid4().hex[:6]
+    with EmbeddedBroker() as broker:
+        print(f"embedded Kafka-compatible broker on {broker.bootstrap_servers}")
+        kafka = settings.kafka.model_copy(
+            update={
+                "bootstrap_servers": broker.bootstrap_servers,
+                "group_id": f"demo-{tag}",
+                "input_topics": ("telemetry",),
+                "topic_partitions": 4,
+                "session_timeout_ms": 6000,
+            }
+        )
+        run_settings = settings.model_copy(update={"kafka": kafka})
+        alerts, acc = asyncio.run(
+            stream_through_kafka(art, stream, run_settings, on_alert, on_progress, rate=args.rate)
+        )
+    step_s = float(fleet.ts[1] - fleet.ts[0])
+    opens = [
+        (a["series_id"], round((a["ts"] - fleet.ts[0]) / step_s))
+        for a in alerts
+        if a["event"] == "open"
+    ]
     segments = [
         Segment(i.series_id, i.start + past.n_steps, i.end + past.n_steps, i.kind)
         for i in future.injections
     ]
     report = match_events(opens, segments, tolerance=art.vae_config.window)
     print(
-        f"\ndetected {report.n_detected}/{report.n_segments} injected anomalies "
+        f"\nconsumed {acc['consumed']} records: {acc['scored']} scored, {acc['buffered']} "
+        f"buffered (windows filling), {acc['late']} late, {acc['dead_letters']} dead letters"
+    )
+    print(
+        f"detected {report.n_detected}/{report.n_segments} injected anomalies "
         f"(recall {report.recall:.2f}); {report.n_alerts} alerts, {report.n_false} false "
         f"(precision {report.precision:.2f}); mean delay {report.mean_delay:.1f} steps"
     )

@@ -151,6 +151,8 @@ class KafkaSettings(BaseModel):
     # Idempotent produce needs InitProducerId, which some Kafka-compatible brokers lack.
     enable_idempotence: bool = False
     max_message_bytes: int = Field(1 << 20, ge=1024, description="larger values: dead letter")
+    # A member silent this long leaves the group. Some brokers hold a join for half of it.
+    session_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

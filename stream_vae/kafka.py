@@ -65,6 +65,8 @@ def make_consumer(k: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaC
         "group_id": k.group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        "session_timeout_ms": k.session_timeout_ms,
+        "heartbeat_interval_ms": max(k.session_timeout_ms // 3, 100),
         **overrides,
     }
     return AIOKafkaConsumer(*topics, **client_options(k), **opts)

@@ -1,0 +1,105 @@
+"""The demo's streaming half: a producer replays telemetry into Kafka while the real service
+scores it and a reader prints the alerts as they arrive on the alert topic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from . import _json
+from .artifact import Artifact
+from .config import Settings
+from .kafka import client_options, ensure_topics, make_producer
+from .records import RecordBatch, encode
+from .service import Service
+
+__all__ = ["stream_through_kafka"]
+
+Progress = Callable[[int, int, dict[str, int]], None]
+
+
+async def stream_through_kafka(
+    artifact: Artifact,
+    records: RecordBatch,
+    settings: Settings,
+    on_alert: Callable[[dict[str, Any]], None],
+    on_progress: Progress,
+    *,
+    rate: float | None = None,
+    timeout_s: float = 300.0,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Produce ``records``, run the service until it consumed them all, collect the alerts."""
+    k = settings.kafka
+    topic = k.input_topics[0]
+    await ensure_topics(k, [topic, k.alert_topic, k.dead_letter_topic])
+    service = Service(settings, artifact)
+    stop = asyncio.Event()
+    alerts: list[dict[str, Any]] = []
+    reader = asyncio.create_task(_read_alerts(settings, alerts, on_alert))
+    running = asyncio.create_task(service.run(stop))
+    try:
+        sent = 0
+        producer = make_producer(k)
+        await producer.start()
+        try:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            for i in range(0, len(records), 500):
+                part = records.slice(i, i + 500)
+                acks = [
+                    await producer.send(
+                        topic, encode(r, artifact.feature_names), key=r.series_id.encode()
+                    )
+                    for r in part.records()
+                ]
+                await asyncio.gather(*acks)
+                sent += len(part)
+                on_progress(sent, len(records), service.accounting())
+                if rate is not None:
+                    await asyncio.sleep(max(0.0, t0 + sent / rate - loop.time()))
+        finally:
+            await producer.stop()
+        async with asyncio.timeout(timeout_s):
+            while service.accounting()["consumed"] < len(records):
+                if running.done():
+                    running.result()  # the service died: raise its error
+                await asyncio.sleep(0.5)
+                on_progress(sent, len(records), service.accounting())
+            stop.set()
+            await running
+            while len(alerts) < service.accounting()["alerts"]:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        if not running.done():
+            await running
+    return alerts, service.accounting()
+
+
+async def _read_alerts(
+    settings: Settings, out: list[dict[str, Any]], on_alert: Callable[[dict[str, Any]], None]
+) -> None:
+    topic = settings.kafka.alert_topic
+    consumer = AIOKafkaConsumer(
+        **client_options(settings.kafka), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        while True:
+            for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                for m in msgs:
+                    alert = _json.loads(m.value)
+                    out.append(alert)
+                    on_alert(alert)
+    finally:
+        await consumer.stop()
