@@ -134,7 +134,12 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
 
     acc, alerts, dead, committed = asyncio.run(scenario())
     # every consumed offset is accounted for, exactly once
-    assert acc["consumed"] == n_total == sum(committed.values())
+    assert acc["consumed"] == n_total
+    # committed at the replay watermark: each series' last W - 1 + EMA warm-up records (and an
+    # episode still open, from its start) stay uncommitted so a restart can rebuild them
+    # (stream_vae.service.offsets; test_service_process checks that a restart loses nothing)
+    keep = tiny.artifact.vae_config.window - 1 + 20  # ema_beta 0.5: 20 warm-up windows
+    assert 0 < sum(committed.values()) <= n_total - keep
     assert acc["consumed"] == acc["scored"] + acc["buffered"] + acc["late"] + acc["dead_letters"]
     assert acc["dead_letters"] == len(bad)
     # dead letters keep the original key and bytes, and say why and where from

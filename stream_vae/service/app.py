@@ -9,16 +9,20 @@ Offsets are committed only after the broker acknowledged everything the records 
 crash repeats work (and alerts, with the same ``alert_id``) but never loses it. While the forward
 pass runs in the worker thread, aiokafka's fetcher keeps prefetching the next batch on the loop.
 
-Rebalancing: on revoke, the listener waits for the batch in flight to be published and
-committed, then drops the window, EMA and episode state of the series on the revoked partitions.
-The new owner rebuilds windows from the records it consumes next (each series scores again after
-W points); no state is handed over.
+Offsets are committed at a replay watermark, not at the last record (see
+:mod:`stream_vae.service.offsets`): a restarted or newly assigned consumer re-reads each series'
+last ``W − 1`` records plus an EMA warm-up (and an open episode from its start), so it rebuilds
+the state exactly instead of losing it; the price is a short replay and repeated alerts with the
+same ``alert_id``. On revoke, the listener waits for the batch in flight to be published and
+committed, then drops the state of the series on the revoked partitions; nothing is handed over
+between replicas, the Kafka log is the hand-over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +32,7 @@ from ..artifact import Artifact
 from ..config import Settings
 from ..kafka import ensure_topics, make_consumer, make_producer
 from ..pipeline import Pipeline
+from .offsets import ReplayWatermark
 from .sink import KafkaSink
 from .source import KafkaSource
 
@@ -48,7 +53,7 @@ class Service:
             artifact, settings.service.device, settings.service.backend
         )
         self._counts = dict.fromkeys(_COUNTS, 0)
-        self._series_partition: dict[str, TopicPartition] = {}
+        self._watermark = ReplayWatermark(_replay_keep(artifact))
         self._lock = asyncio.Lock()
         self._source: KafkaSource | None = None
         self._sink: KafkaSink | None = None
@@ -110,8 +115,13 @@ class Service:
             )
             scored = self.pipeline.scorer.update(ready.keys, ready.ts, parts)
             await self._sink.publish(scored.alerts, batch.rejected)
-            await self._source.commit(batch.next_offsets)
-            self._series_partition.update(batch.partition_of)
+            self._watermark.observe(batch.records.series_ids, batch.partitions, batch.offsets)
+            for a in scored.alerts:
+                if a.event == "open":
+                    self._watermark.episode_opened(a.series_id)
+                else:
+                    self._watermark.episode_closed(a.series_id)
+            await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
             late = self.pipeline.store.counters["late"] - late_before
             self._count(
                 batch.n_consumed,
@@ -149,14 +159,23 @@ class Service:
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         gone = set(revoked)
         async with self._lock:
-            series = [s for s, tp in self._series_partition.items() if tp in gone]
+            series = self._watermark.series_on(gone)
             self.pipeline.store.drop(series)
             self.pipeline.scorer.drop(series)
-            for s in series:
-                del self._series_partition[s]
+            self._watermark.drop(series)
         log.info(
             "partitions revoked %s: dropped state of %d series", sorted(map(str, gone)), len(series)
         )
+
+
+def _replay_keep(artifact: Artifact) -> int:
+    """Records per series a restart must re-read: a window's W − 1, plus EMA warm-up windows."""
+    beta = artifact.scoring.ema_beta
+    # After n windows the EMA's starting value weighs beta**n; 1e-6 is far below any margin
+    # between a score and its threshold.
+    warmup = 0 if beta == 0 else min(math.ceil(math.log(1e-6) / math.log(beta)), 256)
+    stride = artifact.window.stride
+    return artifact.vae_config.window - 1 + warmup * stride
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

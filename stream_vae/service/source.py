@@ -41,7 +41,8 @@ class SourceBatch:
     records: RecordBatch
     rejected: tuple[DeadLetter, ...]
     next_offsets: dict[TopicPartition, int]  # offset to commit per partition (last + 1)
-    partition_of: dict[str, TopicPartition] = field(default_factory=dict)  # series → partition
+    partitions: tuple[TopicPartition, ...] = ()  # (n,) where each record came from
+    offsets: tuple[int, ...] = ()  # (n,) its offset there
     append_ts: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))  # (n,) s
 
     @property
@@ -77,7 +78,8 @@ class KafkaSource:
         append_ts: list[float] = []
         rejected: list[DeadLetter] = []
         offsets: dict[TopicPartition, int] = {}
-        partition_of: dict[str, TopicPartition] = {}
+        partitions: list[TopicPartition] = []
+        record_offsets: list[int] = []
         for tp, messages in fetched.items():
             for m in messages:
                 try:
@@ -103,12 +105,18 @@ class KafkaSource:
                 else:
                     records.append(rec)
                     append_ts.append(m.timestamp / 1000.0)
-                    partition_of[rec.series_id] = tp
+                    partitions.append(tp)
+                    record_offsets.append(m.offset)
             if messages:
                 offsets[tp] = messages[-1].offset + 1
         batch = RecordBatch.from_records(records, len(self.feature_names))
         return SourceBatch(
-            batch, tuple(rejected), offsets, partition_of, np.asarray(append_ts, dtype=np.float64)
+            batch,
+            tuple(rejected),
+            offsets,
+            tuple(partitions),
+            tuple(record_offsets),
+            np.asarray(append_ts, dtype=np.float64),
         )
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:

@@ -1,0 +1,93 @@
+"""Which offset to commit so that a restart rebuilds every series' state exactly.
+
+Committing the offset after the last processed record would lose the window, EMA and episode
+state of every series on a restart or rebalance: the new consumer would need W more points per
+series before scoring again, and an episode open at the crash would never close. So the service
+commits, per partition, the earliest offset any of its series still needs:
+
+* the oldest of the series' last ``W − 1 + warmup`` records (its window, plus enough windows
+  for the EMA to forget its start), or
+* while an episode is open, the oldest record that was needed when it opened (so the replay
+  re-opens it, with the same ``alert_id``, and can close it).
+
+After a crash the records from there on are processed again; alerts they cause repeat with the
+same ``alert_id`` (at-least-once), and none is lost.
+
+Examples
+--------
+>>> from aiokafka import TopicPartition
+>>> tp = TopicPartition("t", 0)
+>>> w = ReplayWatermark(keep=2)
+>>> w.observe(["a", "b", "a", "a"], [tp] * 4, [10, 11, 12, 13])
+>>> w.commit_offsets({tp: 14})  # "a" needs 12 and 13, "b" needs 11
+{TopicPartition(topic='t', partition=0): 11}
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from aiokafka import TopicPartition
+
+__all__ = ["ReplayWatermark"]
+
+
+class ReplayWatermark:
+    """Per series: the offsets of its last ``keep`` records and, if open, its episode's start."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._tail: dict[str, deque[int]] = {}
+        self._partition: dict[str, TopicPartition] = {}
+        self._open: dict[str, int] = {}
+        self._front_before: dict[str, int] = {}
+
+    def observe(
+        self,
+        series_ids: Sequence[str],
+        partitions: Sequence[TopicPartition],
+        offsets: Sequence[int],
+    ) -> None:
+        """Record a batch's accepted records (in order)."""
+        self._front_before = {}
+        for sid, tp, off in zip(series_ids, partitions, offsets, strict=True):
+            tail = self._tail.get(sid)
+            if tail is None:
+                tail = self._tail[sid] = deque(maxlen=max(self.keep, 1))
+                self._partition[sid] = tp
+            self._front_before.setdefault(sid, tail[0] if tail else off)
+            tail.append(off)
+
+    def episode_opened(self, series_id: str) -> None:
+        """Pin the series at what it needed before the batch in which its episode opened."""
+        front = self._front_before.get(series_id)
+        if front is None:
+            tail = self._tail.get(series_id)
+            front = tail[0] if tail else None
+        if front is not None:
+            self._open[series_id] = front
+
+    def episode_closed(self, series_id: str) -> None:
+        self._open.pop(series_id, None)
+
+    def commit_offsets(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The offsets to commit for the partitions of ``next_offsets`` (last processed + 1)."""
+        out = dict(next_offsets)
+        for sid, tail in self._tail.items():
+            tp = self._partition[sid]
+            if tp in out and tail:
+                need = min(self._open.get(sid, tail[0]), tail[0])
+                out[tp] = min(out[tp], need)
+        return out
+
+    def series_on(self, partitions: Iterable[TopicPartition]) -> list[str]:
+        """The series last seen on any of these partitions."""
+        wanted = set(partitions)
+        return [s for s, tp in self._partition.items() if tp in wanted]
+
+    def drop(self, series_ids: Iterable[str]) -> None:
+        for sid in series_ids:
+            self._tail.pop(sid, None)
+            self._partition.pop(sid, None)
+            self._open.pop(sid, None)

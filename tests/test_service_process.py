@@ -1,0 +1,184 @@
+"""`stream-vae run` as a real process: SIGTERM drains and commits; SIGKILL loses no alert."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream_vae import _json
+from stream_vae.broker import EmbeddedBroker
+from stream_vae.config import KafkaSettings
+from stream_vae.kafka import ensure_topics
+from stream_vae.pipeline import Pipeline
+from stream_vae.replay import replay
+from stream_vae.tabular import read_table
+
+from .conftest import TinyModel
+
+PARTITIONS = 2
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
+
+
+def _env(k: KafkaSettings, **extra: str) -> dict[str, str]:
+    env = {key: v for key, v in os.environ.items() if not key.startswith("STREAM_VAE_")}
+    env.update(
+        {
+            "STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+            "STREAM_VAE_KAFKA__GROUP_ID": k.group_id,
+            "STREAM_VAE_KAFKA__INPUT_TOPICS": _json.dumps(list(k.input_topics)).decode(),
+            "STREAM_VAE_KAFKA__ALERT_TOPIC": k.alert_topic,
+            "STREAM_VAE_KAFKA__DEAD_LETTER_TOPIC": k.dead_letter_topic,
+            "STREAM_VAE_KAFKA__SESSION_TIMEOUT_MS": "4000",
+            "STREAM_VAE_SERVICE__DEVICE": "cpu",
+            **extra,
+        }
+    )
+    return env
+
+
+def _start(model: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream_vae", "run", "--model", str(model)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _committed(k: KafkaSettings) -> int:
+    c = AIOKafkaConsumer(
+        bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False
+    )
+    await c.start()
+    try:
+        tps = [TopicPartition(k.input_topics[0], p) for p in range(PARTITIONS)]
+        return sum([await c.committed(tp) or 0 for tp in tps])
+    finally:
+        await c.stop()
+
+
+def _wait_committed(
+    k: KafkaSettings,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    at_least: int = 1,
+    steady_s: float = 0.0,
+    timeout_s: float = 60,
+) -> int:
+    """Wait until the group committed at least ``at_least`` offsets and the total has not moved
+    for ``steady_s`` (the service commits at a replay watermark, short of the end, so "caught
+    up" shows as a total that stops moving)."""
+    deadline = time.monotonic() + timeout_s
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = asyncio.run(_committed(k))
+        assert proc.poll() is None, log.read_text()[-3000:]
+        if n != last:
+            last, since = n, time.monotonic()
+        if n >= at_least and time.monotonic() - since >= steady_s:
+            return n
+        time.sleep(0.25)
+    raise AssertionError(f"only {last} offsets committed: {log.read_text()[-3000:]}")
+
+
+async def _alerts(k: KafkaSettings) -> list[dict[str, object]]:
+    c = AIOKafkaConsumer(bootstrap_servers=k.bootstrap_servers, enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = [
+            TopicPartition(k.alert_topic, p) for p in c.partitions_for_topic(k.alert_topic) or ()
+        ]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        out: list[dict[str, object]] = []
+        quiet = 0
+        while quiet < 5:  # read until the topic has been quiet for a second
+            got = await c.getmany(timeout_ms=200)
+            quiet = 0 if got else quiet + 1
+            out.extend(_json.loads(m.value) for msgs in got.values() for m in msgs)
+        return out
+    finally:
+        await c.stop()
+
+
+def _setup(broker: EmbeddedBroker, tiny: TinyModel) -> tuple[KafkaSettings, int]:
+    tag = uuid.uuid4().hex[:8]
+    k = KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers,
+        group_id=f"g-{tag}",
+        input_topics=(f"in-{tag}",),
+        alert_topic=f"alerts-{tag}",
+        dead_letter_topic=f"dlq-{tag}",
+        topic_partitions=PARTITIONS,
+    )
+    table = read_table(tiny.test_csv)
+    asyncio.run(ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic]))
+    n = asyncio.run(replay(table, k, k.input_topics[0], create_topic=False))
+    return k, n
+
+
+def test_sigterm_drains_commits_and_exits_zero(
+    broker: EmbeddedBroker, tiny: TinyModel, tmp_path: Path
+) -> None:
+    k, n = _setup(broker, tiny)
+    log = tmp_path / "run.log"
+    proc = _start(tiny.model_dir, _env(k), log)
+    try:
+        _wait_committed(k, proc, log, steady_s=2.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    out = log.read_text()
+    assert f"stopped: consumed {n}," in out
+    assert 0 < asyncio.run(_committed(k)) < n  # the replay watermark keeps the last windows
+
+
+def test_sigkill_mid_stream_loses_no_alert(
+    broker: EmbeddedBroker, tiny: TinyModel, tmp_path: Path
+) -> None:
+    k, n = _setup(broker, tiny)
+    # small batches and a pause between them, so the kill lands mid-stream
+    env = _env(k, STREAM_VAE_SERVICE__MAX_BATCH_RECORDS="40")
+    first = _start(tiny.model_dir, env, tmp_path / "a.log")
+    try:
+        done = _wait_committed(k, first, tmp_path / "a.log", at_least=n // 4)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        first.kill()
+    assert done < n, "the first run finished before the kill: the test proves nothing"
+    second = _start(tiny.model_dir, env, tmp_path / "b.log")
+    try:
+        _wait_committed(k, second, tmp_path / "b.log", at_least=done + 1, steady_s=2.0)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+    finally:
+        second.kill()
+    got = asyncio.run(_alerts(k))
+    table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
+    expected = {
+        (a.alert_id, a.event)
+        for s in Pipeline.from_artifact(tiny.artifact, "cpu").stream(table.batch, 500)
+        for a in s.alerts
+    }
+    seen = {(str(a["alert_id"]), str(a["event"])) for a in got}
+    assert expected, "the test stream must raise alerts"
+    assert expected <= seen, f"lost alerts: {expected - seen}"
