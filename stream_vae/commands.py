@@ -261,7 +261,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "session_timeout_ms": 6000,
             }
         )
-        run_settings = settings.model_copy(update={"kafka": kafka})
+        service = settings.service.model_copy(update={"metrics_port": 0})  # any free port
+        run_settings = settings.model_copy(update={"kafka": kafka, "service": service})
         alerts, acc = asyncio.run(
             stream_through_kafka(art, stream, run_settings, on_alert, on_progress, rate=args.rate)
         )

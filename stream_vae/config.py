@@ -179,6 +179,9 @@ class ServiceSettings(BaseModel):
     shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on the final drain")
     device: str = "auto"
     backend: Literal["torch", "onnx"] = "torch"
+    # /metrics, /healthz, /readyz, /accounting; loopback unless exposed on purpose. None: off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(9108, ge=0, le=65535, description="0: any free port")
 
 
 class Settings(BaseSettings):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream_vae import _json
 from stream_vae.broker import EmbeddedBroker
@@ -54,6 +55,26 @@ def _bad_messages(names: tuple[str, ...]) -> list[tuple[bytes | None, bytes, str
     ]
 
 
+async def _http_get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    return {
+        ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name
+    }
+
+
 async def _consume(k: KafkaSettings, topic: str, n: int) -> list[object]:
     """Read exactly ``n`` messages back (the embedded broker's ListOffsets(LATEST) is off by
     a batch, so end offsets cannot say when a topic has been read to its end)."""
@@ -89,14 +110,14 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
             "dead_letter_topic": f"dlq-{tag}",
             "topic_partitions": 3,
         },
-        service={"max_batch_records": 300, "max_wait_ms": 20, "device": "cpu"},
+        service={"max_batch_records": 300, "max_wait_ms": 20, "device": "cpu", "metrics_port": 0},
     )
     k = settings.kafka
     table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
     bad = _bad_messages(tiny.artifact.feature_names)
     n_total = len(table.batch) + len(bad)
 
-    async def scenario() -> tuple[dict[str, int], list[object], list[object], dict[int, int]]:
+    async def scenario() -> tuple[dict[str, int], list[object], list[object], dict[int, int], str]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
         producer = make_producer(k)
         await producer.start()
@@ -117,6 +138,10 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
         async with asyncio.timeout(60):
             while service.accounting()["consumed"] < n_total:
                 await asyncio.sleep(0.05)
+        assert service.health is not None
+        status, metrics_text = await _http_get(service.health.port, "/metrics")
+        assert status == 200
+        assert (await _http_get(service.health.port, "/readyz"))[0] == 200
         stop.set()
         await asyncio.wait_for(task, 30)
         alerts = await _consume(k, k.alert_topic, service.accounting()["alerts"])
@@ -130,9 +155,13 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
             committed = {tp.partition: await check.committed(tp) or 0 for tp in parts}
         finally:
             await check.stop()
-        return service.accounting(), alerts, dead, committed
+        return service.accounting(), alerts, dead, committed, metrics_text
 
-    acc, alerts, dead, committed = asyncio.run(scenario())
+    acc, alerts, dead, committed, metrics_text = asyncio.run(scenario())
+    assert acc["unaccounted"] == 0
+    dead_by_reason = _samples(metrics_text, "stream_vae_dead_letters_total")
+    assert dead_by_reason["reason=bad_json"] == 2 and dead_by_reason["reason=oversized"] == 1
+    assert sum(_samples(metrics_text, "stream_vae_records_in_total").values()) == n_total
     # every consumed offset is accounted for, exactly once
     assert acc["consumed"] == n_total
     # committed at the replay watermark: each series' last W - 1 + EMA warm-up records (and an

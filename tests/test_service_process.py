@@ -45,6 +45,7 @@ def _env(k: KafkaSettings, **extra: str) -> dict[str, str]:
             "STREAM_VAE_KAFKA__DEAD_LETTER_TOPIC": k.dead_letter_topic,
             "STREAM_VAE_KAFKA__SESSION_TIMEOUT_MS": "4000",
             "STREAM_VAE_SERVICE__DEVICE": "cpu",
+            "STREAM_VAE_SERVICE__METRICS_PORT": "0",
             **extra,
         }
     )

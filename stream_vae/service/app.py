@@ -21,38 +21,46 @@ between replicas, the Kafka log is the hand-over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Iterable
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from ..artifact import Artifact
 from ..config import Settings
+from ..health import EventLoopLagMonitor, HealthServer
 from ..kafka import ensure_topics, make_consumer, make_producer
+from ..metrics import ServiceMetrics
 from ..pipeline import Pipeline
+from ..scoring.alerts import Alert
 from .offsets import ReplayWatermark
 from .sink import KafkaSink
-from .source import KafkaSource
+from .source import KafkaSource, SourceBatch
 
 __all__ = ["Service"]
 
 log = logging.getLogger(__name__)
 
-_COUNTS = ("consumed", "dead_letters", "scored", "buffered", "late", "windows", "alerts")
-
 
 class Service:
     """Kafka in, alerts out, for one model version. No I/O until :meth:`run`."""
 
-    def __init__(self, settings: Settings, artifact: Artifact) -> None:
+    def __init__(
+        self, settings: Settings, artifact: Artifact, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.artifact = artifact
         self.pipeline = Pipeline.from_artifact(
             artifact, settings.service.device, settings.service.backend
         )
-        self._counts = dict.fromkeys(_COUNTS, 0)
+        self.metrics = metrics or ServiceMetrics()
+        self.metrics.set_model_version(artifact.version)
+        self.health: HealthServer | None = None
         self._watermark = ReplayWatermark(_replay_keep(artifact))
         self._lock = asyncio.Lock()
         self._source: KafkaSource | None = None
@@ -61,14 +69,24 @@ class Service:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-infer")
 
     def accounting(self) -> dict[str, int]:
-        """consumed == scored + buffered + late + dead_letters, always."""
-        return dict(self._counts)
+        """consumed == scored + buffered + late + dead_letters, always (``unaccounted`` is 0)."""
+        return self.metrics.accounting()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then finish the batch in flight, flush and commit."""
         k, svc = self.settings.kafka, self.settings.service
         if k.auto_create_topics:
             await ensure_topics(k, [*k.input_topics, k.alert_topic, k.dead_letter_topic])
+        async with contextlib.AsyncExitStack() as stack:
+            if svc.metrics_port is not None:
+                self.health = HealthServer(self.metrics, svc.metrics_host, svc.metrics_port)
+                await stack.enter_async_context(self.health)
+                log.info("metrics on http://%s:%d/metrics", svc.metrics_host, self.health.port)
+            await stack.enter_async_context(EventLoopLagMonitor(self.metrics))
+            await self._serve(stop)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        k, svc = self.settings.kafka, self.settings.service
         consumer = make_consumer(k)
         producer = make_producer(k)
         listener = _Rebalance(self)
@@ -93,16 +111,18 @@ class Service:
                     self.artifact.version,
                     k.input_pattern or list(k.input_topics),
                 )
+                self.metrics.set_ready(True)
                 while not stop.is_set():
-                    await self._step()
+                    await self._step(consumer)
             finally:
+                self.metrics.set_ready(False)
                 await asyncio.wait_for(consumer.stop(), svc.shutdown_timeout_s)
         finally:
             await asyncio.wait_for(producer.stop(), svc.shutdown_timeout_s)
             self._executor.shutdown(wait=True)
-            log.info("stopped; accounting %s", self._counts)
+            log.info("stopped; accounting %s", self.accounting())
 
-    async def _step(self) -> None:
+    async def _step(self, consumer: AIOKafkaConsumer) -> None:
         assert self._source is not None and self._sink is not None
         batch = await self._source.next_batch()
         if batch.n_consumed == 0:
@@ -110,9 +130,11 @@ class Service:
         async with self._lock:  # a revoke waits for this batch to be published and committed
             late_before = self.pipeline.store.counters["late"]
             ready = self.pipeline.store.push_many(batch.records)
+            t0 = time.perf_counter()
             parts = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.pipeline.detector.infer, ready.values
             )
+            inference_s = time.perf_counter() - t0
             scored = self.pipeline.scorer.update(ready.keys, ready.ts, parts)
             await self._sink.publish(scored.alerts, batch.rejected)
             self._watermark.observe(batch.records.series_ids, batch.partitions, batch.offsets)
@@ -123,14 +145,8 @@ class Service:
                     self._watermark.episode_closed(a.series_id)
             await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
             late = self.pipeline.store.counters["late"] - late_before
-            self._count(
-                batch.n_consumed,
-                len(batch.rejected),
-                len(batch.records),
-                len(ready),
-                late,
-                len(scored.alerts),
-            )
+            self._record(batch, len(ready), late, scored.alerts, inference_s)
+        await self._observe_lag(consumer, batch.next_offsets)
         for a in scored.alerts:
             log.info(
                 "alert %s %s %s score %.3f (model %s)",
@@ -141,20 +157,55 @@ class Service:
                 a.model_version,
             )
 
-    def _count(
-        self, consumed: int, rejected: int, accepted: int, windows: int, late: int, alerts: int
+    def _record(
+        self,
+        batch: SourceBatch,
+        windows: int,
+        late: int,
+        alerts: Sequence[Alert],
+        inference_s: float,
     ) -> None:
-        # An accepted record completes at most one window: those are scored, the others wait in
-        # a buffer (window not full yet, or between strides).
-        scored = windows
-        c = self._counts
-        c["consumed"] += consumed
-        c["dead_letters"] += rejected
-        c["late"] += late
-        c["windows"] += windows
-        c["scored"] += scored
-        c["buffered"] += accepted - late - scored
-        c["alerts"] += alerts
+        m = self.metrics
+        for topic, n in Counter(tp.topic for tp in batch.partitions).items():
+            m.add_records_in(topic, n)
+        for d in batch.rejected:
+            m.add_records_in(d.topic, 1)
+            m.add_dead_letters(d.reason)
+        # An accepted record completes at most one window: those are scored; the others wait in
+        # a buffer (window not full yet, or between strides) or were late.
+        m.add_outcomes(
+            n_scored=windows, n_buffered=len(batch.records) - late - windows, n_late=late
+        )
+        m.add_windows_scored(windows)
+        m.observe_batch(batch.n_consumed, inference_s)
+        if alerts:
+            # record appended to Kafka -> alert acknowledged (the alerts are acked by now)
+            appended = {
+                (s, t): a
+                for s, t, a in zip(
+                    batch.records.series_ids,
+                    batch.records.ts.tolist(),
+                    batch.append_ts.tolist(),
+                    strict=True,
+                )
+            }
+            now = time.time()
+            for a in alerts:
+                m.add_alerts(a.event)
+                if (a.series_id, a.ts) in appended:
+                    m.observe_end_to_end(max(0.0, now - appended[(a.series_id, a.ts)]))
+
+    async def _observe_lag(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
+    ) -> None:
+        # The fetch high watermark, not ListOffsets: some Kafka-compatible brokers answer
+        # ListOffsets(LATEST) wrongly, and the watermark comes with every fetch for free.
+        for tp in offsets:
+            high = consumer.highwater(tp)
+            if high is not None:
+                self.metrics.set_consumer_lag(
+                    tp.topic, tp.partition, max(0, high - await consumer.position(tp))
+                )
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         gone = set(revoked)
@@ -163,6 +214,8 @@ class Service:
             self.pipeline.store.drop(series)
             self.pipeline.scorer.drop(series)
             self._watermark.drop(series)
+            for tp in gone:
+                self.metrics.remove_consumer_lag(tp.topic, tp.partition)
         log.info(
             "partitions revoked %s: dropped state of %d series", sorted(map(str, gone)), len(series)
         )

@@ -1,0 +1,240 @@
+"""The service's Prometheus metrics (served by :mod:`stream_vae.health`).
+
+Every metric lives in the :class:`ServiceMetrics` instance's own ``CollectorRegistry``: nothing
+is registered in ``prometheus_client``'s global default registry, so several services (or tests)
+can run in one process without sharing values or colliding on names. Call sites record through
+small typed methods and never touch a prometheus object.
+
+:class:`HealthServer` serves, on 127.0.0.1 by default, with plain ``asyncio.start_server`` and
+one request per connection (``Connection: close``)::
+
+    GET /metrics      Prometheus text format (0.0.4)
+    GET /healthz      200 "ok" while the event loop runs
+    GET /readyz       200 once ServiceMetrics.set_ready(True), else 503
+    GET /accounting   JSON of ServiceMetrics.accounting()
+
+Typical wiring in the service's entry point::
+
+    metrics = ServiceMetrics()
+    async with HealthServer(metrics, port=9308), EventLoopLagMonitor(metrics):
+        ...                       # run the service; it calls metrics.add_records_in(...), ...
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+__all__ = ["METRICS_CONTENT_TYPE", "ServiceMetrics"]
+
+log = logging.getLogger(__name__)
+
+# ``generate_latest(registry)`` writes the classic 0.0.4 text format. prometheus_client>=0.22
+# renamed CONTENT_TYPE_LATEST to the 1.0.0 type, which does not describe what generate_latest
+# writes by default, so the header is spelled out here (this is what the library's own handler
+# sends with generate_latest).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_ALERT_EVENTS = frozenset({"open", "close"})
+# Records per micro-batch: 1, 2, 4, ..., 8192 (the largest batch the source hands out).
+_BATCH_BUCKETS = tuple(float(2**i) for i in range(14))
+# One forward pass over a micro-batch: sub-millisecond on a GPU for small batches, seconds on a
+# busy CPU for large ones.
+_INFERENCE_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+# Record appended to Kafka -> alert acknowledged: 1 ms (everything local) to 30 s (a fetch wait,
+# a slow batch and a producer retry in a row).
+_E2E_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# aiokafka's heartbeat is sent from the loop every 3 s by default: a stall of a third of that is
+# worth a log line, long before the group coordinator gives up on the consumer.
+WARN_LOOP_LAG_S = 1.0
+
+
+def _total(metric: MetricWrapperBase) -> int:
+    """Sum of a counter's ``*_total`` samples over all its label sets."""
+    return int(
+        sum(
+            s.value
+            for family in metric.collect()
+            for s in family.samples
+            if s.name.endswith("_total")
+        )
+    )
+
+
+class ServiceMetrics:
+    """All the service's metrics, in a registry of their own.
+
+    Parameters
+    ----------
+    namespace
+        Prefix of every metric name (``<namespace>_records_in_total``, ...).
+
+    Notes
+    -----
+    Record accounting: every consumed record ends up in exactly one of scored (it completed a
+    window that was scored), buffered (accepted, window not full yet or between strides),
+    dead-lettered or late (dropped by the window store), so
+    ``consumed == scored + buffered + dead_letters + late``; :meth:`accounting` reports the
+    difference as ``unaccounted``.
+
+    Examples
+    --------
+    >>> m = ServiceMetrics()
+    >>> m.add_records_in("telemetry", 5)
+    >>> m.add_dead_letters("bad_json")
+    >>> m.add_outcomes(n_scored=2, n_buffered=1, n_late=1)
+    >>> m.accounting()["consumed"], m.accounting()["unaccounted"]
+    (5, 0)
+    >>> m.registry.get_sample_value("stream_vae_records_in_total", {"topic": "telemetry"})
+    5.0
+    """
+
+    def __init__(self, namespace: str = "stream_vae") -> None:
+        self.namespace = namespace
+        self._registry = reg = CollectorRegistry(auto_describe=True)
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, labels, namespace=namespace, registry=reg)
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, labels, namespace=namespace, registry=reg)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, namespace=namespace, registry=reg, buckets=buckets)
+
+        self._records_in = counter("records_in", "Records consumed from Kafka.", "topic")
+        self._dead_letters = counter("dead_letters", "Records dead-lettered.", "reason")
+        self._records_scored = counter("records_scored", "Records that completed a scored window.")
+        self._records_buffered = counter(
+            "records_buffered", "Records accepted whose window is not full yet or not emitted."
+        )
+        self._records_late = counter("records_late", "Records dropped as late or duplicate.")
+        self._windows = counter("windows_scored", "Windows scored by the model.")
+        self._alerts = counter("alerts", "Alert events published.", "event")
+        for event in sorted(_ALERT_EVENTS):  # a closed set: export zeros so rate() works at once
+            self._alerts.labels(event=event)
+        self._batch_size = histogram("batch_size", "Records per micro-batch.", _BATCH_BUCKETS)
+        self._inference = histogram(
+            "inference_seconds", "Forward-pass time per micro-batch.", _INFERENCE_BUCKETS
+        )
+        self._end_to_end = histogram(
+            "end_to_end_seconds", "Record appended to Kafka to alert acknowledged.", _E2E_BUCKETS
+        )
+        self._consumer_lag = gauge(
+            "consumer_lag", "Messages behind the partition's end offset.", "topic", "partition"
+        )
+        self._loop_lag = gauge("event_loop_lag_seconds", "How late the loop woke a timer, last.")
+        self._model_info = gauge("model_info", "1 for the live model version.", "version")
+        self._ready_gauge = gauge("ready", "1 when the service is ready to consume.")
+        self._ready = False
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry holding this instance's metrics (for ``generate_latest``)."""
+        return self._registry
+
+    @property
+    def ready(self) -> bool:
+        """What :meth:`set_ready` last said (False until then)."""
+        return self._ready
+
+    # -- counters -------------------------------------------------------------------------------
+
+    def add_records_in(self, topic: str, n_records: int) -> None:
+        """Count ``n_records`` consumed from ``topic``."""
+        self._records_in.labels(topic=topic).inc(n_records)
+
+    def add_dead_letters(self, reason: str, n_records: int = 1) -> None:
+        """Count records dead-lettered for ``reason`` (a :class:`~stream_vae.errors.RecordError`
+        reason such as ``bad_json``)."""
+        self._dead_letters.labels(reason=reason).inc(n_records)
+
+    def add_outcomes(self, *, n_scored: int, n_buffered: int, n_late: int = 0) -> None:
+        """Count what became of the accepted (decoded) records of one batch."""
+        self._records_scored.inc(n_scored)
+        self._records_buffered.inc(n_buffered)
+        self._records_late.inc(n_late)
+
+    def add_windows_scored(self, n_windows: int) -> None:
+        """Count windows that went through the model."""
+        self._windows.inc(n_windows)
+
+    def add_alerts(self, event: str, n_alerts: int = 1) -> None:
+        """Count published alert events; ``event`` is ``"open"`` or ``"close"``."""
+        if event not in _ALERT_EVENTS:
+            raise ValueError(f"alert event must be one of {sorted(_ALERT_EVENTS)}, got {event!r}")
+        self._alerts.labels(event=event).inc(n_alerts)
+
+    def accounting(self) -> dict[str, int]:
+        """Counter totals, summed over labels, and the unaccounted remainder (0 when sound).
+
+        Keys: ``consumed``, ``scored``, ``buffered``, ``dead_letters``, ``late``, ``windows``,
+        ``alerts``, ``unaccounted`` (``consumed - scored - buffered - dead_letters - late``).
+        """
+        out = {
+            "consumed": _total(self._records_in),
+            "scored": _total(self._records_scored),
+            "buffered": _total(self._records_buffered),
+            "dead_letters": _total(self._dead_letters),
+            "late": _total(self._records_late),
+            "windows": _total(self._windows),
+            "alerts": _total(self._alerts),
+        }
+        out["unaccounted"] = out["consumed"] - (
+            out["scored"] + out["buffered"] + out["dead_letters"] + out["late"]
+        )
+        return out
+
+    # -- histograms -----------------------------------------------------------------------------
+
+    def observe_batch(self, n_records: int, inference_s: float) -> None:
+        """Record one micro-batch: its size and its forward-pass time in seconds."""
+        self._batch_size.observe(n_records)
+        self._inference.observe(inference_s)
+
+    def observe_end_to_end(self, latency_s: float) -> None:
+        """Record one record-appended → alert-acknowledged latency in seconds."""
+        self._end_to_end.observe(latency_s)
+
+    # -- gauges ---------------------------------------------------------------------------------
+
+    def set_consumer_lag(self, topic: str, partition: int, n_messages: int) -> None:
+        """Set how many messages the consumer is behind on one partition."""
+        self._consumer_lag.labels(topic=topic, partition=str(partition)).set(n_messages)
+
+    def remove_consumer_lag(self, topic: str, partition: int) -> None:
+        """Drop a partition's lag series (after it was revoked); absent is fine."""
+        try:
+            self._consumer_lag.remove(topic, str(partition))
+        except KeyError:
+            log.debug("no consumer lag series for %s[%d]", topic, partition)
+
+    def set_event_loop_lag(self, lag_s: float) -> None:
+        """Set the last measured event-loop lag in seconds."""
+        self._loop_lag.set(lag_s)
+
+    def set_model_version(self, version: str) -> None:
+        """Mark ``version`` as the live model; the previous version's series is removed."""
+        self._model_info.clear()
+        self._model_info.labels(version=version).set(1)
+
+    def set_ready(self, ready: bool) -> None:
+        """Say whether the service is ready (drives ``/readyz`` and the ``ready`` gauge)."""
+        self._ready = bool(ready)
+        self._ready_gauge.set(1 if ready else 0)
