@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -61,6 +61,9 @@ class Service:
         self.metrics = metrics or ServiceMetrics()
         self.metrics.set_model_version(artifact.version)
         self.health: HealthServer | None = None
+        # Called after each batch is published and committed, with the batch and the wall-clock
+        # time then: benchmarks and tests observe per-record latency here.
+        self.batch_observers: list[Callable[[SourceBatch, float], None]] = []
         self._watermark = ReplayWatermark(_replay_keep(artifact))
         self._lock = asyncio.Lock()
         self._source: KafkaSource | None = None
@@ -112,8 +115,7 @@ class Service:
                     k.input_pattern or list(k.input_topics),
                 )
                 self.metrics.set_ready(True)
-                while not stop.is_set():
-                    await self._step(consumer)
+                await self._loop(consumer, stop)
             finally:
                 self.metrics.set_ready(False)
                 await asyncio.wait_for(consumer.stop(), svc.shutdown_timeout_s)
@@ -122,11 +124,27 @@ class Service:
             self._executor.shutdown(wait=True)
             log.info("stopped; accounting %s", self.accounting())
 
-    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+    async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """Fetch and decode batch k+1 on the loop while batch k's forward pass runs in the
+        worker thread (torch releases the GIL); batches are still processed and committed in
+        order. A batch fetched but not processed when ``stop`` is set is not committed: it is
+        delivered again after a restart."""
+        assert self._source is not None
+        source = self._source
+        pending = asyncio.create_task(source.next_batch())
+        try:
+            while not stop.is_set():
+                batch = await pending
+                pending = asyncio.create_task(source.next_batch())
+                if batch.n_consumed:
+                    await self._step(consumer, batch)
+        finally:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+
+    async def _step(self, consumer: AIOKafkaConsumer, batch: SourceBatch) -> None:
         assert self._source is not None and self._sink is not None
-        batch = await self._source.next_batch()
-        if batch.n_consumed == 0:
-            return
         async with self._lock:  # a revoke waits for this batch to be published and committed
             late_before = self.pipeline.store.counters["late"]
             ready = self.pipeline.store.push_many(batch.records)
@@ -146,6 +164,9 @@ class Service:
             await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
             late = self.pipeline.store.counters["late"] - late_before
             self._record(batch, len(ready), late, scored.alerts, inference_s)
+            done = time.time()
+            for observe in self.batch_observers:
+                observe(batch, done)
         await self._observe_lag(consumer, batch.next_offsets)
         for a in scored.alerts:
             log.info(

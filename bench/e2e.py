@@ -1,0 +1,178 @@
+"""End-to-end throughput and latency through a real Kafka-compatible broker, next to the bare
+core in the same run.
+
+    python bench/e2e.py [--series 1000] [--features 8] [--window 64] [--steps 200]
+
+1. core: Detector.infer + Scorer.update on batches of windows (the service's work without
+   Kafka), windows/s, median of 5 runs;
+2. saturation: the records of --series x --steps are produced to a topic first, then the service
+   consumes them as fast as it can; windows/s over the phase where windows are scored;
+3. half load: a producer sends at half the saturated rate for --seconds; per-record latency is
+   Kafka append time → the record's batch published, acknowledged and committed; p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+
+import numpy as np
+import torch
+
+from stream_vae.broker import EmbeddedBroker
+from stream_vae.config import load_settings
+from stream_vae.kafka import ensure_topics, make_producer
+from stream_vae.records import RecordBatch, encode
+from stream_vae.service import Service, SourceBatch
+from stream_vae.synthetic import generate_fleet
+from stream_vae.trainer import train_artifact
+
+
+def _core_rate(service: Service, n: int, repeats: int = 5) -> float:
+    rng = np.random.default_rng(0)
+    w, d = service.artifact.vae_config.window, service.artifact.vae_config.n_features
+    x = rng.normal(size=(n, w, d)).astype(np.float32)
+    keys = [f"s{i}" for i in range(n)]
+    ts = np.arange(n, dtype=np.float64)
+    det, scorer = service.pipeline.detector, service.artifact.scorer()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        scorer.update(keys, ts, det.infer(x))
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+async def _produce(settings, topic: str, batch: RecordBatch, names, rate: float | None) -> None:
+    producer = make_producer(settings.kafka, linger_ms=5)
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    t0, sent = loop.time(), 0
+    try:
+        # paced sends go out in small groups, as a fleet of sensors would send them
+        chunk = 2000 if rate is None else 50
+        for i in range(0, len(batch), chunk):
+            part = batch.slice(i, i + chunk)
+            acks = [
+                await producer.send(topic, encode(r, names), key=r.series_id.encode())
+                for r in part.records()
+            ]
+            await asyncio.gather(*acks)
+            sent += len(part)
+            if rate is not None:
+                await asyncio.sleep(max(0.0, t0 + sent / rate - loop.time()))
+    finally:
+        await producer.stop()
+
+
+async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, float]:
+    fleet = generate_fleet(
+        args.series, args.features, args.steps + args.half_steps, seed=0, n_anomalies_per_series=0
+    )
+    train = generate_fleet(20, args.features, 400, seed=1, n_anomalies_per_series=0)
+    tag = uuid.uuid4().hex[:6]
+    settings = load_settings(
+        env={},
+        window={"size": args.window},
+        train={"epochs": 1},
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "group_id": f"bench-{tag}",
+            "input_topics": [f"bench-{tag}"],
+            "topic_partitions": 4,
+            "session_timeout_ms": 6000,
+        },
+        service={"metrics_port": None, "device": "cpu", "max_batch_records": args.batch},
+    )
+    s, t, v, _ = train.interleaved()
+    art = train_artifact(
+        RecordBatch(tuple(s), t, v), fleet.feature_names, settings, device="cpu", progress=False
+    )
+    topic = settings.kafka.input_topics[0]
+    await ensure_topics(
+        settings.kafka, [topic, settings.kafka.alert_topic, settings.kafka.dead_letter_topic]
+    )
+    sat, half = fleet.split(args.steps)
+    s, t, v, _ = sat.interleaved()
+    sat_batch = RecordBatch(tuple(s), t, v)
+    s, t, v, _ = half.interleaved()
+    half_batch = RecordBatch(tuple(s), t, v)
+
+    service = Service(settings, art)
+    core = _core_rate(service, args.batch)
+    await _produce(settings, topic, sat_batch, fleet.feature_names, None)  # backlog first
+    samples: list[tuple[float, int]] = []
+    latencies: list[np.ndarray] = []
+    measuring = [False]
+
+    def observe(batch: SourceBatch, done: float) -> None:
+        samples.append((done, service.accounting()["windows"]))
+        if measuring[0] and len(batch.append_ts):
+            latencies.append(done - batch.append_ts)
+
+    service.batch_observers.append(observe)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    while service.accounting()["consumed"] < len(sat_batch):
+        await asyncio.sleep(0.05)
+    # saturated rate: from the first scored window to the last
+    scored = [(t, w) for t, w in samples if w > 0]
+    (t0, w0), (t1, w1) = scored[0], scored[-1]
+    sat_rate = (w1 - w0) / (t1 - t0)
+    # half load: one window per record in steady state, so records/s = windows/s
+    measuring[0] = True
+    rate = 0.5 * sat_rate
+    await _produce(settings, topic, half_batch, fleet.feature_names, rate)
+    while service.accounting()["consumed"] < len(sat_batch) + len(half_batch):
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    lat = np.concatenate(latencies)
+    return {
+        "core": core,
+        "sat": sat_rate,
+        "rate": rate,
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "n_lat": float(len(lat)),
+        "sat_windows": float(w1 - w0),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--series", type=int, default=1000)
+    p.add_argument("--features", type=int, default=8)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--steps", type=int, default=200, help="steps per series, saturation phase")
+    p.add_argument("--half-steps", type=int, default=60, help="steps per series, half load")
+    p.add_argument("--batch", type=int, default=2048, help="service.max_batch_records")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with EmbeddedBroker() as broker:
+        r = asyncio.run(_run(args, broker.bootstrap_servers))
+    print(
+        f"{args.series} series x {args.features} features, W={args.window}, "
+        f"batches of {args.batch}, {args.threads} torch threads"
+    )
+    print("| measure | value |\n|---|---:|")
+    print(f"| core (model + scorer), windows/s | {r['core']:,.0f} |")
+    print(
+        f"| service at saturation, windows/s ({r['sat_windows']:,.0f} windows) | "
+        f"{r['sat']:,.0f} ({r['sat'] / r['core']:.0%} of core) |"
+    )
+    print(f"| half load, records/s | {r['rate']:,.0f} |")
+    print(
+        f"| latency p50 / p99 at half load, ms ({r['n_lat']:,.0f} records) | "
+        f"{r['p50'] * 1000:.0f} / {r['p99'] * 1000:.0f} |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
