@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
     d.add_argument("--rate", type=float, default=4000.0, help="records/s streamed into Kafka")
+    d.add_argument("--out", type=Path, default=Path("out/demo"), help="where the plot goes")
 
     u = sub.add_parser("run", help="the streaming service: Kafka in, alerts out")
     u.add_argument("--model", required=True, type=Path)

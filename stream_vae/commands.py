@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import csv
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from aiokafka.errors import KafkaError
 
@@ -287,4 +289,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"(precision {report.precision:.2f}); mean delay {report.mean_delay:.1f} steps"
     )
     print("recall by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in report.recall_by_kind.items()))
+    _demo_plot(args.out, art, future, stream, alerts, past.n_steps)
     return 0
+
+
+def _demo_plot(
+    out: Path, art: Artifact, future: Any, stream: Any, alerts: list[Any], offset: int
+) -> None:
+    """A PNG of four series with injected anomalies: a channel, the score, alerts, labels."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("(no plot: pip install matplotlib)")
+        return
+    from .plot import plot_series
+
+    # The same scores the service computed, recomputed through the same path for the picture.
+    scores: dict[str, tuple[list[float], list[float]]] = {}
+    for sc in Pipeline.from_artifact(art, "cpu").stream(stream, 4000):
+        for k, t, v in zip(sc.keys, sc.ts.tolist(), sc.smoothed.tolist(), strict=True):
+            ts_list, v_list = scores.setdefault(k, ([], []))
+            ts_list.append(t)
+            v_list.append(v)
+    by_series: dict[str, list[Any]] = {}
+    for inj in future.injections:
+        by_series.setdefault(inj.series_id, []).append(inj)
+    chosen = sorted(by_series)[:4]
+    step = float(future.ts[1] - future.ts[0])
+    ch = {sid: by_series[sid][0].features[0] for sid in chosen}
+    out.mkdir(parents=True, exist_ok=True)
+    path = plot_series(
+        out / "demo.png",
+        chosen,
+        {sid: future.values[future.series_ids.index(sid), :, ch[sid]] for sid in chosen},
+        future.ts,
+        {sid: (np.asarray(scores[sid][0]), np.asarray(scores[sid][1])) for sid in chosen},
+        art.threshold,
+        alerts,
+        {
+            sid: [(future.ts[i.start], future.ts[0] + i.end * step) for i in by_series[sid]]
+            for sid in chosen
+        },
+    )
+    print(f"plot: {path}")
