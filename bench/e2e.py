@@ -25,10 +25,12 @@ import torch
 
 from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import load_settings
-from stream_vae.kafka import ensure_topics, make_producer
-from stream_vae.records import RecordBatch, encode
+from stream_vae.kafka import ensure_topics
+from stream_vae.records import RecordBatch
+from stream_vae.replay import replay
 from stream_vae.service import Service, SourceBatch
 from stream_vae.synthetic import generate_fleet
+from stream_vae.tabular import Table
 from stream_vae.trainer import train_artifact
 
 
@@ -51,25 +53,16 @@ def _core_rate(service: Service, n: int, repeats: int = 5) -> float:
 
 
 async def _produce(settings, topic: str, batch: RecordBatch, names, rate: float | None) -> None:
-    producer = make_producer(settings.kafka, linger_ms=5)
-    await producer.start()
-    loop = asyncio.get_running_loop()
-    t0, sent = loop.time(), 0
-    try:
-        # paced sends go out in small groups, as a fleet of sensors would send them
-        chunk = 2000 if rate is None else 50
-        for i in range(0, len(batch), chunk):
-            part = batch.slice(i, i + chunk)
-            acks = [
-                await producer.send(topic, encode(r, names), key=r.series_id.encode())
-                for r in part.records()
-            ]
-            await asyncio.gather(*acks)
-            sent += len(part)
-            if rate is not None:
-                await asyncio.sleep(max(0.0, t0 + sent / rate - loop.time()))
-    finally:
-        await producer.stop()
+    # paced sends go out in small groups, as a fleet of sensors would send them
+    table = Table(batch, tuple(names))
+    await replay(
+        table,
+        settings.kafka,
+        topic,
+        rate=rate,
+        create_topic=False,
+        chunk=2000 if rate is None else 50,
+    )
 
 
 async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, float]:

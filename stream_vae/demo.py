@@ -13,9 +13,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from . import _json
 from .artifact import Artifact
 from .config import Settings
-from .kafka import client_options, ensure_topics, make_producer
-from .records import RecordBatch, encode
+from .kafka import client_options, ensure_topics
+from .records import RecordBatch
+from .replay import replay
 from .service import Service
+from .tabular import Table
 
 __all__ = ["stream_through_kafka"]
 
@@ -42,27 +44,15 @@ async def stream_through_kafka(
     reader = asyncio.create_task(_read_alerts(settings, alerts, on_alert))
     running = asyncio.create_task(service.run(stop))
     try:
-        sent = 0
-        producer = make_producer(k)
-        await producer.start()
-        try:
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            for i in range(0, len(records), 500):
-                part = records.slice(i, i + 500)
-                acks = [
-                    await producer.send(
-                        topic, encode(r, artifact.feature_names), key=r.series_id.encode()
-                    )
-                    for r in part.records()
-                ]
-                await asyncio.gather(*acks)
-                sent += len(part)
-                on_progress(sent, len(records), service.accounting())
-                if rate is not None:
-                    await asyncio.sleep(max(0.0, t0 + sent / rate - loop.time()))
-        finally:
-            await producer.stop()
+        sent = await replay(
+            Table(records, artifact.feature_names),
+            k,
+            topic,
+            rate=rate,
+            create_topic=False,
+            chunk=500,
+            on_sent=lambda n: on_progress(n, len(records), service.accounting()),
+        )
         async with asyncio.timeout(timeout_s):
             while service.accounting()["consumed"] < len(records):
                 if running.done():

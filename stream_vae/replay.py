@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from .config import KafkaSettings
 from .kafka import ensure_topics, make_producer
@@ -23,11 +24,13 @@ async def replay(
     rate: float | None = None,
     create_topic: bool = True,
     chunk: int = 2000,
+    on_sent: Callable[[int], None] | None = None,
 ) -> int:
     """Send every row of ``table`` in file order, keyed by series id; returns the count.
 
     ``rate`` (messages/s) paces the stream; ``None`` sends as fast as the broker takes it.
-    Returns after the broker acknowledged every message.
+    Returns after the broker acknowledged every message. ``on_sent`` is called with the
+    running count after each acknowledged chunk of ``chunk`` messages.
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0 messages/s")
@@ -48,6 +51,8 @@ async def replay(
             ]
             await asyncio.gather(*acks)
             sent += len(part)
+            if on_sent is not None:
+                on_sent(sent)
             if rate is not None:
                 await asyncio.sleep(max(0.0, t0 + sent / rate - loop.time()))
     finally:
