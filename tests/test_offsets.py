@@ -33,3 +33,11 @@ def test_drop_and_series_on() -> None:
     assert w.series_on([P1]) == ["b"]
     w.drop(["a"])
     assert w.commit_offsets({P0: 6, P1: 10}) == {P0: 6, P1: 9}
+
+
+def test_evicted_series_stop_holding_the_commit_back() -> None:
+    w = ReplayWatermark(keep=2)
+    w.observe(["old", "new", "new", "new"], [P0] * 4, [0, 1, 2, 3])
+    assert w.commit_offsets({P0: 4}) == {P0: 0}  # "old" pins offset 0
+    assert w.commit_offsets({P0: 4}, live=lambda s: s != "old") == {P0: 2}
+    assert w.series_on([P0]) == ["new"]

@@ -161,7 +161,11 @@ class Service:
                     self._watermark.episode_opened(a.series_id)
                 else:
                     self._watermark.episode_closed(a.series_id)
-            await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
+            store = self.pipeline.store
+            if store.idle_ttl_s is not None and len(batch.records):
+                store.evict_idle(float(batch.records.ts.max()))
+            live = store.__contains__
+            await self._source.commit(self._watermark.commit_offsets(batch.next_offsets, live))
             late = self.pipeline.store.counters["late"] - late_before
             self._record(batch, len(ready), late, scored.alerts, inference_s)
             done = time.time()

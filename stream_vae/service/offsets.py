@@ -26,7 +26,7 @@ Examples
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from aiokafka import TopicPartition
 
@@ -71,8 +71,18 @@ class ReplayWatermark:
     def episode_closed(self, series_id: str) -> None:
         self._open.pop(series_id, None)
 
-    def commit_offsets(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """The offsets to commit for the partitions of ``next_offsets`` (last processed + 1)."""
+    def commit_offsets(
+        self,
+        next_offsets: dict[TopicPartition, int],
+        live: Callable[[str], bool] | None = None,
+    ) -> dict[TopicPartition, int]:
+        """The offsets to commit for the partitions of ``next_offsets`` (last processed + 1).
+
+        Series for which ``live`` is false (evicted from the window store: idle or over the
+        series bound) no longer hold the commit back, and are forgotten.
+        """
+        if live is not None:
+            self.drop([s for s in self._tail if not live(s)])
         out = dict(next_offsets)
         for sid, tail in self._tail.items():
             tp = self._partition[sid]
