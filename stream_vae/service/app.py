@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from ..artifact import Artifact
 from ..config import Settings
+from ..errors import ConfigError
 from ..health import EventLoopLagMonitor, HealthServer
 from ..kafka import ensure_topics, make_consumer, make_producer
 from ..metrics import ServiceMetrics
@@ -83,7 +84,13 @@ class Service:
         async with contextlib.AsyncExitStack() as stack:
             if svc.metrics_port is not None:
                 self.health = HealthServer(self.metrics, svc.metrics_host, svc.metrics_port)
-                await stack.enter_async_context(self.health)
+                try:
+                    await stack.enter_async_context(self.health)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot serve metrics on {svc.metrics_host}:{svc.metrics_port}: {exc} "
+                        "(set service.metrics_port, or null to turn the endpoint off)"
+                    ) from None
                 log.info("metrics on http://%s:%d/metrics", svc.metrics_host, self.health.port)
             await stack.enter_async_context(EventLoopLagMonitor(self.metrics))
             await self._serve(stop)
@@ -97,29 +104,29 @@ class Service:
             consumer.subscribe(pattern=k.input_pattern, listener=listener)
         else:
             consumer.subscribe(topics=list(k.input_topics), listener=listener)
-        await producer.start()
         try:
+            # Stopped in `finally` even when a start fails (a client that failed to start still
+            # holds connections and warns if left unclosed).
+            await producer.start()
             await consumer.start()
-            try:
-                self._source = KafkaSource(
-                    consumer,
-                    self.artifact.feature_names,
-                    max_records=svc.max_batch_records,
-                    max_wait_ms=svc.max_wait_ms,
-                    max_message_bytes=k.max_message_bytes,
-                )
-                self._sink = KafkaSink(producer, k.alert_topic, k.dead_letter_topic)
-                log.info(
-                    "stream-vae %s consuming %s",
-                    self.artifact.version,
-                    k.input_pattern or list(k.input_topics),
-                )
-                self.metrics.set_ready(True)
-                await self._loop(consumer, stop)
-            finally:
-                self.metrics.set_ready(False)
-                await asyncio.wait_for(consumer.stop(), svc.shutdown_timeout_s)
+            self._source = KafkaSource(
+                consumer,
+                self.artifact.feature_names,
+                max_records=svc.max_batch_records,
+                max_wait_ms=svc.max_wait_ms,
+                max_message_bytes=k.max_message_bytes,
+            )
+            self._sink = KafkaSink(producer, k.alert_topic, k.dead_letter_topic)
+            log.info(
+                "stream-vae %s consuming %s",
+                self.artifact.version,
+                k.input_pattern or list(k.input_topics),
+            )
+            self.metrics.set_ready(True)
+            await self._loop(consumer, stop)
         finally:
+            self.metrics.set_ready(False)
+            await asyncio.wait_for(consumer.stop(), svc.shutdown_timeout_s)
             await asyncio.wait_for(producer.stop(), svc.shutdown_timeout_s)
             self._executor.shutdown(wait=True)
             log.info("stopped; accounting %s", self.accounting())
