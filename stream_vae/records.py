@@ -19,6 +19,7 @@ stream_vae.errors.RecordError: missing_field: no series_id in the body and no me
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +57,9 @@ REASONS = (
 MAX_SERIES_ID_BYTES = 256
 
 FloatArray = npt.NDArray[np.float32]
+
+_NON_FINITE_LITERAL = re.compile(rb"(?<![\w\"])-?(NaN|Infinity)(?![\w\"])")
+_NON_FINITE = frozenset({"nan", "inf", "infinity"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,8 @@ def _values(raw: Any, feature_names: Sequence[str], index: dict[str, int]) -> Fl
             "bad_value", f"values must be a list or an object, got {type(raw).__name__}"
         )
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+        if any(isinstance(v, str) and v.strip().lower().lstrip("+-") in _NON_FINITE for v in items):
+            raise RecordError("nan_value", "values contain NaN or infinity (as strings)")
         raise RecordError("bad_value", "every value must be a number")
     arr = np.asarray(items, dtype=np.float64)
     if not np.isfinite(arr).all():
@@ -169,6 +175,12 @@ def decode(
     try:
         body = _json.loads(value)
     except _json.JSONDecodeError as exc:
+        # Python's json module writes NaN and Infinity as bare words, which are not JSON: say
+        # what the producer sent rather than just "bad JSON".
+        if _NON_FINITE_LITERAL.search(value):
+            raise RecordError(
+                "nan_value", "NaN or Infinity in the message (not valid JSON)"
+            ) from None
         raise RecordError("bad_json", str(exc)) from None
     if not isinstance(body, dict):
         raise RecordError("bad_json", f"expected a JSON object, got {type(body).__name__}")

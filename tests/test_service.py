@@ -51,6 +51,7 @@ def _bad_messages(names: tuple[str, ...]) -> list[tuple[bytes | None, bytes, str
         (b"m1", _json.dumps({"ts": 1, "values": {**ok_values, "volts": 2}}), "unknown_feature"),
         (b"m1", _json.dumps({"ts": "soon", "values": ok_values}), "bad_timestamp"),
         (b"m1", b'{"ts": 1, "values": ' + b"[1e999]" + b"}", "bad_json"),
+        (b"m1", b'{"ts": 1, "values": [NaN, 1, 1]}', "nan_value"),
         (b"m1", b'{"ts": 1, "values": [' + b"1," * 600_000 + b"1]}", "oversized"),
     ]
 
