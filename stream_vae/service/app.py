@@ -97,7 +97,8 @@ class Service:
 
     async def _serve(self, stop: asyncio.Event) -> None:
         k, svc = self.settings.kafka, self.settings.service
-        consumer = make_consumer(k)
+        # The broker may hold an empty fetch this long: keep it within the batching budget.
+        consumer = make_consumer(k, fetch_max_wait_ms=max(svc.max_wait_ms, 1))
         producer = make_producer(k)
         listener = _Rebalance(self)
         if k.input_pattern is not None:
