@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -21,7 +24,7 @@ from stream_vae.config import KafkaSettings
 from stream_vae.kafka import ensure_topics
 from stream_vae.pipeline import Pipeline
 from stream_vae.replay import replay
-from stream_vae.tabular import read_table
+from stream_vae.tabular import Table, read_table
 
 from .conftest import TinyModel
 
@@ -45,7 +48,7 @@ def _env(k: KafkaSettings, **extra: str) -> dict[str, str]:
             "STREAM_VAE_KAFKA__DEAD_LETTER_TOPIC": k.dead_letter_topic,
             "STREAM_VAE_KAFKA__SESSION_TIMEOUT_MS": "4000",
             "STREAM_VAE_SERVICE__DEVICE": "cpu",
-            "STREAM_VAE_SERVICE__METRICS_PORT": "0",
+            "STREAM_VAE_SERVICE__METRICS_PORT": "0",  # a free port, printed in the log
             **extra,
         }
     )
@@ -55,7 +58,7 @@ def _env(k: KafkaSettings, **extra: str) -> dict[str, str]:
 def _start(model: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "stream_vae", "run", "--model", str(model)],
+            [sys.executable, "-m", "stream_vae", "-v", "run", "--model", str(model)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -99,6 +102,29 @@ def _wait_committed(
     raise AssertionError(f"only {last} offsets committed: {log.read_text()[-3000:]}")
 
 
+def _accounting(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> dict[str, int]:
+    """The running service's ``/accounting`` (its metrics port is read from its log)."""
+    deadline = time.monotonic() + timeout_s
+    while (m := re.search(rb"metrics on http://([\d.]+):(\d+)/", log.read_bytes())) is None:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+    url = f"http://{m[1].decode()}:{m[2].decode()}/accounting"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        out: dict[str, int] = _json.loads(r.read())
+        return out
+
+
+def _wait_consumed(
+    proc: subprocess.Popen[bytes], log: Path, at_least: int, timeout_s: float = 60
+) -> int:
+    """Wait until this run of the service has consumed ``at_least`` records."""
+    deadline = time.monotonic() + timeout_s
+    while (n := _accounting(proc, log)["consumed"]) < at_least:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    return n
+
+
 async def _alerts(k: KafkaSettings) -> list[dict[str, object]]:
     c = AIOKafkaConsumer(bootstrap_servers=k.bootstrap_servers, enable_auto_commit=False)
     await c.start()
@@ -119,7 +145,10 @@ async def _alerts(k: KafkaSettings) -> list[dict[str, object]]:
         await c.stop()
 
 
-def _setup(broker: EmbeddedBroker, tiny: TinyModel) -> tuple[KafkaSettings, int]:
+def _setup(
+    broker: EmbeddedBroker, tiny: TinyModel, rows: slice = slice(None)
+) -> tuple[KafkaSettings, int]:
+    """Fresh topics, with the test file's ``rows`` produced to the input topic."""
     tag = uuid.uuid4().hex[:8]
     k = KafkaSettings(
         bootstrap_servers=broker.bootstrap_servers,
@@ -129,10 +158,15 @@ def _setup(broker: EmbeddedBroker, tiny: TinyModel) -> tuple[KafkaSettings, int]
         dead_letter_topic=f"dlq-{tag}",
         topic_partitions=PARTITIONS,
     )
-    table = read_table(tiny.test_csv)
     asyncio.run(ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic]))
-    n = asyncio.run(replay(table, k, k.input_topics[0], create_topic=False))
-    return k, n
+    return k, _produce(k, tiny, rows)
+
+
+def _produce(k: KafkaSettings, tiny: TinyModel, rows: slice) -> int:
+    table = read_table(tiny.test_csv)
+    start, stop, _ = rows.indices(len(table.batch))
+    part = Table(table.batch.slice(start, stop), table.feature_names)
+    return asyncio.run(replay(part, k, k.input_topics[0], create_topic=False))
 
 
 def test_sigterm_drains_commits_and_exits_zero(
@@ -152,29 +186,55 @@ def test_sigterm_drains_commits_and_exits_zero(
     assert 0 < asyncio.run(_committed(k)) < n  # the replay watermark keeps the last windows
 
 
+def _kill_row(tiny: TinyModel, table: Table) -> int:
+    """Where to cut the stream: two records (of its series) before an alert that an
+    uninterrupted run raises, late enough that the series had full windows before it.
+
+    A restart that rebuilt nothing (committing at the last record) would need W − 1 new records
+    of that series before scoring it again, and so would miss that alert."""
+    window = tiny.artifact.vae_config.window
+    batch = table.batch
+    alerts = [
+        a for s in Pipeline.from_artifact(tiny.artifact, "cpu").stream(batch, 500) for a in s.alerts
+    ]
+    sids = np.asarray(batch.series_ids)
+    for a in alerts:
+        rows = np.flatnonzero(sids == a.series_id)
+        at = int(np.searchsorted(batch.ts[rows], a.ts))
+        if at >= 3 * window and rows[at - 2] < 0.9 * len(batch):
+            return int(rows[at - 2])
+    raise AssertionError(f"no alert late enough in the test stream: {alerts}")
+
+
 def test_sigkill_mid_stream_loses_no_alert(
     broker: EmbeddedBroker, tiny: TinyModel, tmp_path: Path
 ) -> None:
-    k, n = _setup(broker, tiny)
-    # small batches and a pause between them, so the kill lands mid-stream
+    table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
+    cut = _kill_row(tiny, table)
+    k, before = _setup(broker, tiny, slice(cut))
+    # small batches, so that many commits land at different replay watermarks
     env = _env(k, STREAM_VAE_SERVICE__MAX_BATCH_RECORDS="40")
     first = _start(tiny.model_dir, env, tmp_path / "a.log")
     try:
-        done = _wait_committed(k, first, tmp_path / "a.log", at_least=n // 4)
+        # windows, EMAs and episodes live in memory only: the restart must rebuild them from
+        # the committed offsets
+        _wait_consumed(first, tmp_path / "a.log", at_least=before)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     finally:
         first.kill()
-    assert done < n, "the first run finished before the kill: the test proves nothing"
+    resume = asyncio.run(_committed(k))
+    assert resume < before, "the commit must stay behind the last record (replay watermark)"
+    n = before + _produce(k, tiny, slice(cut, None))  # the rest of the stream
     second = _start(tiny.model_dir, env, tmp_path / "b.log")
     try:
-        _wait_committed(k, second, tmp_path / "b.log", at_least=done + 1, steady_s=2.0)
+        # the restart resumes from the committed offsets and must read to the end
+        _wait_consumed(second, tmp_path / "b.log", at_least=n - resume)
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=30) == 0
     finally:
         second.kill()
     got = asyncio.run(_alerts(k))
-    table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
     expected = {
         (a.alert_id, a.event)
         for s in Pipeline.from_artifact(tiny.artifact, "cpu").stream(table.batch, 500)
