@@ -153,6 +153,11 @@ class KafkaSettings(BaseModel):
     max_message_bytes: int = Field(1 << 20, ge=1024, description="larger values: dead letter")
     # A member silent this long leaves the group. Some brokers hold a join for half of it.
     session_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
+    # Bound what the consumer buffers ahead of the service (it fetches a partition again only
+    # once the service took its buffered records): at most fetch_max_bytes in flight per broker
+    # and max_partition_fetch_bytes held per assigned partition.
+    fetch_max_bytes: int = Field(16 << 20, ge=1024, description="one fetch response, at most")
+    max_partition_fetch_bytes: int = Field(1 << 20, ge=1024, description="per partition fetch")
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

@@ -67,6 +67,8 @@ def make_consumer(k: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaC
         "auto_offset_reset": "earliest",
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": max(k.session_timeout_ms // 3, 100),
+        "fetch_max_bytes": k.fetch_max_bytes,
+        "max_partition_fetch_bytes": k.max_partition_fetch_bytes,
         **overrides,
     }
     return AIOKafkaConsumer(*topics, **client_options(k), **opts)

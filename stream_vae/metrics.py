@@ -139,6 +139,9 @@ class ServiceMetrics:
         self._consumer_lag = gauge(
             "consumer_lag", "Messages behind the partition's end offset.", "topic", "partition"
         )
+        self._in_flight = gauge(
+            "records_in_flight", "Records fetched and not yet published and committed."
+        )
         self._loop_lag = gauge("event_loop_lag_seconds", "How late the loop woke a timer, last.")
         self._model_info = gauge("model_info", "1 for the live model version.", "version")
         self._ready_gauge = gauge("ready", "1 when the service is ready to consume.")
@@ -224,6 +227,10 @@ class ServiceMetrics:
             self._consumer_lag.remove(topic, str(partition))
         except KeyError:
             log.debug("no consumer lag series for %s[%d]", topic, partition)
+
+    def set_records_in_flight(self, n_records: int) -> None:
+        """Records handed out by the consumer and not yet processed (back-pressure bound)."""
+        self._in_flight.set(n_records)
 
     def set_event_loop_lag(self, lag_s: float) -> None:
         """Set the last measured event-loop lag in seconds."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -263,3 +267,86 @@ def test_two_replicas_split_partitions_and_lose_no_alert(
         for a in s.alerts
     }
     assert expected and expected <= got, f"lost: {expected - got}"
+
+
+def test_slow_inference_pauses_fetching(broker: EmbeddedBroker, tiny: TinyModel) -> None:
+    """When inference falls behind, the backlog stays in Kafka, not in the service's memory."""
+    tag = uuid.uuid4().hex[:8]
+    batch_records = 100
+    settings = load_settings(
+        env={},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g3-{tag}",
+            "input_topics": [f"in3-{tag}"],
+            "alert_topic": f"alerts3-{tag}",
+            "dead_letter_topic": f"dlq3-{tag}",
+            "topic_partitions": 2,
+        },
+        service={
+            "max_batch_records": batch_records,
+            "max_wait_ms": 20,
+            "device": "cpu",
+            "metrics_port": None,
+        },
+    )
+    k = settings.kafka
+    table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
+    # the test stream ten times over, each copy later in time: a backlog of ~10k records
+    span = float(table.batch.ts.max() - table.batch.ts.min()) + 60.0
+    rows = [
+        dataclasses.replace(r, ts=r.ts + rep * span)
+        for rep in range(10)
+        for r in table.batch.records()
+    ]
+
+    async def scenario() -> tuple[list[float], int, dict[int, float], dict[int, int]]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        producer = make_producer(k)
+        await producer.start()
+        try:
+            acks = [
+                await producer.send(
+                    k.input_topics[0], encode(r, table.feature_names), key=r.series_id.encode()
+                )
+                for r in rows
+            ]
+            produced = Counter(m.partition for m in await asyncio.gather(*acks))
+        finally:
+            await producer.stop()
+        service = Service(settings, tiny.artifact)
+        infer = service.pipeline.detector.infer
+
+        def slow(values: np.ndarray) -> object:  # a model that cannot keep up
+            time.sleep(0.1)
+            return infer(values)
+
+        service.pipeline.detector.infer = slow  # type: ignore[method-assign,assignment]
+        registry = service.metrics.registry
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        in_flight: list[float] = []
+        async with asyncio.timeout(30):
+            while service.accounting()["consumed"] < 6 * batch_records:
+                in_flight.append(registry.get_sample_value("stream_vae_records_in_flight") or 0)
+                await asyncio.sleep(0.01)
+        lag = {
+            p: registry.get_sample_value(
+                "stream_vae_consumer_lag", {"topic": k.input_topics[0], "partition": str(p)}
+            )
+            or 0.0
+            for p in range(2)
+        }
+        consumed = service.accounting()["consumed"]
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        return in_flight, consumed, lag, produced
+
+    in_flight, consumed, lag, produced = asyncio.run(scenario())
+    assert max(in_flight) <= 2 * batch_records  # one batch processing, one fetched ahead
+    assert max(in_flight) > 0
+    # the rest waits in Kafka: consumption kept pace with inference (~10 batches/s)
+    assert consumed < len(rows) // 2
+    assert sum(lag.values()) >= len(rows) - consumed - 2 * batch_records
+    # and the partitions took turns: none waited for another's backlog to drain
+    assert all(0 < lag[p] < produced[p] for p in range(2)), (lag, produced)

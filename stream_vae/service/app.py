@@ -136,16 +136,35 @@ class Service:
         """Fetch and decode batch k+1 on the loop while batch k's forward pass runs in the
         worker thread (torch releases the GIL); batches are still processed and committed in
         order. A batch fetched but not processed when ``stop`` is set is not committed: it is
-        delivered again after a restart."""
+        delivered again after a restart.
+
+        Back-pressure: this is the only queue, and it holds one batch. Batch k+2 is not asked
+        for until batch k is published and committed, and the consumer fetches a partition
+        again only once its buffered records were taken, so when inference falls behind,
+        fetching stops and the backlog waits in Kafka (as consumer lag), not in memory: at most
+        2 × ``service.max_batch_records`` records are in flight (the ``records_in_flight``
+        gauge), plus the consumer's buffer (``kafka.fetch_max_bytes``,
+        ``kafka.max_partition_fetch_bytes``)."""
         assert self._source is not None
         source = self._source
-        pending = asyncio.create_task(source.next_batch())
+        in_flight = 0
+
+        async def fetch() -> SourceBatch:
+            nonlocal in_flight
+            batch = await source.next_batch()
+            in_flight += batch.n_consumed
+            self.metrics.set_records_in_flight(in_flight)
+            return batch
+
+        pending = asyncio.create_task(fetch())
         try:
             while not stop.is_set():
                 batch = await pending
-                pending = asyncio.create_task(source.next_batch())
+                pending = asyncio.create_task(fetch())
                 if batch.n_consumed:
                     await self._step(consumer, batch)
+                    in_flight -= batch.n_consumed
+                    self.metrics.set_records_in_flight(in_flight)
         finally:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from ..errors import RecordError
@@ -68,12 +68,11 @@ class KafkaSource:
         self.max_wait_ms = max_wait_ms
         self.max_message_bytes = max_message_bytes
         self._index = {f: i for i, f in enumerate(self.feature_names)}
+        self._turn = 0
 
     async def next_batch(self) -> SourceBatch:
         """Fetch what is there (up to the limits) and decode it; never raises on bad input."""
-        fetched = await self.consumer.getmany(
-            timeout_ms=self.max_wait_ms, max_records=self.max_records
-        )
+        fetched = await self._fetch()
         records: list[Record] = []
         append_ts: list[float] = []
         rejected: list[DeadLetter] = []
@@ -118,6 +117,35 @@ class KafkaSource:
             tuple(record_offsets),
             np.asarray(append_ts, dtype=np.float64),
         )
+
+    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """Up to ``max_records``, shared between the partitions that have records buffered.
+
+        The consumer hands out its buffered partitions one after the other, each to its end;
+        under a backlog one partition's page (up to ``kafka.max_partition_fetch_bytes``) would
+        fill batch after batch while the other partitions' series wait. So each partition is
+        offered an equal share first, starting from a different one each time; what is left
+        goes to whoever has more."""
+        parts = sorted(self.consumer.assignment())
+        fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        left = self.max_records
+        if parts:
+            self._turn = (self._turn + 1) % len(parts)
+            share = -(-left // len(parts))
+            for tp in parts[self._turn :] + parts[: self._turn]:
+                got = await self.consumer.getmany(tp, timeout_ms=0, max_records=min(share, left))
+                for part, messages in got.items():
+                    fetched[part] = messages
+                    left -= len(messages)
+                if not left:
+                    return fetched
+        if not fetched:  # nothing buffered: wait for the first records to arrive
+            waited: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+            waited = await self.consumer.getmany(timeout_ms=self.max_wait_ms, max_records=left)
+            return waited
+        for part, messages in (await self.consumer.getmany(timeout_ms=0, max_records=left)).items():
+            fetched.setdefault(part, []).extend(messages)
+        return fetched
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit the given offsets (only partitions still assigned to us)."""
