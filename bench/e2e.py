@@ -4,9 +4,11 @@ core in the same run.
     python bench/e2e.py [--series 1000] [--features 8] [--window 64] [--steps 200]
 
 1. core: Detector.infer + Scorer.update on batches of windows (the service's work without
-   Kafka), windows/s, median of 5 runs;
+   Kafka), windows/s;
 2. saturation: the records of --series x --steps are produced to a topic first, then the service
    consumes them as fast as it can; windows/s over the phase where windows are scored;
+   1 and 2 alternate --repeats times (this machine's speed drifts; both see the same drift) and
+   the medians are reported;
 3. half load: a producer sends at half the saturated rate for --seconds; per-record latency is
    Kafka append time → the record's batch published, acknowledged and committed; p50/p99.
 """
@@ -19,6 +21,7 @@ import statistics
 import sys
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,9 +68,13 @@ async def _produce(settings, topic: str, batch: RecordBatch, names, rate: float 
     )
 
 
-async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, float]:
+async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     fleet = generate_fleet(
-        args.series, args.features, args.steps + args.half_steps, seed=0, n_anomalies_per_series=0
+        args.series,
+        args.features,
+        args.repeats * args.steps + args.half_steps,
+        seed=0,
+        n_anomalies_per_series=0,
     )
     train = generate_fleet(20, args.features, 400, seed=1, n_anomalies_per_series=0)
     tag = uuid.uuid4().hex[:6]
@@ -82,7 +89,12 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, float]:
             "topic_partitions": 4,
             "session_timeout_ms": 6000,
         },
-        service={"metrics_port": None, "device": "cpu", "max_batch_records": args.batch},
+        service={
+            "metrics_port": None,
+            "device": "cpu",
+            "max_batch_records": args.batch,
+            "max_wait_ms": args.max_wait_ms,
+        },
     )
     s, t, v, _ = train.interleaved()
     art = train_artifact(
@@ -92,15 +104,19 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, float]:
     await ensure_topics(
         settings.kafka, [topic, settings.kafka.alert_topic, settings.kafka.dead_letter_topic]
     )
-    sat, half = fleet.split(args.steps)
-    s, t, v, _ = sat.interleaved()
-    sat_batch = RecordBatch(tuple(s), t, v)
-    s, t, v, _ = half.interleaved()
-    half_batch = RecordBatch(tuple(s), t, v)
+    parts = []
+    rest = fleet
+    for _ in range(args.repeats):
+        sat, rest = rest.split(args.steps)
+        parts.append(sat)
+    half = rest
 
+    def batch_of(f: object) -> RecordBatch:
+        s, t, v, _ = f.interleaved()  # type: ignore[attr-defined]
+        return RecordBatch(tuple(s), t, v)
+
+    half_batch = batch_of(half)
     service = Service(settings, art)
-    core = _core_rate(service, args.batch)
-    await _produce(settings, topic, sat_batch, fleet.feature_names, None)  # backlog first
     samples: list[tuple[float, int]] = []
     latencies: list[np.ndarray] = []
     measuring = [False]
@@ -113,17 +129,26 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, float]:
     service.batch_observers.append(observe)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
-    while service.accounting()["consumed"] < len(sat_batch):
-        await asyncio.sleep(0.05)
-    # saturated rate: from the first scored window to the last
-    scored = [(t, w) for t, w in samples if w > 0]
-    (t0, w0), (t1, w1) = scored[0], scored[-1]
-    sat_rate = (w1 - w0) / (t1 - t0)
+    cores, sats, consumed, sat_windows = [], [], 0, 0
+    for part in parts:
+        cores.append(_core_rate(service, args.batch, repeats=3))
+        sat_batch = batch_of(part)
+        await _produce(settings, topic, sat_batch, fleet.feature_names, None)  # backlog first
+        consumed += len(sat_batch)
+        samples.clear()
+        while service.accounting()["consumed"] < consumed:
+            await asyncio.sleep(0.05)
+        # saturated rate: from the first scored window to the last of this backlog
+        scored = [(t, w) for t, w in samples if w > samples[0][1]]
+        (t0, w0), (t1, w1) = scored[0], scored[-1]
+        sats.append((w1 - w0) / (t1 - t0))
+        sat_windows += w1 - w0
+    core, sat_rate = statistics.median(cores), statistics.median(sats)
     # half load: one window per record in steady state, so records/s = windows/s
     measuring[0] = True
     rate = 0.5 * sat_rate
     await _produce(settings, topic, half_batch, fleet.feature_names, rate)
-    while service.accounting()["consumed"] < len(sat_batch) + len(half_batch):
+    while service.accounting()["consumed"] < consumed + len(half_batch):
         await asyncio.sleep(0.05)
     stop.set()
     await task
@@ -135,7 +160,8 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, float]:
         "p50": float(np.percentile(lat, 50)),
         "p99": float(np.percentile(lat, 99)),
         "n_lat": float(len(lat)),
-        "sat_windows": float(w1 - w0),
+        "sat_windows": float(sat_windows),
+        "ratios": [s / c for s, c in zip(sats, cores, strict=True)],
     }
 
 
@@ -147,14 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200, help="steps per series, saturation phase")
     p.add_argument("--half-steps", type=int, default=60, help="steps per series, half load")
     p.add_argument("--batch", type=int, default=2048, help="service.max_batch_records")
+    p.add_argument("--max-wait-ms", type=int, default=50, help="service.max_wait_ms")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="core/saturation pairs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with EmbeddedBroker() as broker:
         r = asyncio.run(_run(args, broker.bootstrap_servers))
     print(
         f"{args.series} series x {args.features} features, W={args.window}, "
-        f"batches of {args.batch}, {args.threads} torch threads"
+        f"batches of {args.batch} (max wait {args.max_wait_ms} ms), {args.threads} torch threads"
     )
     print("| measure | value |\n|---|---:|")
     print(f"| core (model + scorer), windows/s | {r['core']:,.0f} |")
@@ -162,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| service at saturation, windows/s ({r['sat_windows']:,.0f} windows) | "
         f"{r['sat']:,.0f} ({r['sat'] / r['core']:.0%} of core) |"
     )
+    print(f"| each pair's ratio, service / core | {', '.join(f'{x:.0%}' for x in r['ratios'])} |")
     print(f"| half load, records/s | {r['rate']:,.0f} |")
     print(
         f"| latency p50 / p99 at half load, ms ({r['n_lat']:,.0f} records) | "
