@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .artifact import Artifact
+from .config import WindowSettings
 from .inference import Detector
 from .records import RecordBatch
 from .scoring.scorer import ScoredBatch, Scorer
@@ -31,10 +32,15 @@ class Pipeline:
 
     @classmethod
     def from_artifact(
-        cls, artifact: Artifact, device: str = "auto", backend: Literal["torch", "onnx"] = "torch"
+        cls,
+        artifact: Artifact,
+        device: str = "auto",
+        backend: Literal["torch", "onnx"] = "torch",
+        window: WindowSettings | None = None,
     ) -> Pipeline:
+        """``window`` replaces the artifact's window settings (same size as the model's)."""
         detector = artifact.detector(device, backend=backend)
-        return cls(artifact.window_store(), detector, artifact.scorer())
+        return cls(artifact.window_store(window), detector, artifact.scorer())
 
     def process(self, batch: RecordBatch) -> ScoredBatch:
         """Records in arrival order → scores of the windows they completed, and alert events."""

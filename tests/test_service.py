@@ -350,3 +350,56 @@ def test_slow_inference_pauses_fetching(broker: EmbeddedBroker, tiny: TinyModel)
     assert sum(lag.values()) >= len(rows) - consumed - 2 * batch_records
     # and the partitions took turns: none waited for another's backlog to drain
     assert all(0 < lag[p] < produced[p] for p in range(2)), (lag, produced)
+
+
+def test_evicted_series_leave_all_state(broker: EmbeddedBroker, tiny: TinyModel) -> None:
+    """With ``window.max_series`` below the fleet size, the scorer's per-series state stays
+    within the same bound (it would otherwise grow with every series ever seen)."""
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        env={},
+        window={"max_series": 2},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g4-{tag}",
+            "input_topics": [f"in4-{tag}"],
+            "alert_topic": f"alerts4-{tag}",
+            "dead_letter_topic": f"dlq4-{tag}",
+            "topic_partitions": 1,
+        },
+        service={"max_batch_records": 50, "max_wait_ms": 20, "device": "cpu", "metrics_port": None},
+    )
+    k = settings.kafka
+    table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
+    # one series after the other, each long enough to be scored
+    rows = sorted(table.batch.records(), key=lambda r: (r.series_id, r.ts))
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        producer = make_producer(k)
+        await producer.start()
+        try:
+            acks = [
+                await producer.send(
+                    k.input_topics[0], encode(r, table.feature_names), key=r.series_id.encode()
+                )
+                for r in rows
+            ]
+            await asyncio.gather(*acks)
+        finally:
+            await producer.stop()
+        service = Service(settings, tiny.artifact)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        async with asyncio.timeout(30):
+            while service.accounting()["consumed"] < len(rows):
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        scored = {s for s in service.pipeline.scorer.snapshot()["ema"]["series"]}
+        return scored, {s for s in table.batch.series_ids if s in service.pipeline.store}
+
+    scored, stored = asyncio.run(scenario())
+    assert len(set(table.batch.series_ids)) > 2
+    assert len(stored) <= 2
+    assert scored <= stored

@@ -56,8 +56,16 @@ class Service:
     ) -> None:
         self.settings = settings
         self.artifact = artifact
+        # The model fixes how windows are cut (size, stride, gaps: what it was calibrated on);
+        # how many series to hold and for how long is the deployment's choice.
+        window = artifact.window.model_copy(
+            update={
+                "idle_ttl_s": settings.window.idle_ttl_s,
+                "max_series": settings.window.max_series,
+            }
+        )
         self.pipeline = Pipeline.from_artifact(
-            artifact, settings.service.device, settings.service.backend
+            artifact, settings.service.device, settings.service.backend, window
         )
         self.metrics = metrics or ServiceMetrics()
         self.metrics.set_model_version(artifact.version)
@@ -191,8 +199,10 @@ class Service:
             store = self.pipeline.store
             if store.idle_ttl_s is not None and len(batch.records):
                 store.evict_idle(float(batch.records.ts.max()))
-            live = store.__contains__
-            await self._source.commit(self._watermark.commit_offsets(batch.next_offsets, live))
+            # series the store evicted (idle, or over window.max_series) leave every part of
+            # the state, so that memory stays bounded by the store's bounds
+            self.pipeline.scorer.drop(self._watermark.forget(store.__contains__))
+            await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
             late = self.pipeline.store.counters["late"] - late_before
             self._record(batch, len(ready), late, scored.alerts, inference_s)
             done = time.time()

@@ -71,18 +71,15 @@ class ReplayWatermark:
     def episode_closed(self, series_id: str) -> None:
         self._open.pop(series_id, None)
 
-    def commit_offsets(
-        self,
-        next_offsets: dict[TopicPartition, int],
-        live: Callable[[str], bool] | None = None,
-    ) -> dict[TopicPartition, int]:
-        """The offsets to commit for the partitions of ``next_offsets`` (last processed + 1).
+    def forget(self, live: Callable[[str], bool]) -> list[str]:
+        """Forget the series for which ``live`` is false (evicted from the window store: idle
+        or over the series bound): they no longer hold the commit back. Returns them."""
+        gone = [s for s in self._tail if not live(s)]
+        self.drop(gone)
+        return gone
 
-        Series for which ``live`` is false (evicted from the window store: idle or over the
-        series bound) no longer hold the commit back, and are forgotten.
-        """
-        if live is not None:
-            self.drop([s for s in self._tail if not live(s)])
+    def commit_offsets(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The offsets to commit for the partitions of ``next_offsets`` (last processed + 1)."""
         out = dict(next_offsets)
         for sid, tail in self._tail.items():
             tp = self._partition[sid]
