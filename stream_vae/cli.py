@@ -71,6 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
     r.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
 
+    v = sub.add_parser("evaluate", help="detection quality on labelled data, with baselines")
+    v.add_argument("kind", choices=["nab", "smd", "csv"], help="data layout (see docs/results.md)")
+    v.add_argument("path", type=Path, help="NAB or SMD root directory, or a labelled CSV file")
+    v.add_argument("--out", required=True, type=Path, help="directory for the report")
+    v.add_argument("--detectors", nargs="+", help="default: all")
+    v.add_argument("--series", nargs="+", help="only these series (SMD names, NAB files)")
+    v.add_argument("--quick", action="store_true", help="a few series (the CI regression run)")
+    v.add_argument("--label-column", default="label", help="csv: the 0/1 label column")
+    v.add_argument("--seed", type=int, default=0)
+
     g = sub.add_parser("generate", help="write a synthetic labelled fleet as CSV files")
     g.add_argument("--out", required=True, type=Path, help="directory for train.csv, test.csv")
     g.add_argument("--series", type=int, default=20)

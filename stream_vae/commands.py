@@ -21,6 +21,7 @@ from .trainer import train_artifact
 
 __all__ = [
     "cmd_demo",
+    "cmd_evaluate",
     "cmd_export",
     "cmd_generate",
     "cmd_replay",
@@ -332,3 +333,32 @@ def _demo_plot(
         },
     )
     print(f"plot: {path}")
+
+
+# --quick: the series a CI run evaluates (small, with labelled anomalies of different kinds)
+_QUICK = {"smd": ["omi-1", "omi-3"], "nab": []}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import logging
+
+    from .evaluation.datasets import read_labelled_csv, read_smd
+    from .evaluation.detectors import DETECTORS
+    from .evaluation.runner import evaluate_to
+
+    settings = _settings(args)
+    detectors = args.detectors or list(DETECTORS)
+    unknown = sorted(set(detectors) - set(DETECTORS))
+    if unknown:
+        raise ConfigError(f"unknown detectors {unknown}; choose from {sorted(DETECTORS)}")
+    logging.getLogger("stream_vae.evaluation").setLevel(logging.INFO)
+    names = args.series or (_QUICK[args.kind] if args.quick else None)
+    if args.kind == "smd":
+        series = read_smd(args.path, names)
+    elif args.kind == "csv":
+        series = read_labelled_csv(args.path, label_column=args.label_column)
+    else:
+        raise ConfigError("evaluate nab: not available yet")
+    print(evaluate_to(args.out, series, settings, detectors, seed=args.seed, title=str(args.path)))
+    print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}")
+    return 0

@@ -17,10 +17,11 @@ def plot_series(
     values: Mapping[str, np.ndarray],  # series → (T,) one channel, for context
     value_ts: np.ndarray,  # (T,)
     scores: Mapping[str, tuple[np.ndarray, np.ndarray]],  # series → (ts, smoothed score)
-    threshold: float,
+    threshold: float | Mapping[str, float],  # one for all series, or one per series
     alerts: Sequence[Mapping[str, Any]],  # alert messages (open/close)
     labels: Mapping[str, Sequence[tuple[float, float]]],  # series → [(start_ts, end_ts)]
     channel: str = "",
+    caption: str = "hours (orange: injected anomaly, red line: alert opened)",
 ) -> Path:
     """Write a PNG with one panel pair (value, score) per series; returns its path."""
     import matplotlib
@@ -37,9 +38,10 @@ def plot_series(
         ax_v.set_ylabel(channel or "value")
         ax_v.set_title(sid, loc="left", fontsize=10)
         ts, sc = scores[sid]
+        thr = threshold if isinstance(threshold, float | int) else threshold[sid]
         ax_s.plot((ts - t0) / 3600.0, sc, lw=0.8, color="black", label="score (EMA)")
-        ax_s.axhline(threshold, color="tab:red", ls="--", lw=0.8, label="threshold")
-        ax_s.set_yscale("symlog", linthresh=max(threshold, 1e-3))
+        ax_s.axhline(thr, color="tab:red", ls="--", lw=0.8, label="threshold")
+        ax_s.set_yscale("symlog", linthresh=max(thr, 1e-3))
         ax_s.set_ylabel("score")
         for start, end in labels.get(sid, ()):
             for ax in (ax_v, ax_s):
@@ -49,7 +51,7 @@ def plot_series(
             ax_s.axvline((float(a["ts"]) - t0) / 3600, color="tab:red", lw=1.2)
         if i == 0:
             ax_s.legend(loc="upper left", fontsize=8)
-    axes[-1].set_xlabel("hours (orange: injected anomaly, red line: alert opened)")
+    axes[-1].set_xlabel(caption)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
