@@ -336,7 +336,11 @@ def _demo_plot(
 
 
 # --quick: the series a CI run evaluates (small, with labelled anomalies of different kinds)
-_QUICK = {"smd": ["omi-1", "omi-3"], "nab": []}
+_QUICK = {
+    "smd": ["omi-1", "omi-3"],
+    "nab": ["art_daily_jumpsup", "art_daily_no_noise", "ec2_request_latency_system_failure"],
+    "csv": [],
+}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -344,7 +348,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .evaluation.datasets import read_labelled_csv, read_smd
     from .evaluation.detectors import DETECTORS
-    from .evaluation.runner import evaluate_to
+    from .evaluation.runner import evaluate_nab_to, evaluate_to
 
     settings = _settings(args)
     detectors = args.detectors or list(DETECTORS)
@@ -358,7 +362,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif args.kind == "csv":
         series = read_labelled_csv(args.path, label_column=args.label_column)
     else:
-        raise ConfigError("evaluate nab: not available yet")
+        table = evaluate_nab_to(
+            args.out, args.path, settings, detectors, names=names, seed=args.seed
+        )
+        print(table)
+        print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}")
+        return 0
     print(evaluate_to(args.out, series, settings, detectors, seed=args.seed, title=str(args.path)))
     print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}")
     return 0
