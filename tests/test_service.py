@@ -8,6 +8,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import KafkaSettings, load_settings
 from stream_vae.kafka import ensure_topics, make_producer
 from stream_vae.pipeline import Pipeline
-from stream_vae.records import encode
+from stream_vae.records import Record, encode
 from stream_vae.service import Service
 from stream_vae.tabular import read_table
 
@@ -101,6 +102,20 @@ async def _consume(k: KafkaSettings, topic: str, n: int) -> list[object]:
         return out
     finally:
         await consumer.stop()
+
+
+async def _send_all(k: KafkaSettings, rows: list[Record], names: tuple[str, ...]) -> list[Any]:
+    """Produce ``rows`` to the input topic, keyed by series; returns the acks' metadata."""
+    producer = make_producer(k)
+    await producer.start()
+    try:
+        acks = [
+            await producer.send(k.input_topics[0], encode(r, names), key=r.series_id.encode())
+            for r in rows
+        ]
+        return list(await asyncio.gather(*acks))
+    finally:
+        await producer.stop()
 
 
 def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
@@ -302,18 +317,8 @@ def test_slow_inference_pauses_fetching(broker: EmbeddedBroker, tiny: TinyModel)
 
     async def scenario() -> tuple[list[float], int, dict[int, float], dict[int, int]]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
-        producer = make_producer(k)
-        await producer.start()
-        try:
-            acks = [
-                await producer.send(
-                    k.input_topics[0], encode(r, table.feature_names), key=r.series_id.encode()
-                )
-                for r in rows
-            ]
-            produced = Counter(m.partition for m in await asyncio.gather(*acks))
-        finally:
-            await producer.stop()
+        acks = await _send_all(k, rows, table.feature_names)
+        produced = Counter(m.partition for m in acks)
         service = Service(settings, tiny.artifact)
         infer = service.pipeline.detector.infer
 
@@ -376,18 +381,7 @@ def test_evicted_series_leave_all_state(broker: EmbeddedBroker, tiny: TinyModel)
 
     async def scenario() -> tuple[set[str], set[str]]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
-        producer = make_producer(k)
-        await producer.start()
-        try:
-            acks = [
-                await producer.send(
-                    k.input_topics[0], encode(r, table.feature_names), key=r.series_id.encode()
-                )
-                for r in rows
-            ]
-            await asyncio.gather(*acks)
-        finally:
-            await producer.stop()
+        await _send_all(k, rows, table.feature_names)
         service = Service(settings, tiny.artifact)
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
