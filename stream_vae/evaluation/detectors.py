@@ -81,9 +81,13 @@ def _as_batch(series: LabelledSeries, part: str) -> RecordBatch:
 
 def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
     art = train_artifact(
-        _as_batch(series, "train"), series.feature_names, _seeded(settings, seed), progress=False
+        _as_batch(series, "train"),
+        series.feature_names,
+        _seeded(settings, seed),
+        device=settings.service.device,
+        progress=False,
     )
-    pipe = Pipeline.from_artifact(art, "cpu")
+    pipe = Pipeline.from_artifact(art, settings.service.device)
     n = len(series.test)
     row0 = len(series.train)
     cols = {k: np.full(n, np.nan) for k in ("smoothed", "recon", "latent")}
@@ -121,9 +125,13 @@ def _lstm_ae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str,
         }
     )
     art = train_artifact(
-        _as_batch(series, "train"), series.feature_names, _seeded(ae, seed), progress=False
+        _as_batch(series, "train"),
+        series.feature_names,
+        _seeded(ae, seed),
+        device=settings.service.device,
+        progress=False,
     )
-    pipe = Pipeline.from_artifact(art, "cpu")
+    pipe = Pipeline.from_artifact(art, settings.service.device)
     scores = np.full(len(series.test), np.nan)
     for out in pipe.stream(_as_batch(series, "test"), 512):
         rows = np.rint(out.ts / series.step_s).astype(np.int64) - len(series.train)
