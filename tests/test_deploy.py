@@ -1,0 +1,599 @@
+"""The deployment files in ``deploy/`` against the code they deploy.
+
+Nothing here builds an image or talks to a cluster: the checks are that the files parse, and that
+what they name exists — every metric a dashboard queries is one the service exports, every
+``STREAM_VAE_*`` variable is a real setting (and the values validate), probes and ports are the
+service's, files a Dockerfile copies are in the repository, images are pinned, and the
+autoscaler never asks for more consumers than there are partitions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from stream_vae.config import KafkaSettings, ServiceSettings, Settings, load_settings
+from stream_vae.metrics import ServiceMetrics
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "stream-vae.json"
+DOCKERFILES = [DEPLOY / "Dockerfile", DEPLOY / "Dockerfile.cuda"]
+
+METRICS_PORT = 9108
+# Labels Prometheus adds to every scraped series (compose's relabelling adds `service`), and the
+# histogram bucket label; a `by (...)` may group on these besides the metric's own labels.
+TARGET_LABELS = frozenset({"instance", "job", "service", "le"})
+METRIC_REF = re.compile(r"\bstream_vae_[a-z0-9_]+\b")
+SETTING_KEY = re.compile(r"^STREAM_VAE_[A-Z0-9_]+$")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _yaml_files() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def _docs(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _doc(path: Path) -> Any:
+    (only,) = _docs(path)
+    return only
+
+
+@cache
+def _k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every Kubernetes object in deploy/k8s, by (kind, name); the kustomization excluded."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in _docs(path):
+            if doc["kind"] == "Kustomization":
+                continue
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in out, f"{key} defined twice"
+            out[key] = doc
+    return out
+
+
+def _k8s(kind: str, name: str = "stream-vae") -> dict[str, Any]:
+    return _k8s_objects()[(kind, name)]
+
+
+@cache
+def _compose() -> dict[str, Any]:
+    doc: dict[str, Any] = _doc(DEPLOY / "compose.yaml")
+    return doc
+
+
+def _exercised_metrics() -> ServiceMetrics:
+    """A ServiceMetrics with every labelled metric holding a child, so each exports samples."""
+    m = ServiceMetrics()
+    m.add_records_in("telemetry", 3)
+    m.add_dead_letters("bad_json")
+    m.add_outcomes(n_scored=1, n_buffered=1, n_late=0)
+    m.add_windows_scored(1)
+    m.add_alerts("open")
+    m.observe_batch(2, 0.01)
+    m.observe_end_to_end(0.05)
+    m.set_consumer_lag("telemetry", 0, 7)
+    m.set_records_in_flight(2)
+    m.set_event_loop_lag(0.001)
+    m.set_model_version("v1")
+    m.set_ready(True)
+    return m
+
+
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "gauge": ("",),
+}
+
+
+@cache
+def _exported() -> dict[str, frozenset[str]]:
+    """Sample name -> its label names, for everything ServiceMetrics exports.
+
+    Sample names come from a collect() of an exercised instance; names implied by each family's
+    type are added too, so a labelled metric nobody recorded yet is still known."""
+    labels: dict[str, set[str]] = {}
+    for family in _exercised_metrics().registry.collect():
+        for suffix in _SUFFIXES.get(family.type, ("",)):
+            labels.setdefault(family.name + suffix, set())
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    return {name: frozenset(ls) for name, ls in labels.items()}
+
+
+def _dashboard_exprs() -> Iterator[tuple[str, str]]:
+    dash = json.loads(DASHBOARD.read_text())
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            yield panel["title"], target["expr"]
+
+
+def _setting_field(key: str) -> tuple[str, str]:
+    """``STREAM_VAE_KAFKA__GROUP_ID`` -> ("kafka", "group_id"), or ValueError if no such field."""
+    if not SETTING_KEY.match(key):
+        raise ValueError(f"{key}: not a STREAM_VAE_ variable")
+    parts = key.removeprefix("STREAM_VAE_").lower().split("__")
+    if len(parts) != 2:
+        raise ValueError(f"{key}: expected STREAM_VAE_<SECTION>__<KEY>")
+    section, field = parts
+    if section not in Settings.model_fields:
+        raise ValueError(f"{key}: no settings section {section!r}")
+    model = Settings.model_fields[section].annotation
+    assert isinstance(model, type) and issubclass(model, BaseModel)
+    if field not in model.model_fields:
+        raise ValueError(f"{key}: {section} has no field {field!r}")
+    return section, field
+
+
+def _settings_env(env: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in env.items() if k.startswith("STREAM_VAE_")}
+
+
+def _seconds(duration: str) -> float:
+    m = re.fullmatch(r"(\d+)s", duration)
+    assert m, f"expected a duration like '75s', got {duration!r}"
+    return float(m.group(1))
+
+
+def _pinned(image: str) -> bool:
+    """``name:tag`` with a real tag (not latest), or a digest."""
+    if "@sha256:" in image:
+        return True
+    name, _, tag = image.rpartition(":")
+    return bool(name) and "/" not in tag and tag not in ("", "latest")
+
+
+# -- every file parses -------------------------------------------------------------------------
+
+
+def test_deploy_files_parse() -> None:
+    files = _yaml_files()
+    names = {p.relative_to(DEPLOY).as_posix() for p in files}
+    assert {
+        "compose.yaml",
+        "prometheus/prometheus.yml",
+        "k8s/kustomization.yaml",
+        "k8s/deployment.yaml",
+    } <= names
+    for path in files:
+        assert _docs(path), f"{path} is empty"
+    assert json.loads(DASHBOARD.read_text())["panels"]
+
+
+def test_kustomization_lists_existing_files() -> None:
+    kust = _doc(K8S / "kustomization.yaml")
+    for resource in kust["resources"]:
+        assert (K8S / resource).is_file(), resource
+    # The Secret is a template with a placeholder: never applied by `kubectl apply -k`.
+    assert "secret.yaml" not in kust["resources"]
+    secret = _k8s("Secret", "stream-vae-kafka")
+    assert "PLACEHOLDER" in secret["stringData"]["sasl-password"]
+
+
+# -- metrics: the dashboard, Prometheus and KEDA name what the service exports ------------------
+
+
+def test_exported_names_include_histogram_and_counter_samples() -> None:
+    names = _exported()
+    assert "stream_vae_records_in_total" in names
+    assert "stream_vae_end_to_end_seconds_bucket" in names
+    assert "stream_vae_consumer_lag" in names
+    assert names["stream_vae_dead_letters_total"] == {"reason"}
+    assert "stream_vae_records_in" not in names  # a counter is only exported with _total
+
+
+def test_dashboard_queries_only_exported_metrics() -> None:
+    exported = _exported()
+    for title, expr in _dashboard_exprs():
+        refs = set(METRIC_REF.findall(expr))
+        assert refs, f"panel {title!r} queries no stream_vae metric: {expr}"
+        unknown = refs - exported.keys()
+        assert not unknown, (
+            f"panel {title!r} queries metrics the service does not export: {unknown}"
+        )
+
+
+def test_dashboard_groups_by_existing_labels() -> None:
+    exported = _exported()
+    for title, expr in _dashboard_exprs():
+        known = set(TARGET_LABELS)
+        for ref in METRIC_REF.findall(expr):
+            known |= exported.get(ref, frozenset())
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            used = {g.strip() for g in group.split(",") if g.strip()}
+            assert used <= known, f"panel {title!r} groups by unknown labels {used - known}"
+
+
+def test_dashboard_has_the_operational_panels() -> None:
+    used = {ref for _, expr in _dashboard_exprs() for ref in METRIC_REF.findall(expr)}
+    for name in (
+        "stream_vae_records_in_total",  # throughput
+        "stream_vae_consumer_lag",
+        "stream_vae_end_to_end_seconds_bucket",  # latency p50 / p99
+        "stream_vae_alerts_total",
+        "stream_vae_dead_letters_total",
+        "stream_vae_inference_seconds_bucket",
+        "stream_vae_batch_size_bucket",
+        "stream_vae_records_in_flight",
+        "stream_vae_event_loop_lag_seconds",
+        "stream_vae_model_info",
+    ):
+        assert name in used, f"no panel shows {name}"
+    exprs = [expr for _, expr in _dashboard_exprs()]
+    for q in ("0.5", "0.99"):
+        assert any(
+            f"histogram_quantile({q}," in e and "end_to_end_seconds_bucket" in e for e in exprs
+        ), f"no end-to-end p{q} panel"
+
+
+def test_dashboard_uses_the_provisioned_datasource() -> None:
+    (source,) = _doc(DEPLOY / "grafana/provisioning/datasources/prometheus.yaml")["datasources"]
+    dash = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+    # The provider's path is where compose mounts deploy/grafana/dashboards.
+    (provider,) = _doc(DEPLOY / "grafana/provisioning/dashboards/stream-vae.yaml")["providers"]
+    mounts = _compose()["services"]["grafana"]["volumes"]
+    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
+
+
+def test_prometheus_scrapes_the_service() -> None:
+    config = _doc(DEPLOY / "prometheus/prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "stream-vae"]
+    assert job["metrics_path"] == "/metrics"
+    services = _compose()["services"]
+    for sd in job["dns_sd_configs"]:
+        assert sd["port"] == METRICS_PORT
+        for name in sd["names"]:
+            assert name in services, f"prometheus scrapes {name!r}, not a compose service"
+    text = (DEPLOY / "prometheus/prometheus.yml").read_text()
+    assert set(METRIC_REF.findall(text)) <= _exported().keys()
+
+
+# -- settings: every STREAM_VAE_ variable is a field, and the sets of them validate --------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["STREAM_VAE_KAFKA__BOOTSTRAP", "STREAM_VAE_NOPE__SIZE", "STREAM_VAE_WINDOW_SIZE", "OTHER"],
+)
+def test_setting_check_rejects_unknown_keys(key: str) -> None:
+    with pytest.raises(ValueError):
+        _setting_field(key)
+
+
+def _all_setting_keys() -> Iterator[tuple[str, str]]:
+    """(where, key) for every STREAM_VAE_ variable set anywhere in deploy/."""
+    for name, svc in _compose()["services"].items():
+        for key in svc.get("environment", {}):
+            yield f"compose:{name}", key
+    for key in _k8s("ConfigMap")["data"]:
+        yield "configmap", key
+    for kind, name in (("Deployment", "stream-vae"), ("CronJob", "stream-vae-retrain")):
+        for container in _pod_spec(_k8s(kind, name))["containers"]:
+            for var in container.get("env", []):
+                yield f"{kind}/{name}", var["name"]
+    for dockerfile in DOCKERFILES:
+        for instruction, args in _instructions(dockerfile):
+            if instruction == "ENV":
+                for pair in shlex.split(args):
+                    yield dockerfile.name, pair.partition("=")[0]
+
+
+def test_every_env_key_is_a_setting() -> None:
+    keys = [(where, k) for where, k in _all_setting_keys() if k.startswith("STREAM_VAE_")]
+    assert len(keys) > 20
+    for where, key in keys:
+        try:
+            _setting_field(key)
+        except ValueError as exc:
+            pytest.fail(f"{where}: {exc}")
+
+
+def test_compose_service_settings_validate() -> None:
+    services = _compose()["services"]
+    for name in ("stream-vae", "stream-vae-gpu", "replay"):
+        s = load_settings(env=_settings_env(services[name]["environment"]))
+        assert s.kafka.bootstrap_servers == "kafka:9092", name
+    s = load_settings(env=_settings_env(services["stream-vae"]["environment"]))
+    assert s.service.metrics_host == "0.0.0.0"
+    assert s.service.metrics_port == METRICS_PORT
+
+
+def test_k8s_settings_validate_with_the_secret() -> None:
+    """The ConfigMap plus the Secret's values, as the pod sees them, make valid settings."""
+    secret = _k8s("Secret", "stream-vae-kafka")["stringData"]
+    (container,) = _pod_spec(_k8s("Deployment"))["containers"]
+    env = dict(_k8s("ConfigMap")["data"])
+    for var in container["env"]:
+        ref = var["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "stream-vae-kafka"
+        env[var["name"]] = secret[ref["key"]]
+    s = load_settings(env=env)
+    assert s.kafka.security_protocol == "SASL_SSL"
+    assert s.kafka.sasl_password is not None
+    assert s.service.metrics_host == "0.0.0.0"
+    assert s.service.metrics_port == METRICS_PORT
+
+
+# -- compose ----------------------------------------------------------------------------------
+
+
+def test_compose_services_and_pinned_images() -> None:
+    services = _compose()["services"]
+    assert {
+        "kafka",
+        "kafka-init",
+        "model-init",
+        "stream-vae",
+        "stream-vae-gpu",
+        "replay",
+        "prometheus",
+        "grafana",
+    } <= services.keys()
+    for name, svc in services.items():
+        assert "image" in svc, f"{name}: no image (built images get a pinned tag too)"
+        assert _pinned(svc["image"]), f"{name}: image {svc['image']!r} is not pinned"
+        if "build" in svc:
+            assert (DEPLOY / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown {dep}"
+
+
+def test_compose_gpu_profile() -> None:
+    services = _compose()["services"]
+    gpu = services["stream-vae-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert "gpu" in device["capabilities"]
+    assert "profiles" not in services["stream-vae"]  # the CPU service runs by default
+
+
+def test_compose_topics_match_the_service() -> None:
+    services = _compose()["services"]
+    script = services["kafka-init"]["command"][0]
+    (topics,) = re.findall(r"for topic in ([^;]+);", script)
+    partitions = {int(n) for n in re.findall(r"--partitions (\d+)", script)}
+    assert partitions == {KafkaSettings().topic_partitions}
+    s = load_settings(env=_settings_env(services["stream-vae"]["environment"]))
+    assert set(topics.split()) == {
+        *s.kafka.input_topics,
+        s.kafka.alert_topic,
+        s.kafka.dead_letter_topic,
+    }
+    replay = services["replay"]["command"]
+    assert replay[replay.index("--topic") + 1] in s.kafka.input_topics
+
+
+def test_compose_stop_grace_covers_the_drain() -> None:
+    drain_s = 2 * ServiceSettings().shutdown_timeout_s  # consumer.stop(), then producer.stop()
+    for name in ("stream-vae", "stream-vae-gpu"):
+        assert _seconds(_compose()["services"][name]["stop_grace_period"]) > drain_s, name
+
+
+# -- Dockerfiles ------------------------------------------------------------------------------
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction; continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        instruction, _, args = (pending + line).partition(" ")
+        out.append((instruction.upper(), args.strip()))
+        pending = ""
+    assert not pending, f"{path}: trailing continuation"
+    return out
+
+
+def _one(path: Path, instruction: str) -> str:
+    found = [args for ins, args in _instructions(path) if ins == instruction]
+    assert found, f"{path.name}: no {instruction}"
+    return found[-1]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_runs_the_service(dockerfile: Path) -> None:
+    assert json.loads(_one(dockerfile, "ENTRYPOINT")) == ["stream-vae", "run"]
+    assert json.loads(_one(dockerfile, "CMD")) == ["--model", "/models/current"]
+    assert _one(dockerfile, "EXPOSE") == str(METRICS_PORT)
+    user = _one(dockerfile, "USER").split(":")[0]
+    assert user not in ("root", "0"), f"{dockerfile.name} runs as root"
+    health = _one(dockerfile, "HEALTHCHECK")
+    assert "/healthz" in health and "urllib" in health
+    env = dict(
+        pair.partition("=")[::2]
+        for ins, args in _instructions(dockerfile)
+        if ins == "ENV"
+        for pair in shlex.split(args)
+    )
+    assert env["STREAM_VAE_SERVICE__METRICS_HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_is_multistage_on_pinned_bases(dockerfile: Path) -> None:
+    instructions = _instructions(dockerfile)
+    args = {a.partition("=")[0]: a.partition("=")[2] for ins, a in instructions if ins == "ARG"}
+    stages: list[str] = []
+    for ins, a in instructions:
+        if ins != "FROM":
+            continue
+        image, *rest = a.split()
+        if rest:
+            stages.append(rest[-1])
+        if image in stages:
+            continue  # FROM an earlier stage
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+        assert _pinned(image), f"{dockerfile.name}: base {image!r} is not pinned"
+    assert len([i for i, _ in instructions if i == "FROM"]) >= 2, "not multi-stage"
+    assert any("--from=" in a for i, a in instructions if i == "COPY"), "runtime copies nothing"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_files_that_exist_and_are_sent(dockerfile: Path) -> None:
+    ignore = (dockerfile.parent / f"{dockerfile.name}.dockerignore").read_text().split()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = 0
+    for ins, args in _instructions(dockerfile):
+        if ins != "COPY" or "--from=" in args:
+            continue
+        *sources, _dest = [a for a in shlex.split(args) if not a.startswith("--")]
+        for source in sources:
+            assert (REPO / source).exists(), f"{dockerfile.name} copies missing {source}"
+            assert source.rstrip("/") in allowed, f"{source} is excluded by the .dockerignore"
+            copied += 1
+    assert copied >= 3  # pyproject.toml, README.md (the package's readme), stream_vae/
+
+
+# -- Kubernetes -------------------------------------------------------------------------------
+
+
+def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj["spec"]
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    pod: dict[str, Any] = spec["template"]["spec"]
+    return pod
+
+
+def _port_number(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    (match,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    return int(match)
+
+
+def test_deployment_probes_and_port() -> None:
+    pod = _pod_spec(_k8s("Deployment"))
+    (container,) = pod["containers"]
+    liveness, readiness = container["livenessProbe"], container["readinessProbe"]
+    assert liveness["httpGet"]["path"] == "/healthz"
+    assert readiness["httpGet"]["path"] == "/readyz"
+    for probe in (liveness, readiness, container.get("startupProbe", liveness)):
+        assert _port_number(container, probe["httpGet"]["port"]) == METRICS_PORT
+    assert ServiceSettings().metrics_port == METRICS_PORT
+    assert container["envFrom"] == [{"configMapRef": {"name": "stream-vae"}}]
+    assert container["args"][0] == "--model"
+
+
+def test_deployment_gpu_security_and_shutdown() -> None:
+    pod = _pod_spec(_k8s("Deployment"))
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    timeout_s = float(
+        _k8s("ConfigMap")["data"].get(
+            "STREAM_VAE_SERVICE__SHUTDOWN_TIMEOUT_S", ServiceSettings().shutdown_timeout_s
+        )
+    )
+    # The final drain: consumer.stop() then producer.stop(), each bounded by shutdown_timeout_s.
+    assert pod["terminationGracePeriodSeconds"] > 2 * timeout_s
+
+
+def test_model_registry_volume() -> None:
+    claim = _k8s("PersistentVolumeClaim", "stream-vae-registry")["metadata"]["name"]
+    deployment = _pod_spec(_k8s("Deployment"))
+    (container,) = deployment["containers"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in deployment["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    (mount,) = [m for m in container["volumeMounts"] if claims.get(m["name"]) == claim]
+    assert mount["readOnly"] is True
+    model = container["args"][container["args"].index("--model") + 1]
+    assert model.startswith(mount["mountPath"] + "/")
+
+    retrain = _pod_spec(_k8s("CronJob", "stream-vae-retrain"))
+    (job,) = retrain["containers"]
+    script = " ".join(job["command"] + job["args"])
+    assert "stream-vae train" in script and "--out " in script
+    (volume,) = [v for v in retrain["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim
+    (job_mount,) = [m for m in job["volumeMounts"] if m["name"] == volume["name"]]
+    assert not job_mount.get("readOnly", False)
+    assert "/registry/versions/" in script and job_mount["mountPath"] == "/registry"
+
+
+def test_service_and_pdb_select_the_pods() -> None:
+    pod_labels = _k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = _k8s("Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == METRICS_PORT
+    annotations = service["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    pdb = _k8s("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_secret_refs_exist_in_the_template() -> None:
+    secret = _k8s("Secret", "stream-vae-kafka")
+    keys = secret["stringData"].keys()
+    for kind, name in (("Deployment", "stream-vae"), ("CronJob", "stream-vae-retrain")):
+        for container in _pod_spec(_k8s(kind, name))["containers"]:
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in keys
+    auth = _k8s("TriggerAuthentication", "stream-vae-kafka")
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in keys
+
+
+def test_keda_scales_on_the_group_lag_within_the_partitions() -> None:
+    scaled = _k8s("ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == _k8s("Deployment")["metadata"]["name"]
+    partitions = KafkaSettings().topic_partitions
+    configured = load_settings(env=dict(_k8s("ConfigMap")["data"]) | _dummy_sasl())
+    assert scaled["spec"]["maxReplicaCount"] <= partitions
+    assert scaled["spec"]["maxReplicaCount"] <= configured.kafka.topic_partitions
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+    (trigger,) = scaled["spec"]["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "kafka"
+    assert meta["consumerGroup"] == configured.kafka.group_id
+    assert meta["topic"] in configured.kafka.input_topics
+    assert meta["bootstrapServers"] == configured.kafka.bootstrap_servers
+    assert meta["offsetResetPolicy"] == "earliest"  # as the service's consumer
+    assert trigger["authenticationRef"]["name"] == "stream-vae-kafka"
+
+
+def _dummy_sasl() -> dict[str, str]:
+    return {"STREAM_VAE_KAFKA__SASL_USERNAME": "u", "STREAM_VAE_KAFKA__SASL_PASSWORD": "p"}
