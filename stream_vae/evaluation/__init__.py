@@ -1,5 +1,6 @@
-"""Evaluation on labelled data: metrics now; dataset loaders and replay come with the
-evaluation issue."""
+"""Evaluation on labelled data: loaders (:mod:`.datasets`, :mod:`.nab`), the detectors compared
+(:mod:`.detectors`), metrics (:mod:`.metrics`, :mod:`.vus`, :mod:`.events`), the protocols and
+reports (:mod:`.runner`, :mod:`.report`); the CLI is ``stream-vae evaluate``."""
 
 from __future__ import annotations
 
