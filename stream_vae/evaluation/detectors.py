@@ -28,17 +28,19 @@ Examples
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ..artifact import Artifact
 from ..config import Settings
 from ..pipeline import Pipeline
 from ..records import RecordBatch
 from ..scoring.ema import SeriesEMA
+from ..scoring.scorer import ScoredBatch
 from ..trainer import train_artifact
 from .datasets import LabelledSeries
 
@@ -80,28 +82,19 @@ def _as_batch(series: LabelledSeries, part: str) -> RecordBatch:
 
 
 def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
-    art = train_artifact(
-        _as_batch(series, "train"),
-        series.feature_names,
-        _seeded(settings, seed),
-        device=settings.service.device,
-        progress=False,
-    )
-    pipe = Pipeline.from_artifact(art, settings.service.device)
+    art = _train(series, settings, seed)
     n = len(series.test)
-    row0 = len(series.train)
     cols = {k: np.full(n, np.nan) for k in ("smoothed", "recon", "latent")}
     index = {f: i for i, f in enumerate(series.feature_names)}
     predictions = np.zeros(n, dtype=bool)
     top = np.full((n, max(art.scoring.top_k, 1)), -1, dtype=np.int64)
     opened: tuple[int, list[int]] | None = None
-    for out in pipe.stream(_as_batch(series, "test"), 512):
-        rows = np.rint(out.ts / series.step_s).astype(np.int64) - row0
+    for rows, out in _scored(art, series, settings):
         cols["smoothed"][rows] = out.smoothed
         cols["recon"][rows] = out.recon
         cols["latent"][rows] = out.latent
         for a in out.alerts:
-            row = round(a.ts / series.step_s) - row0
+            row = round(a.ts / series.step_s) - len(series.train)
             if a.event == "open":
                 opened = (row, [index[f] for f, _ in a.top_features][: top.shape[1]])
             elif opened is not None:
@@ -124,17 +117,9 @@ def _lstm_ae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str,
             "scoring": settings.scoring.model_copy(update={"alpha": 1.0}),
         }
     )
-    art = train_artifact(
-        _as_batch(series, "train"),
-        series.feature_names,
-        _seeded(ae, seed),
-        device=settings.service.device,
-        progress=False,
-    )
-    pipe = Pipeline.from_artifact(art, settings.service.device)
+    art = _train(series, ae, seed)
     scores = np.full(len(series.test), np.nan)
-    for out in pipe.stream(_as_batch(series, "test"), 512):
-        rows = np.rint(out.ts / series.step_s).astype(np.int64) - len(series.train)
+    for rows, out in _scored(art, series, ae):
         scores[rows] = out.smoothed
     return {"lstm-ae": Output(_fill(scores))}
 
@@ -202,8 +187,26 @@ def run_detector(
     return DETECTORS[name](series, settings, seed)
 
 
-def _seeded(settings: Settings, seed: int) -> Settings:
-    return settings.model_copy(update={"train": settings.train.model_copy(update={"seed": seed})})
+def _train(series: LabelledSeries, settings: Settings, seed: int) -> Artifact:
+    """Train and calibrate on the series' training rows, as `stream-vae train` does."""
+    seeded = settings.model_copy(update={"train": settings.train.model_copy(update={"seed": seed})})
+    return train_artifact(
+        _as_batch(series, "train"),
+        series.feature_names,
+        seeded,
+        device=settings.service.device,
+        progress=False,
+    )
+
+
+def _scored(
+    art: Artifact, series: LabelledSeries, settings: Settings
+) -> Iterator[tuple[npt.NDArray[np.int64], ScoredBatch]]:
+    """The test rows through the service's path, in order: (test-row index of each scored
+    window, the scored batch)."""
+    pipe = Pipeline.from_artifact(art, settings.service.device)
+    for out in pipe.stream(_as_batch(series, "test"), 512):
+        yield np.rint(out.ts / series.step_s).astype(np.int64) - len(series.train), out
 
 
 def _windows(x: F64, w: int) -> F64:
