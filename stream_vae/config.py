@@ -30,8 +30,11 @@ from . import _json
 from .errors import ConfigError
 
 __all__ = [
+    "DriftSettings",
     "KafkaSettings",
     "ModelSettings",
+    "RegistrySettings",
+    "RetrainSettings",
     "ScoringSettings",
     "ServiceSettings",
     "Settings",
@@ -136,6 +139,7 @@ class KafkaSettings(BaseModel):
     input_pattern: str | None = Field(None, description="regex; replaces input_topics")
     alert_topic: str = "telemetry.alerts"
     dead_letter_topic: str = "telemetry.dead-letter"
+    model_events_topic: str = "stream-vae.model-events"  # drift, retrain, promote, reject
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -187,6 +191,81 @@ class ServiceSettings(BaseModel):
     # /metrics, /healthz, /readyz, /accounting; loopback unless exposed on purpose. None: off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(9108, ge=0, le=65535, description="0: any free port")
+    # GPU inference (ignored on the CPU): autocast dtype for the forward pass, and optional
+    # torch.compile / CUDA graphs. fp32 is the reference the parity bound is measured against.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+
+
+class DriftSettings(BaseModel):
+    """The drift monitor (see stream_vae.drift): KSWIN over thinned raw scores and inputs."""
+
+    model_config = _FROZEN
+
+    enabled: bool = True
+    # Per test. The KS test runs at every sample once the window is full, so the per-sample
+    # alpha is spent ~window_size/stat_size times per independent window: 1e-4 with the
+    # 2-of-3 rule below gave 0-1 events per 100k stationary scores (tests/test_drift.py).
+    alpha: float = Field(1e-4, gt=0, lt=1)
+    window_size: int = Field(100, ge=4, le=100_000)
+    stat_size: int = Field(30, ge=2)
+    n_detectors: int = Field(3, ge=1, le=16, description="KSWINs fed round-robin")
+    min_detections: int = Field(2, ge=1, description="distinct detectors that must agree")
+    within_samples: int = Field(300, ge=1, description="... within this many samples")
+    thin_every: int | None = Field(
+        None, ge=1, description="one sample per series every k windows; None: W / stride"
+    )
+    max_samples_per_batch: int = Field(64, ge=1, description="bound on KS tests per batch")
+    input_drift: bool = Field(True, description="also watch each feature's window mean")
+    min_interval_s: float = Field(3600.0, ge=0, description="stream seconds between events")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DriftSettings:
+        # river only raises at the first full window, hours into a run: check it here.
+        if self.stat_size >= self.window_size / 2:
+            raise ValueError(
+                f"stat_size ({self.stat_size}) must be < window_size / 2 ({self.window_size / 2:g})"
+            )
+        if self.min_detections > self.n_detectors:
+            raise ValueError(
+                f"min_detections ({self.min_detections}) > n_detectors ({self.n_detectors})"
+            )
+        return self
+
+
+class RetrainSettings(BaseModel):
+    """The warm-start retraining job and its validation gate (see stream_vae.retrain)."""
+
+    model_config = _FROZEN
+
+    on_drift: bool = Field(True, description="a score drift event starts a job")
+    on_input_drift: bool = Field(False, description="an input drift event starts a job")
+    schedule_s: float | None = Field(None, gt=0, description="also retrain this often")
+    # The clean-data reservoir: windows not in an alert episode, stratified by stream time.
+    reservoir_windows: int = Field(20_000, ge=10, description="windows held, all buckets")
+    reservoir_buckets: int = Field(24, ge=1, description="time strata; oldest dropped first")
+    bucket_s: float = Field(3600.0, gt=0, description="stream seconds per stratum")
+    # When at least this share of ≥ fleet_min_series series alerts at once, it is the fleet
+    # that changed, not a machine: their windows enter the reservoir anyway.
+    fleet_change_share: float = Field(0.5, gt=0, le=1)
+    fleet_min_series: int = Field(10, ge=1)
+    min_windows: int = Field(500, ge=10, description="fewer clean windows: no job")
+    epochs: int = Field(10, ge=1, le=10_000)
+    refit_scaler: bool = True
+    holdout_fraction: float = Field(0.3, gt=0, lt=0.9, description="newest share for the gate")
+    max_alert_rate_ratio: float = Field(2.0, ge=1, description="gate: alert rate ≤ this × FPR")
+    max_recall_drop: float = Field(0.05, ge=0, le=1, description="gate: vs the live model")
+    shadow_path: Path | None = Field(None, description=".npz of labelled anomalous windows")
+    torch_threads: int = Field(1, ge=1, le=256, description="the job's own thread budget")
+
+
+class RegistrySettings(BaseModel):
+    """Model versions on disk (see stream_vae.registry)."""
+
+    model_config = _FROZEN
+
+    root: Path | None = Field(None, description="registry directory; None: no hot swap")
+    poll_s: float = Field(2.0, gt=0, description="how often the service checks for a promotion")
 
 
 class Settings(BaseSettings):
@@ -205,6 +284,9 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = ScoringSettings()
     kafka: KafkaSettings = KafkaSettings()
     service: ServiceSettings = ServiceSettings()
+    drift: DriftSettings = DriftSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    registry: RegistrySettings = RegistrySettings()
 
     @classmethod
     def settings_customise_sources(
