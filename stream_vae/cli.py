@@ -87,7 +87,29 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--features", type=int, default=8)
     g.add_argument("--steps", type=int, default=2000)
     g.add_argument("--seed", type=int, default=0)
+
+    _registry_parser(sub)
     return p
+
+
+def _registry_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rg = sub.add_parser("registry", help="model versions: list, add, promote, rollback")
+    where = "registry directory (default: the registry.root setting)"
+    rg.add_argument("--registry", type=Path, help=where)
+    # also accepted after the action; SUPPRESS keeps a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help=where)
+    acts = rg.add_subparsers(dest="registry_command", required=True)
+    acts.add_parser("list", parents=[common], help="versions, oldest first; * marks the current")
+    a = acts.add_parser("add", parents=[common], help="publish a model directory")
+    a.add_argument("model_dir", type=Path)
+    a.add_argument("--promote", action="store_true", help="and make it current")
+    a.add_argument("--reason", default="", help="recorded in the history when promoting")
+    pr = acts.add_parser("promote", parents=[common], help="make a published version current")
+    pr.add_argument("version")
+    pr.add_argument("--reason", default="", help="recorded in the history")
+    rb = acts.add_parser("rollback", parents=[common], help="back to the previous promotion")
+    rb.add_argument("--reason", default="", help="recorded in the history")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

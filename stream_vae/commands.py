@@ -24,6 +24,7 @@ __all__ = [
     "cmd_evaluate",
     "cmd_export",
     "cmd_generate",
+    "cmd_registry",
     "cmd_replay",
     "cmd_run",
     "cmd_score",
@@ -370,4 +371,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(evaluate_to(args.out, series, settings, detectors, seed=args.seed, title=str(args.path)))
     print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    """``registry list|add|promote|rollback`` on --registry or the registry.root setting."""
+    from .errors import RegistryError
+    from .registry import Registry
+
+    root = args.registry or _settings(args).registry.root
+    if root is None:
+        raise ConfigError(
+            "no registry: pass --registry DIR or set registry.root (STREAM_VAE_REGISTRY__ROOT)"
+        )
+    reg, act = Registry(root), args.registry_command
+    try:
+        if act == "list":
+            infos = reg.versions()
+            print("\n".join(i.summary() for i in infos) or f"no versions in {root}")
+        elif act == "add":
+            version = reg.publish(Artifact.load(args.model_dir), trigger="initial")
+            print(f"published {version} from {args.model_dir} in {root}")
+            if args.promote:
+                reg.promote(version, reason=args.reason or "registry add --promote", actor="cli")
+                print(f"promoted {version}")
+        elif act == "promote":
+            before = reg.current()
+            reg.promote(args.version, reason=args.reason, actor="cli")
+            print(f"promoted {args.version} (was {before or 'none'})")
+        else:
+            target = reg.rollback(reason=args.reason, actor="cli")
+            print(f"rolled back {reg.history()[-1]['from']} -> {target}")
+    except OSError as exc:  # permissions, a full disk, a missing mount: not a traceback
+        raise RegistryError(f"registry {root}: {exc}") from None
     return 0

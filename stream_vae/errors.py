@@ -13,6 +13,7 @@ __all__ = [
     "DataError",
     "KafkaUnavailableError",
     "RecordError",
+    "RegistryError",
     "ShapeError",
     "StreamVAEError",
     "check_shape",
@@ -62,6 +63,10 @@ class DataError(StreamVAEError, ValueError):
 
 class ArtifactError(StreamVAEError):
     """A model artifact is missing, corrupt, or does not fit the data it is used with."""
+
+
+class RegistryError(StreamVAEError):
+    """A registry operation cannot be done: unknown version, nothing to roll back, corrupt log."""
 
 
 def check_shape(name: str, shape: tuple[int, ...], expected: tuple[int | None, ...]) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _ALERT_EVENTS = frozenset({"open", "close"})
+_MODEL_EVENTS = frozenset({"promoted", "rejected", "failed", "swapped"})
 # Records per micro-batch: 1, 2, 4, ..., 8192 (the largest batch the source hands out).
 _BATCH_BUCKETS = tuple(float(2**i) for i in range(14))
 # One forward pass over a micro-batch: sub-millisecond on a GPU for small batches, seconds on a
@@ -59,6 +62,9 @@ _INFERENCE_BUCKETS = (
 )
 # Record appended to Kafka -> alert acknowledged: 1 ms (everything local) to 30 s (a fetch wait,
 # a slow batch and a producer retry in a row).
+# Raw hybrid scores: a sum of softplus-transformed robust z-scores, mostly 0-5 on normal data;
+# quantiles for the dashboard come from these buckets (histogram_quantile).
+_SCORE_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0, 50.0)
 _E2E_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # aiokafka's heartbeat is sent from the loop every 3 s by default: a stall of a third of that is
 # worth a log line, long before the group coordinator gives up on the consumer.
@@ -126,6 +132,9 @@ class ServiceMetrics:
         )
         self._records_late = counter("records_late", "Records dropped as late or duplicate.")
         self._windows = counter("windows_scored", "Windows scored by the model.")
+        self._over = counter(
+            "windows_over_threshold", "Windows whose smoothed score reached the threshold."
+        )
         self._alerts = counter("alerts", "Alert events published.", "event")
         for event in sorted(_ALERT_EVENTS):  # a closed set: export zeros so rate() works at once
             self._alerts.labels(event=event)
@@ -144,6 +153,17 @@ class ServiceMetrics:
         )
         self._loop_lag = gauge("event_loop_lag_seconds", "How late the loop woke a timer, last.")
         self._model_info = gauge("model_info", "1 for the live model version.", "version")
+        self._drift = counter("drift_events", "Confirmed drift events.", "kind")
+        self._model_events = counter(
+            "model_events", "Retraining outcomes and model swaps.", "event"
+        )
+        for event in sorted(_MODEL_EVENTS):
+            self._model_events.labels(event=event)
+        self._reservoir = gauge("reservoir_windows", "Clean windows held for retraining.")
+        self._retraining = gauge("retraining", "1 while a retraining job runs.")
+        self._raw_score = histogram(
+            "raw_score", "Raw hybrid score of the windows scored.", _SCORE_BUCKETS
+        )
         self._ready_gauge = gauge("ready", "1 when the service is ready to consume.")
         self._ready = False
 
@@ -174,9 +194,11 @@ class ServiceMetrics:
         self._records_buffered.inc(n_buffered)
         self._records_late.inc(n_late)
 
-    def add_windows_scored(self, n_windows: int) -> None:
-        """Count windows that went through the model."""
+    def add_windows_scored(self, n_windows: int, n_over_threshold: int = 0) -> None:
+        """Count windows that went through the model, and those whose smoothed score was at or
+        over the threshold (their ratio is the window alert rate, vs the target FPR)."""
         self._windows.inc(n_windows)
+        self._over.inc(n_over_threshold)
 
     def add_alerts(self, event: str, n_alerts: int = 1) -> None:
         """Count published alert events; ``event`` is ``"open"`` or ``"close"``."""
@@ -197,6 +219,7 @@ class ServiceMetrics:
             "dead_letters": _total(self._dead_letters),
             "late": _total(self._records_late),
             "windows": _total(self._windows),
+            "windows_over_threshold": _total(self._over),
             "alerts": _total(self._alerts),
         }
         out["unaccounted"] = out["consumed"] - (
@@ -235,6 +258,25 @@ class ServiceMetrics:
     def set_event_loop_lag(self, lag_s: float) -> None:
         """Set the last measured event-loop lag in seconds."""
         self._loop_lag.set(lag_s)
+
+    def add_drift_event(self, kind: str) -> None:
+        """A confirmed drift event of ``kind`` ("score" or "input")."""
+        self._drift.labels(kind=kind).inc()
+
+    def add_model_event(self, event: str) -> None:
+        """ "promoted", "rejected", "failed" (a retraining outcome) or "swapped"."""
+        self._model_events.labels(event=event).inc()
+
+    def set_reservoir_windows(self, n_windows: int) -> None:
+        self._reservoir.set(n_windows)
+
+    def set_retraining(self, running: bool) -> None:
+        self._retraining.set(1 if running else 0)
+
+    def observe_raw_scores(self, raw: npt.ArrayLike) -> None:
+        """Feed the score-quantile histogram (a sample of a batch's raw scores is enough)."""
+        for v in np.asarray(raw, dtype=np.float64).tolist():
+            self._raw_score.observe(v)
 
     def set_model_version(self, version: str) -> None:
         """Mark ``version`` as the live model; the previous version's series is removed."""

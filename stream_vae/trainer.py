@@ -30,7 +30,7 @@ from .scoring.hybrid import HybridScore, ScoreParts
 from .scoring.threshold import calibrate
 from .training import fit, make_windows, split_by_time
 
-__all__ = ["train_artifact"]
+__all__ = ["fit_artifact", "train_artifact"]
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,53 @@ def train_artifact(
                 f"no {name} windows: every series needs more than {win.size} points in its "
                 f"{name} part (got {len(batch)} rows over {len(set(batch.series_ids))} series)"
             )
+    art = fit_artifact(
+        w_train.values,
+        w_val.values,
+        w_val.keys,
+        feature_names,
+        settings,
+        scaler=scaler,
+        warm_start=warm_start,
+        device=device,
+        progress=progress,
+    )
+    art.training["metrics"].update(
+        n_rows=len(batch),
+        n_series=len(set(batch.series_ids)),
+        train_seconds=round(time.time() - t0, 2),
+    )
+    return art
+
+
+def fit_artifact(
+    train_windows: np.ndarray,
+    val_windows: np.ndarray,
+    val_keys: Sequence[str],
+    feature_names: Sequence[str],
+    settings: Settings,
+    *,
+    scaler: Scaler,
+    warm_start: Artifact | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    smooth_calibration: bool = True,
+) -> Artifact:
+    """Fit on raw windows (n, W, d), then choose α and calibrate on the validation windows.
+
+    ``smooth_calibration``: the threshold is set on the per-series EMA of the validation scores
+    (consecutive windows, as the service sees them). Retraining calibrates on a sample of
+    non-adjacent windows, where an EMA would average independent scores and set the threshold
+    too low; it passes False and calibrates on the raw score, which the EMA of adjacent,
+    overlapping windows hardly narrows (conservative: the live rate is at most the target).
+    """
+    t0 = time.time()
     dev = pick_device(device)
     result = fit(
-        scaler.transform(w_train.values),
-        scaler.transform(w_val.values),
+        scaler.transform(train_windows),
+        scaler.transform(val_windows),
         settings.model,
-        train_cfg,
+        settings.train,
         init_state=warm_start.state_dict if warm_start is not None else None,
         device=dev,
         progress=progress,
@@ -81,23 +122,24 @@ def train_artifact(
     detector = Detector(
         TorchBackend(result.model, dev),
         scaler,
-        win.size,
+        settings.window.size,
         recon_mode=settings.scoring.recon_mode,
         latent_mode=settings.scoring.latent_mode,
     )
-    val_parts = detector.infer(w_val.values)
-    hybrid, alpha_aucs = _fit_hybrid(detector, w_val.values, val_parts, settings)
-    # The threshold applies to the smoothed score, so calibrate on exactly that: the tail's
+    val_parts = detector.infer(val_windows)
+    hybrid, alpha_aucs = _fit_hybrid(detector, val_windows, val_parts, settings)
+    raw = hybrid.raw(val_parts).raw
+    # The threshold applies to the smoothed score, so calibrate on exactly that: the validation
     # windows in order through a fresh per-series EMA.
-    smoothed = SeriesEMA(settings.scoring.ema_beta).update(w_val.keys, hybrid.raw(val_parts).raw)
+    smoothed = (
+        SeriesEMA(settings.scoring.ema_beta).update(val_keys, raw) if smooth_calibration else raw
+    )
     calibration = calibrate(
         smoothed, settings.scoring.target_fpr, settings.scoring.threshold_method
     )
     metrics = {
         **result.metrics(),
-        "n_rows": len(batch),
-        "n_series": len(set(batch.series_ids)),
-        "n_windows": {"train": len(w_train), "val": len(w_val)},
+        "n_windows": {"train": len(train_windows), "val": len(val_windows)},
         "alpha_auc": {str(a): v for a, v in alpha_aucs.items()},
         "train_seconds": round(time.time() - t0, 2),
     }
@@ -108,7 +150,7 @@ def train_artifact(
         scaler=scaler,
         hybrid=hybrid,
         calibration=calibration,
-        window=win,
+        window=settings.window,
         scoring=settings.scoring,
         training={"settings": settings.train.model_dump(), "metrics": metrics},
         parent=warm_start.version if warm_start is not None else None,

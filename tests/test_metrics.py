@@ -97,7 +97,17 @@ def _record_some(m: ServiceMetrics) -> None:
 def test_accounting_sums_over_labels_and_balances() -> None:
     m = ServiceMetrics()
     assert m.accounting() == dict.fromkeys(
-        ["consumed", "scored", "buffered", "dead_letters", "late", "windows", "alerts"], 0
+        [
+            "consumed",
+            "scored",
+            "buffered",
+            "dead_letters",
+            "late",
+            "windows",
+            "windows_over_threshold",
+            "alerts",
+        ],
+        0,
     ) | {"unaccounted": 0}
     _record_some(m)
     assert m.accounting() == {
@@ -107,6 +117,7 @@ def test_accounting_sums_over_labels_and_balances() -> None:
         "dead_letters": 3,
         "late": 1,
         "windows": 4,
+        "windows_over_threshold": 0,
         "alerts": 3,
         "unaccounted": 0,
     }

@@ -43,9 +43,12 @@ class Alert:
     peak_score: float
     top_features: tuple[tuple[str, float], ...]  # (feature, share of recon error)
     model_version: str
+    # why a close happened other than the score falling: "model_swap" (the model that opened
+    # the episode was replaced; see Scorer.close_all). Empty for score-driven events.
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "alert_id": self.alert_id,
             "series_id": self.series_id,
             "event": self.event,
@@ -60,6 +63,9 @@ class Alert:
             "top_features": [{"feature": f, "share": s} for f, s in self.top_features],
             "model_version": self.model_version,
         }
+        if self.reason:
+            d["reason"] = self.reason
+        return d
 
 
 def alert_id(series_id: str, episode_start_ts: float, model_version: str) -> str:

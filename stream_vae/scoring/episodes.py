@@ -209,6 +209,22 @@ class EpisodeTracker:
         """
         return tuple(sorted(k for k, st in self._state.items() if st.open))
 
+    def close_all(self) -> list[tuple[str, float, float]]:
+        """End every open episode now (no cooldown); returns (series, start ts, peak) of each.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> t = EpisodeTracker()
+        >>> _ = t.update(["a"], np.zeros(1), np.array([2.0]), 1.0)
+        >>> t.close_all(), t.is_open("a")
+        ([('a', 0.0, 2.0)], False)
+        """
+        closed = [(k, st.start_ts, st.peak) for k, st in sorted(self._state.items()) if st.open]
+        for k, _, _ in closed:
+            del self._state[k]
+        return closed
+
     def drop(self, keys: Iterable[str]) -> None:
         """Forget these series, open episodes and cooldowns included (unknown ids are ignored).
 

@@ -107,6 +107,33 @@ class Scorer:
         )
         return ScoredBatch(keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts)
 
+    def open_series(self) -> frozenset[str]:
+        """Series in an alert episode now."""
+        return frozenset(self._episodes.open_series())
+
+    def close_all(self, ts: float, reason: str) -> tuple[Alert, ...]:
+        """Close every open episode at stream time ``ts`` (e.g. before this model is replaced:
+        an episode belongs to the model version that opened it, and its ``alert_id`` too)."""
+        return tuple(
+            Alert(
+                alert_id=alert_id(series, start, self.model_version),
+                series_id=series,
+                event="close",
+                ts=ts,
+                episode_start_ts=start,
+                score=float("nan"),
+                threshold=self.threshold,
+                raw_score=float("nan"),
+                recon_score=float("nan"),
+                latent_score=float("nan"),
+                peak_score=peak,
+                top_features=(),
+                model_version=self.model_version,
+                reason=reason,
+            )
+            for series, start, peak in self._episodes.close_all()
+        )
+
     def drop(self, keys: Iterable[str]) -> None:
         """Forget the state of these series (e.g. their partition was revoked)."""
         keys = list(keys)

@@ -38,7 +38,9 @@ from ..health import EventLoopLagMonitor, HealthServer
 from ..kafka import ensure_topics, make_consumer, make_producer
 from ..metrics import ServiceMetrics
 from ..pipeline import Pipeline
+from ..registry import Registry
 from ..scoring.alerts import Alert
+from .lifecycle import Lifecycle
 from .offsets import ReplayWatermark
 from .sink import KafkaSink
 from .source import KafkaSource, SourceBatch
@@ -52,7 +54,11 @@ class Service:
     """Kafka in, alerts out, for one model version. No I/O until :meth:`run`."""
 
     def __init__(
-        self, settings: Settings, artifact: Artifact, metrics: ServiceMetrics | None = None
+        self,
+        settings: Settings,
+        artifact: Artifact,
+        metrics: ServiceMetrics | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.settings = settings
         self.artifact = artifact
@@ -73,6 +79,10 @@ class Service:
         # Called after each batch is published and committed, with the batch and the wall-clock
         # time then: benchmarks and tests observe per-record latency here.
         self.batch_observers: list[Callable[[SourceBatch, float], None]] = []
+        if registry is None and settings.registry.root is not None:
+            registry = Registry(settings.registry.root)
+        self.lifecycle = Lifecycle(settings, artifact, self.metrics, registry)
+        self._last_ts = 0.0  # stream time of the newest record processed
         self._watermark = ReplayWatermark(_replay_keep(artifact))
         self._lock = asyncio.Lock()
         self._source: KafkaSource | None = None
@@ -88,7 +98,9 @@ class Service:
         """Consume until ``stop`` is set; then finish the batch in flight, flush and commit."""
         k, svc = self.settings.kafka, self.settings.service
         if k.auto_create_topics:
-            await ensure_topics(k, [*k.input_topics, k.alert_topic, k.dead_letter_topic])
+            await ensure_topics(
+                k, [*k.input_topics, k.alert_topic, k.dead_letter_topic, k.model_events_topic]
+            )
         async with contextlib.AsyncExitStack() as stack:
             if svc.metrics_port is not None:
                 self.health = HealthServer(self.metrics, svc.metrics_host, svc.metrics_port)
@@ -101,6 +113,7 @@ class Service:
                     ) from None
                 log.info("metrics on http://%s:%d/metrics", svc.metrics_host, self.health.port)
             await stack.enter_async_context(EventLoopLagMonitor(self.metrics))
+            await stack.enter_async_context(self.lifecycle)
             await self._serve(stop)
 
     async def _serve(self, stop: asyncio.Event) -> None:
@@ -181,6 +194,7 @@ class Service:
     async def _step(self, consumer: AIOKafkaConsumer, batch: SourceBatch) -> None:
         assert self._source is not None and self._sink is not None
         async with self._lock:  # a revoke waits for this batch to be published and committed
+            closed = self._swap_model()  # between batches: this batch is the new model's
             late_before = self.pipeline.store.counters["late"]
             ready = self.pipeline.store.push_many(batch.records)
             t0 = time.perf_counter()
@@ -189,9 +203,13 @@ class Service:
             )
             inference_s = time.perf_counter() - t0
             scored = self.pipeline.scorer.update(ready.keys, ready.ts, parts)
-            await self._sink.publish(scored.alerts, batch.rejected)
+            self.lifecycle.observe(
+                ready, scored, self.pipeline.scorer, self.pipeline.store.n_series
+            )
+            alerts = closed + scored.alerts
+            await self._sink.publish(alerts, batch.rejected)
             self._watermark.observe(batch.records.series_ids, batch.partitions, batch.offsets)
-            for a in scored.alerts:
+            for a in alerts:
                 if a.event == "open":
                     self._watermark.episode_opened(a.series_id)
                 else:
@@ -204,12 +222,18 @@ class Service:
             self.pipeline.scorer.drop(self._watermark.forget(store.__contains__))
             await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
             late = self.pipeline.store.counters["late"] - late_before
-            self._record(batch, len(ready), late, scored.alerts, inference_s)
+            self._record(batch, len(ready), late, alerts, inference_s)
+            self.metrics.add_windows_scored(len(scored), int(scored.is_alert.sum()))
+            if len(batch.records):
+                self._last_ts = max(self._last_ts, float(batch.records.ts.max()))
             done = time.time()
             for observe in self.batch_observers:
                 observe(batch, done)
         await self._observe_lag(consumer, batch.next_offsets)
-        for a in scored.alerts:
+        events = self.lifecycle.take_events()
+        if events:
+            await self._publish_events(events)
+        for a in alerts:
             log.info(
                 "alert %s %s %s score %.3f (model %s)",
                 a.event,
@@ -218,6 +242,41 @@ class Service:
                 a.score,
                 a.model_version,
             )
+
+    async def _publish_events(self, events: list[dict[str, object]]) -> None:
+        # Lifecycle events inform; they are not on the at-least-once path of alerts. A missing
+        # topic or a slow broker costs a log line, never the scoring loop.
+        assert self._sink is not None
+        topic = self.settings.kafka.model_events_topic
+        try:
+            await asyncio.wait_for(self._sink.publish_events(topic, events), 5.0)
+        except Exception as exc:
+            log.error("could not publish %d model events to %s: %s", len(events), topic, exc)
+
+    def _swap_model(self) -> tuple[Alert, ...]:
+        """Install a promoted version, if one is loaded. Its episodes end with the old model
+        (``close`` with reason ``model_swap``: an episode and its ``alert_id`` belong to the
+        version that opened it); the EMA restarts, because the new model's scores are on its
+        own scale; the windows carry over (same size and features, or no swap)."""
+        swap = self.lifecycle.take_swap()
+        if swap is None:
+            return ()
+        old = self.artifact
+        new = swap.artifact
+        if new.feature_names != old.feature_names or new.vae_config.window != old.vae_config.window:
+            log.error(
+                "not swapping to %s: features or window size differ from %s (restart instead)",
+                new.version,
+                old.version,
+            )
+            return ()
+        closed = self.pipeline.scorer.close_all(self._last_ts, "model_swap")
+        self.pipeline.detector, self.pipeline.scorer = swap.detector, swap.scorer
+        self.artifact = new
+        self.metrics.set_model_version(new.version)
+        self.lifecycle.swapped(old.version, new.version, len(closed))
+        log.info("model %s → %s (%d episodes closed)", old.version, new.version, len(closed))
+        return closed
 
     def _record(
         self,
@@ -238,7 +297,6 @@ class Service:
         m.add_outcomes(
             n_scored=windows, n_buffered=len(batch.records) - late - windows, n_late=late
         )
-        m.add_windows_scored(windows)
         m.observe_batch(batch.n_consumed, inference_s)
         if alerts:
             # record appended to Kafka -> alert acknowledged (the alerts are acked by now)

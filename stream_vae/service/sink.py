@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -45,5 +46,12 @@ class KafkaSink:
             )
             for d in rejected
         ]
+        if acks:
+            await asyncio.gather(*acks)
+
+    async def publish_events(self, topic: str, events: Sequence[dict[str, Any]]) -> None:
+        """Model lifecycle events (drift, promoted, rejected, swapped) as JSON; wait for acks."""
+        # one key: one partition, so that consumers read the events in the order they happened
+        acks = [await self.producer.send(topic, _json.dumps(e), key=b"stream-vae") for e in events]
         if acks:
             await asyncio.gather(*acks)

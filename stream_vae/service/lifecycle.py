@@ -1,0 +1,306 @@
+"""The model's life inside the service: drift → retrain → registry → hot swap.
+
+- Every scored batch feeds the clean-data reservoir (on the loop: a masked copy) and the drift
+  monitor (in its own thread: ~200 µs per KS test; the loop never waits for it).
+- A score drift event arms a retrain: the job starts once the reservoir holds
+  ``retrain.min_windows`` clean windows newer than the change (the new normal, not a mix);
+  ``retrain.schedule_s`` starts one on a timer (stream time). The job runs in a spawned worker
+  process with its own torch thread budget (:func:`stream_vae.retrain.job_main`), so scoring
+  keeps its threads and the loop its GIL; one job at a time.
+- The job publishes its candidate to the registry and promotes it if the gate passed. Every
+  replica polls the registry's pointer (``registry.poll_s``), loads a new version off the loop
+  and hands it to the service, which swaps between batches (:meth:`take_swap`).
+- Drift events and job outcomes are queued for the ``model-events`` topic (:meth:`take_events`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.pool import Pool
+from pathlib import Path
+from typing import Any
+
+from ..artifact import Artifact
+from ..config import Settings
+from ..drift import DriftEvent, DriftMonitor
+from ..inference import Detector
+from ..metrics import ServiceMetrics
+from ..registry import Registry
+from ..reservoir import CleanReservoir, clean_mask
+from ..retrain import job_main, save_sample
+from ..scoring.scorer import ScoredBatch, Scorer
+from ..windows import ReadyWindows
+
+__all__ = ["Lifecycle", "Swap"]
+
+log = logging.getLogger(__name__)
+
+# Scores per batch fed to the score histogram (quantiles on the dashboard): a sample is enough.
+_HISTOGRAM_SAMPLE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Swap:
+    """A promoted version, loaded and ready: the service installs it between two batches."""
+
+    artifact: Artifact
+    detector: Detector
+    scorer: Scorer
+
+
+class Lifecycle:
+    """Owns the drift monitor, the reservoir, the retraining job and the registry watch."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        artifact: Artifact,
+        metrics: ServiceMetrics,
+        registry: Registry | None,
+    ) -> None:
+        d, r = settings.drift, settings.retrain
+        self.settings = settings
+        self.metrics = metrics
+        self.registry = registry
+        self.live_version = artifact.version
+        self.monitor = (
+            DriftMonitor.from_settings(
+                d,
+                window=artifact.vae_config.window,
+                stride=artifact.window.stride,
+                feature_names=artifact.feature_names,
+                seed=settings.train.seed,
+            )
+            if d.enabled
+            else None
+        )
+        self.reservoir = CleanReservoir(
+            r.reservoir_windows, r.reservoir_buckets, r.bucket_s, seed=settings.train.seed
+        )
+        self._drift_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-drift")
+        self._drift_futures: deque[Future[list[DriftEvent]]] = deque()
+        self._armed: DriftEvent | None = None
+        self._events: list[dict[str, Any]] = []
+        self._swap: Swap | None = None
+        self._pool: Pool | None = None
+        self._job: asyncio.Task[None] | None = None
+        self._poll: asyncio.Task[None] | None = None
+        self._poll_now = asyncio.Event()
+        self._last_job_ts: float | None = None  # stream time of the last job start
+        # (wall-clock start, end) of each finished job: tests and benchmarks measure what
+        # scoring did meanwhile
+        self.job_times: list[tuple[float, float]] = []
+
+    # -- on the loop, once per batch --------------------------------------------------------
+    def observe(
+        self, ready: ReadyWindows, scored: ScoredBatch, scorer: Scorer, n_series: int
+    ) -> None:
+        """Feed the reservoir and the drift monitor with one scored batch; start a job if due."""
+        if not len(scored):
+            return
+        r = self.settings.retrain
+        clean = clean_mask(
+            scored.keys,
+            scored.smoothed,
+            scorer.threshold,
+            scorer.hysteresis,
+            scorer.open_series(),
+            fleet_change_share=r.fleet_change_share,
+            fleet_min_series=r.fleet_min_series,
+            n_series=n_series,
+        )
+        self.reservoir.add(ready.keys, ready.ts, ready.values, clean)
+        self.metrics.set_reservoir_windows(len(self.reservoir))
+        self.metrics.observe_raw_scores(scored.raw[:: max(1, len(scored) // _HISTOGRAM_SAMPLE)])
+        self._collect_drift()
+        if self.monitor is not None:
+            means = ready.values.mean(axis=1) if self.monitor.feature_names else None  # (n, d)
+            self._drift_futures.append(
+                self._drift_exec.submit(
+                    self.monitor.update, scored.keys, scored.ts, scored.raw, means
+                )
+            )
+        self._maybe_start_job(float(scored.ts.max()))
+
+    def _collect_drift(self) -> None:
+        while self._drift_futures and self._drift_futures[0].done():
+            for e in self._drift_futures.popleft().result():
+                self._on_drift(e)
+
+    def _on_drift(self, e: DriftEvent) -> None:
+        log.warning(
+            "drift (%s) on %s at ts %.0f (p=%.2g, evidence since ts %.0f), model %s",
+            e.kind,
+            e.channel,
+            e.ts,
+            e.p_value,
+            e.since_ts,
+            self.live_version,
+        )
+        self.metrics.add_drift_event(e.kind)
+        self._events.append({**e.to_dict(), "model_version": self.live_version})
+        r = self.settings.retrain
+        if (e.kind == "score" and r.on_drift) or (e.kind == "input" and r.on_input_drift):
+            self._armed = e
+
+    def _maybe_start_job(self, now_ts: float) -> None:
+        if self.registry is None or (self._job is not None and not self._job.done()):
+            return
+        r = self.settings.retrain
+        since: float | None = None
+        trigger = None
+        if self._armed is not None:
+            since = self._armed.since_ts
+            if self.reservoir.n_since(since) >= r.min_windows:
+                trigger = "drift"
+        elif r.schedule_s is not None and len(self.reservoir) >= r.min_windows:
+            if self._last_job_ts is None:
+                self._last_job_ts = now_ts  # the schedule counts from the first batch
+            elif now_ts - self._last_job_ts >= r.schedule_s:
+                trigger = "schedule"
+        if trigger is None:
+            return
+        self._armed = None
+        self._last_job_ts = now_ts
+        sample = self.reservoir.sample(since if trigger == "drift" else None)
+        self._job = asyncio.create_task(self._run_job(sample, trigger))
+
+    # -- the job, in a worker process -------------------------------------------------------
+    async def _run_job(self, sample: Any, trigger: str) -> None:
+        assert self.registry is not None
+        self.metrics.set_retraining(True)
+        t0 = time.time()
+        with tempfile.TemporaryDirectory(prefix="stream-vae-retrain-") as tmp:
+            path = await asyncio.to_thread(save_sample, sample, Path(tmp) / "sample.npz")
+            spec = {
+                "registry_root": str(self.registry.root),
+                "sample_path": str(path),
+                "settings": self.settings.model_dump(mode="json", exclude={"kafka"}),
+                "trigger": trigger,
+                "live_version": self.live_version,
+            }
+            log.info(
+                "retraining (%s) on %d clean windows from %s",
+                trigger,
+                len(sample),
+                self.live_version,
+            )
+            try:
+                outcome = await self._in_worker(spec)
+            except Exception as exc:  # a failed job must not stop scoring; it is reported
+                log.exception("retraining (%s) failed", trigger)
+                outcome = {"event": "failed", "trigger": trigger, "error": str(exc)[:500]}
+            finally:
+                self.metrics.set_retraining(False)
+        t1 = time.time()
+        outcome["job_seconds"] = round(t1 - t0, 2)
+        self.job_times.append((t0, t1))
+        self.metrics.add_model_event(outcome["event"])
+        self._events.append(outcome)
+        if outcome["event"] == "promoted":
+            self._poll_now.set()
+
+    async def _in_worker(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if self._pool is None:
+            # spawn, not fork: the parent holds threads (torch, the drift monitor, aiokafka's)
+            self._pool = multiprocessing.get_context("spawn").Pool(1)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+        def ok(result: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+        def failed(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+
+        self._pool.apply_async(job_main, (spec,), callback=ok, error_callback=failed)
+        return await done
+
+    # -- watching the registry --------------------------------------------------------------
+    async def _watch(self) -> None:
+        assert self.registry is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poll_now.wait(), self.settings.registry.poll_s)
+            self._poll_now.clear()
+            try:
+                current = await asyncio.to_thread(self.registry.current)
+                if current is None or current == self.live_version:
+                    continue
+                if self._swap is not None and self._swap.artifact.version == current:
+                    continue
+                self._swap = await asyncio.to_thread(self._load, current)
+                log.info("model %s promoted in the registry; swapping at the next batch", current)
+            except Exception:  # a bad version or a flaky mount: keep scoring with the live one
+                log.exception("cannot load the registry's current version")
+
+    def _load(self, version: str) -> Swap:
+        assert self.registry is not None
+        art = self.registry.load(version)
+        svc = self.settings.service
+        return Swap(art, art.detector(svc.device, backend=svc.backend), art.scorer())
+
+    def take_swap(self) -> Swap | None:
+        """The loaded promoted version, once; None when there is nothing to swap to."""
+        swap, self._swap = self._swap, None
+        return swap
+
+    def swapped(self, old: str, new: str, n_closed: int) -> None:
+        """The service installed ``new``: the score scale changed, so drift starts afresh."""
+        self.live_version = new
+        self._armed = None
+        if self.monitor is not None:
+            # after the updates already queued (the drift thread runs them in order)
+            self._drift_futures.append(self._drift_exec.submit(_reset, self.monitor))
+        self.metrics.add_model_event("swapped")
+        self._events.append(
+            {"event": "swapped", "version": new, "previous": old, "closed_episodes": n_closed}
+        )
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """Events for the ``model-events`` topic since the last call."""
+        self._collect_drift()
+        events, self._events = self._events, []
+        return events
+
+    # -- start / stop -----------------------------------------------------------------------
+    async def __aenter__(self) -> Lifecycle:
+        if self.registry is not None:
+            self._poll = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in (self._poll, self._job):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._pool is not None:
+            self._pool.terminate()  # an unfinished job is abandoned: it never promoted
+            self._pool.join()
+        self._drift_exec.shutdown(wait=True)
+
+
+def _reset(monitor: DriftMonitor) -> list[DriftEvent]:
+    monitor.reset()
+    return []
+
+
+def _settle(
+    fut: asyncio.Future[dict[str, Any]], result: dict[str, Any] | None, exc: BaseException | None
+) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        assert result is not None
+        fut.set_result(result)
