@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# Detection on a fleet with injected faults, then the model lifecycle (drift -> retrain -> swap).
 demo: $(VENV)/.installed
 	$(VENV)/bin/stream-vae demo
+	$(VENV)/bin/stream-vae demo --drift
 
 # Lint and types are part of the test command, so CI keeps them clean too.
 test: $(VENV)/.installed

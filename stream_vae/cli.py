@@ -61,9 +61,21 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--rate", type=float, default=4000.0, help="records/s streamed into Kafka")
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="where the plot goes")
+    d.add_argument(
+        "--drift",
+        action="store_true",
+        help="the model lifecycle instead: a regime change → drift → retrain → gate → swap",
+    )
 
     u = sub.add_parser("run", help="the streaming service: Kafka in, alerts out")
-    u.add_argument("--model", required=True, type=Path)
+    u.add_argument("--model", type=Path, help="model directory (default: the registry's current)")
+    u.add_argument("--registry", type=Path, help="registry directory (default: registry.root)")
+
+    rt = sub.add_parser("retrain", help="warm-start retrain from the registry's current model")
+    rt.add_argument("--data", required=True, type=Path, help="recent normal telemetry")
+    rt.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
+    rt.add_argument("--registry", type=Path, help="registry directory (default: registry.root)")
+    rt.add_argument("--trigger", default="manual", choices=["manual", "schedule"])
 
     r = sub.add_parser("replay", help="produce a CSV/Parquet/SMD file to a Kafka topic")
     r.add_argument("data", type=Path)

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from aiokafka.errors import KafkaError
 
+from . import _json
 from .artifact import Artifact
 from .config import Settings, load_settings
 from .errors import ConfigError, DataError, KafkaUnavailableError
 from .pipeline import Pipeline
+from .records import RecordBatch
 from .tabular import read_table, write_scores
 from .trainer import train_artifact
 
@@ -26,6 +28,7 @@ __all__ = [
     "cmd_generate",
     "cmd_registry",
     "cmd_replay",
+    "cmd_retrain",
     "cmd_run",
     "cmd_score",
     "cmd_train",
@@ -106,7 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     torch.set_num_threads(settings.train.torch_threads)
-    service = Service(settings, Artifact.load(args.model))
+    registry = _registry(args, settings, required=args.model is None)
+    artifact = Artifact.load(args.model) if args.model is not None else registry.load()
+    service = Service(settings, artifact, registry=registry)
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -122,6 +127,61 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
         ) from None
     print("stopped: " + ", ".join(f"{k} {v}" for k, v in service.accounting().items()))
+    return 0
+
+
+def _registry(args: argparse.Namespace, settings: Settings, *, required: bool) -> Any:
+    from .registry import Registry
+
+    root = getattr(args, "registry", None) or settings.registry.root
+    if root is None:
+        if required:
+            raise ConfigError(
+                "no model: pass --model DIR, or --registry DIR / registry.root "
+                "(STREAM_VAE_REGISTRY__ROOT) with a promoted version"
+            )
+        return None
+    return Registry(root)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """On demand (or from a CronJob): retrain on a file of recent normal telemetry, gate, and
+    promote in the registry; running services swap to it within ``registry.poll_s``."""
+    from .reservoir import CleanReservoir, clean_mask
+    from .retrain import run_job
+
+    settings = _settings(args)
+    torch.set_num_threads(settings.retrain.torch_threads)
+    registry = _registry(args, settings, required=True)
+    live = registry.load()
+    table = read_table(args.data, fmt=args.format, feature_names=live.feature_names)
+    b = table.batch
+    order = np.argsort(b.ts, kind="stable")
+    rows = RecordBatch(tuple(b.series_ids[i] for i in order), b.ts[order], b.values[order])
+    # The same filter as the service's reservoir: windows the live model holds in an alert
+    # episode are not learned from (a file of "normal" data rarely is).
+    r = settings.retrain
+    pipe = Pipeline.from_artifact(live, "cpu")
+    keep = CleanReservoir(max(len(rows), r.reservoir_buckets), 1, float("inf"))
+    n_series = len(set(rows.series_ids))
+    for i in range(0, len(rows), 2048):
+        ready = pipe.store.push_many(rows.slice(i, i + 2048))
+        scored = pipe.scorer.update(ready.keys, ready.ts, pipe.detector.infer(ready.values))
+        s = pipe.scorer
+        clean = clean_mask(
+            ready.keys,
+            scored.smoothed,
+            s.threshold,
+            s.hysteresis,
+            s.open_series(),
+            fleet_change_share=r.fleet_change_share,
+            fleet_min_series=r.fleet_min_series,
+            n_series=n_series,
+        )
+        keep.add(ready.keys, ready.ts, ready.values, clean)
+    sample = keep.sample()
+    outcome = run_job(registry, sample, settings, trigger=args.trigger)
+    print(_json.dumps(outcome).decode())
     return 0
 
 
@@ -203,6 +263,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .records import RecordBatch
     from .synthetic import generate_fleet
 
+    if args.drift:
+        return _demo_drift(args)
     base = _settings(args)
     torch.set_num_threads(base.train.torch_threads)
     # The demo trades a little accuracy for time: fewer epochs than a production fit.
@@ -293,6 +355,118 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("recall by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in report.recall_by_kind.items()))
     _demo_plot(args.out, art, future, stream, alerts, past.n_steps)
     return 0
+
+
+def _demo_drift(args: argparse.Namespace) -> int:
+    """Train on a fleet's past; at 40% of the stream every sensor's scale and level change; the
+    service detects the drift, retrains in a worker process, gates, promotes and swaps, live."""
+    import asyncio
+    import shutil
+    import uuid
+
+    from .broker import EmbeddedBroker
+    from .demo import drift_cycle
+    from .registry import Registry
+    from .synthetic import generate_fleet
+
+    base = _settings(args)
+    torch.set_num_threads(1)  # the retraining worker gets the other core
+    steps, train_end, change = 3300, 900, 1200
+    n_series = 12
+    fleet = generate_fleet(
+        n_series, 4, steps, seed=args.seed, n_anomalies_per_series=0, regime_change_at=change
+    )
+    settings = base.model_copy(
+        update={
+            "window": base.window.model_copy(update={"size": 16}),
+            "model": base.model.model_copy(update={"hidden": 16, "latent": 4}),
+            "train": base.train.model_copy(
+                update={"epochs": 8, "batch_size": 64, "lr": 0.005, "torch_threads": 1}
+            ),
+            "scoring": base.scoring.model_copy(update={"target_fpr": 0.01}),
+            "retrain": base.retrain.model_copy(
+                update={"min_windows": 600 * n_series, "epochs": 8, "fleet_min_series": 10}
+            ),
+        }
+    )
+    sids, ts, values, _ = fleet.split(train_end)[0].interleaved()
+    art = train_artifact(
+        RecordBatch(tuple(sids), ts, values), fleet.feature_names, settings, device="cpu"
+    )
+    root = args.out / "registry"
+    shutil.rmtree(root, ignore_errors=True)
+    registry = Registry(root)
+    registry.publish(art, trigger="initial")
+    registry.promote(art.version, reason="demo: initial model")
+    print(
+        f"model {art.version} trained on steps 0-{train_end} of {n_series} series; registry "
+        f"{root}; streaming steps {train_end}-{steps}; every sensor changes scale and level "
+        f"at step {change}"
+    )
+    future = fleet.split(train_end)[1]
+    sids, ts, values, _ = future.interleaved()
+    stream = RecordBatch(tuple(sids), ts, values)
+    step_s = float(fleet.ts[1] - fleet.ts[0])
+
+    def on_event(e: dict[str, Any]) -> None:
+        at = f"step {round((e['ts'] - fleet.ts[0]) / step_s)}" if "ts" in e else ""
+        if e["event"] == "drift":
+            print(f"DRIFT    {e['kind']} on {e['channel']} at {at} (p = {e['p_value']:.1e})")
+        elif e["event"] in ("promoted", "rejected"):
+            g = e["gate"]
+            print(
+                f"{e['event'].upper():8} {e['version']} (parent {e['parent']}, {e['trigger']}): "
+                f"trained {e['train_seconds']:.1f} s on {e['n_windows']} clean windows; gate: "
+                f"-ELBO {g['candidate_neg_elbo']:.3f} vs live {g['live_neg_elbo']:.3f}, "
+                f"alert rate {g['alert_rate']:.3%} (≤ {int(g['max_alerts'])} alerts allowed)"
+                + ("" if g["passed"] else f"; rejected: {'; '.join(g['reasons'])}")
+            )
+        elif e["event"] == "swapped":
+            print(
+                f"SWAPPED  {e['previous']} -> {e['version']} between two batches "
+                f"({e['closed_episodes']} open episodes closed with reason model_swap)"
+            )
+        else:
+            print(f"{e['event'].upper():8} {e}")
+
+    tag = uuid.uuid4().hex[:6]
+    with EmbeddedBroker() as broker:
+        kafka = settings.kafka.model_copy(
+            update={
+                "bootstrap_servers": broker.bootstrap_servers,
+                "group_id": f"demo-drift-{tag}",
+                "input_topics": (f"telemetry-{tag}",),
+                "topic_partitions": 2,
+            }
+        )
+        run_settings = settings.model_copy(
+            update={
+                "kafka": kafka,
+                "service": settings.service.model_copy(
+                    update={"metrics_port": None, "device": "cpu", "max_batch_records": 500}
+                ),
+                "registry": settings.registry.model_copy(update={"root": root, "poll_s": 0.5}),
+            }
+        )
+        service, _, at_swap = asyncio.run(
+            drift_cycle(run_settings, registry, stream, on_event, rate=min(args.rate, 1500.0))
+        )
+    acc = service.accounting()
+    if at_swap:
+        t0, t1 = service.lifecycle.job_times[0]
+        before = at_swap["windows_over_threshold"] / max(1, at_swap["windows"])
+        after = (acc["windows_over_threshold"] - at_swap["windows_over_threshold"]) / max(
+            1, acc["windows"] - at_swap["windows"]
+        )
+        print(
+            f"\nwindows over the threshold: {before:.1%} until the swap (the old model on the "
+            f"new regime), {after:.2%} after it (target {settings.scoring.target_fpr:.0%}); "
+            f"retraining took {t1 - t0:.1f} s while scoring went on"
+        )
+    else:
+        print("\nno swap happened (see the events above)")
+    print("registry: stream-vae registry --registry " + str(root) + " list")
+    return 0 if at_swap else 1
 
 
 def _demo_plot(

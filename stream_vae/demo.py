@@ -15,11 +15,12 @@ from .artifact import Artifact
 from .config import Settings
 from .kafka import client_options, ensure_topics
 from .records import RecordBatch
+from .registry import Registry
 from .replay import replay
 from .service import Service
 from .tabular import Table
 
-__all__ = ["stream_through_kafka"]
+__all__ = ["drift_cycle", "stream_through_kafka"]
 
 Progress = Callable[[int, int, dict[str, int]], None]
 
@@ -76,7 +77,15 @@ async def stream_through_kafka(
 async def _read_alerts(
     settings: Settings, out: list[dict[str, Any]], on_alert: Callable[[dict[str, Any]], None]
 ) -> None:
-    topic = settings.kafka.alert_topic
+    await _read_topic(settings, settings.kafka.alert_topic, out, on_alert)
+
+
+async def _read_topic(
+    settings: Settings,
+    topic: str,
+    out: list[dict[str, Any]],
+    on_message: Callable[[dict[str, Any]], None],
+) -> None:
     consumer = AIOKafkaConsumer(
         **client_options(settings.kafka), enable_auto_commit=False, auto_offset_reset="earliest"
     )
@@ -88,8 +97,60 @@ async def _read_alerts(
         while True:
             for msgs in (await consumer.getmany(timeout_ms=200)).values():
                 for m in msgs:
-                    alert = _json.loads(m.value)
-                    out.append(alert)
-                    on_alert(alert)
+                    msg = _json.loads(m.value)
+                    out.append(msg)
+                    on_message(msg)
     finally:
         await consumer.stop()
+
+
+async def drift_cycle(
+    settings: Settings,
+    registry: Registry,
+    records: RecordBatch,
+    on_event: Callable[[dict[str, Any]], None],
+    *,
+    rate: float,
+    timeout_s: float = 300.0,
+) -> tuple[Service, list[dict[str, Any]], dict[str, int]]:
+    """Stream ``records`` through the service with drift monitoring and retraining on; report
+    model events as they arrive. Returns the service, the events and the counts at the swap."""
+    k = settings.kafka
+    topic = k.input_topics[0]
+    await ensure_topics(k, [topic, k.alert_topic, k.dead_letter_topic, k.model_events_topic])
+    service = Service(settings, registry.load(), registry=registry)
+    at_swap: dict[str, int] = {}
+    first = service.artifact.version
+
+    def observe(_batch: object, _done: float) -> None:
+        if not at_swap and service.artifact.version != first:
+            at_swap.update(service.accounting())
+
+    service.batch_observers.append(observe)
+    stop = asyncio.Event()
+    events: list[dict[str, Any]] = []
+    reader = asyncio.create_task(_read_topic(settings, k.model_events_topic, events, on_event))
+    running = asyncio.create_task(service.run(stop))
+    try:
+        await replay(
+            Table(records, service.artifact.feature_names),
+            k,
+            topic,
+            rate=rate,
+            create_topic=False,
+            chunk=500,
+        )
+        async with asyncio.timeout(timeout_s):
+            while service.accounting()["consumed"] < len(records):
+                if running.done():
+                    running.result()
+                await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        if not running.done():
+            await running
+        await asyncio.sleep(1.0)  # the last events reach the reader
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    return service, events, at_swap
