@@ -154,6 +154,8 @@ class ServiceMetrics:
         self._loop_lag = gauge("event_loop_lag_seconds", "How late the loop woke a timer, last.")
         self._model_info = gauge("model_info", "1 for the live model version.", "version")
         self._drift = counter("drift_events", "Confirmed drift events.", "kind")
+        for kind in ("input", "score"):
+            self._drift.labels(kind=kind)
         self._model_events = counter(
             "model_events", "Retraining outcomes and model swaps.", "event"
         )

@@ -93,6 +93,11 @@ def _exercised_metrics() -> ServiceMetrics:
     m.set_event_loop_lag(0.001)
     m.set_model_version("v1")
     m.set_ready(True)
+    m.add_drift_event("score")
+    m.add_model_event("promoted")
+    m.set_reservoir_windows(10)
+    m.set_retraining(False)
+    m.observe_raw_scores([0.5, 2.0])
     return m
 
 
@@ -235,6 +240,11 @@ def test_dashboard_has_the_operational_panels() -> None:
         "stream_vae_records_in_flight",
         "stream_vae_event_loop_lag_seconds",
         "stream_vae_model_info",
+        "stream_vae_raw_score_bucket",  # score quantiles
+        "stream_vae_windows_over_threshold_total",
+        "stream_vae_drift_events_total",
+        "stream_vae_model_events_total",
+        "stream_vae_retraining",
     ):
         assert name in used, f"no panel shows {name}"
     exprs = [expr for _, expr in _dashboard_exprs()]
