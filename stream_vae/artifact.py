@@ -26,8 +26,8 @@ import torch
 
 from . import _json
 from .config import ScoringSettings, WindowSettings
-from .errors import ArtifactError
-from .inference import Backend, Detector, OrtBackend, TorchBackend
+from .errors import ArtifactError, ConfigError
+from .inference import Backend, Detector, OrtBackend, Precision, TorchBackend
 from .model import LSTMVAE, VAEConfig, pick_device
 from .scaler import Scaler
 from .scoring.hybrid import HybridScore
@@ -96,13 +96,29 @@ class Artifact:
         backend: Literal["torch", "onnx"] = "torch",
         threads: int = 2,
         max_batch: int = 4096,
+        precision: Precision = "fp32",
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> Detector:
-        """The forward pass on ``device`` (torch), or on the CPU under ONNX Runtime."""
-        impl: Backend = (
-            self._onnx_backend(threads)
-            if backend == "onnx"
-            else TorchBackend(self.model(), pick_device(device))
-        )
+        """The forward pass on ``device`` (torch), or on the CPU under ONNX Runtime.
+
+        ``precision``, ``compile`` and ``cuda_graphs`` are :class:`TorchBackend`'s options
+        (docs/operations.md, "GPU inference"); the onnx backend refuses them.
+        """
+        if backend == "onnx":
+            if precision != "fp32" or compile or cuda_graphs:
+                raise ConfigError(
+                    "precision, compile and cuda_graphs apply to the torch backend only"
+                )
+            impl: Backend = self._onnx_backend(threads)
+        else:
+            impl = TorchBackend(
+                self.model(),
+                pick_device(device),
+                precision=precision,
+                compile=compile,
+                cuda_graphs=cuda_graphs,
+            )
         return Detector(
             impl,
             self.scaler,

@@ -16,7 +16,7 @@ from typing import Literal
 
 from .artifact import Artifact
 from .config import WindowSettings
-from .inference import Detector
+from .inference import Detector, Precision
 from .records import RecordBatch
 from .scoring.scorer import ScoredBatch, Scorer
 from .windows import WindowStore
@@ -37,9 +37,25 @@ class Pipeline:
         device: str = "auto",
         backend: Literal["torch", "onnx"] = "torch",
         window: WindowSettings | None = None,
+        *,
+        precision: Precision = "fp32",
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        max_batch: int = 4096,
     ) -> Pipeline:
-        """``window`` replaces the artifact's window settings (same size as the model's)."""
-        detector = artifact.detector(device, backend=backend)
+        """``window`` replaces the artifact's window settings (same size as the model's).
+
+        The keywords go to :meth:`Artifact.detector`: the GPU options (docs/operations.md, "GPU
+        inference") and ``max_batch``, the most windows per forward pass.
+        """
+        detector = artifact.detector(
+            device,
+            backend=backend,
+            precision=precision,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+            max_batch=max_batch,
+        )
         return cls(artifact.window_store(window), detector, artifact.scorer())
 
     def process(self, batch: RecordBatch) -> ScoredBatch:
