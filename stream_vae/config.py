@@ -191,10 +191,21 @@ class ServiceSettings(BaseModel):
     # /metrics, /healthz, /readyz, /accounting; loopback unless exposed on purpose. None: off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(9108, ge=0, le=65535, description="0: any free port")
-    # GPU inference (ignored on the CPU): autocast dtype for the forward pass, and optional
-    # torch.compile / CUDA graphs. fp32 is the reference the parity bound is measured against.
+    # Autocast dtype of the forward pass (bf16 also runs on the CPU; fp16 needs CUDA) and
+    # optional torch.compile. fp32 is the reference of the parity bound (docs/operations.md).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
+
+    def detector_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Artifact.detector`` / ``Pipeline.from_artifact`` for this
+        deployment (the service's first model and every version it swaps to)."""
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "compile": self.compile,
+            # a forward pass per batch: chunks no smaller than a batch (4096 suits the CPU)
+            "max_batch": max(4096, self.max_batch_records),
+        }
 
 
 class DriftSettings(BaseModel):

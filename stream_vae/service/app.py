@@ -71,7 +71,7 @@ class Service:
             }
         )
         self.pipeline = Pipeline.from_artifact(
-            artifact, settings.service.device, settings.service.backend, window
+            artifact, settings.service.device, window=window, **settings.service.detector_options()
         )
         self.metrics = metrics or ServiceMetrics()
         self.metrics.set_model_version(artifact.version)

@@ -33,8 +33,8 @@ from ..config import Settings
 from ..drift import DriftEvent, DriftMonitor
 from ..inference import Detector
 from ..metrics import ServiceMetrics
+from ..policy import RetrainPolicy
 from ..registry import Registry
-from ..reservoir import CleanReservoir, clean_mask
 from ..retrain import job_main, save_sample
 from ..scoring.scorer import ScoredBatch, Scorer
 from ..windows import ReadyWindows
@@ -66,35 +66,19 @@ class Lifecycle:
         metrics: ServiceMetrics,
         registry: Registry | None,
     ) -> None:
-        d, r = settings.drift, settings.retrain
         self.settings = settings
         self.metrics = metrics
         self.registry = registry
         self.live_version = artifact.version
-        self.monitor = (
-            DriftMonitor.from_settings(
-                d,
-                window=artifact.vae_config.window,
-                stride=artifact.window.stride,
-                feature_names=artifact.feature_names,
-                seed=settings.train.seed,
-            )
-            if d.enabled
-            else None
-        )
-        self.reservoir = CleanReservoir(
-            r.reservoir_windows, r.reservoir_buckets, r.bucket_s, seed=settings.train.seed
-        )
+        self.policy = RetrainPolicy(settings, artifact)
         self._drift_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-drift")
         self._drift_futures: deque[Future[list[DriftEvent]]] = deque()
-        self._armed: DriftEvent | None = None
         self._events: list[dict[str, Any]] = []
         self._swap: Swap | None = None
         self._pool: Pool | None = None
         self._job: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
         self._poll_now = asyncio.Event()
-        self._last_job_ts: float | None = None  # stream time of the last job start
         # (wall-clock start, end) of each finished job: tests and benchmarks measure what
         # scoring did meanwhile
         self.job_times: list[tuple[float, float]] = []
@@ -106,29 +90,20 @@ class Lifecycle:
         """Feed the reservoir and the drift monitor with one scored batch; start a job if due."""
         if not len(scored):
             return
-        r = self.settings.retrain
-        clean = clean_mask(
-            scored.keys,
-            scored.smoothed,
-            scorer.threshold,
-            scorer.hysteresis,
-            scorer.open_series(),
-            fleet_change_share=r.fleet_change_share,
-            fleet_min_series=r.fleet_min_series,
-            n_series=n_series,
-        )
-        self.reservoir.add(ready.keys, ready.ts, ready.values, clean)
-        self.metrics.set_reservoir_windows(len(self.reservoir))
+        self.policy.offer(ready, scored, scorer, n_series)
+        self.metrics.set_reservoir_windows(len(self.policy.reservoir))
         self.metrics.observe_raw_scores(scored.raw[:: max(1, len(scored) // _HISTOGRAM_SAMPLE)])
         self._collect_drift()
-        if self.monitor is not None:
-            means = ready.values.mean(axis=1) if self.monitor.feature_names else None  # (n, d)
+        monitor = self.policy.monitor
+        if monitor is not None:
+            means = self.policy.window_means(ready)
             self._drift_futures.append(
-                self._drift_exec.submit(
-                    self.monitor.update, scored.keys, scored.ts, scored.raw, means
-                )
+                self._drift_exec.submit(monitor.update, scored.keys, scored.ts, scored.raw, means)
             )
-        self._maybe_start_job(float(scored.ts.max()))
+        if self.registry is not None and (self._job is None or self._job.done()):
+            job = self.policy.due(float(scored.ts.max()))
+            if job is not None:
+                self._job = asyncio.create_task(self._run_job(job.sample, job.trigger))
 
     def _collect_drift(self) -> None:
         while self._drift_futures and self._drift_futures[0].done():
@@ -147,31 +122,7 @@ class Lifecycle:
         )
         self.metrics.add_drift_event(e.kind)
         self._events.append({**e.to_dict(), "model_version": self.live_version})
-        r = self.settings.retrain
-        if (e.kind == "score" and r.on_drift) or (e.kind == "input" and r.on_input_drift):
-            self._armed = e
-
-    def _maybe_start_job(self, now_ts: float) -> None:
-        if self.registry is None or (self._job is not None and not self._job.done()):
-            return
-        r = self.settings.retrain
-        since: float | None = None
-        trigger = None
-        if self._armed is not None:
-            since = self._armed.since_ts
-            if self.reservoir.n_since(since) >= r.min_windows:
-                trigger = "drift"
-        elif r.schedule_s is not None and len(self.reservoir) >= r.min_windows:
-            if self._last_job_ts is None:
-                self._last_job_ts = now_ts  # the schedule counts from the first batch
-            elif now_ts - self._last_job_ts >= r.schedule_s:
-                trigger = "schedule"
-        if trigger is None:
-            return
-        self._armed = None
-        self._last_job_ts = now_ts
-        sample = self.reservoir.sample(since if trigger == "drift" else None)
-        self._job = asyncio.create_task(self._run_job(sample, trigger))
+        self.policy.on_drift(e)
 
     # -- the job, in a worker process -------------------------------------------------------
     async def _run_job(self, sample: Any, trigger: str) -> None:
@@ -246,7 +197,7 @@ class Lifecycle:
         assert self.registry is not None
         art = self.registry.load(version)
         svc = self.settings.service
-        return Swap(art, art.detector(svc.device, backend=svc.backend), art.scorer())
+        return Swap(art, art.detector(svc.device, **svc.detector_options()), art.scorer())
 
     def take_swap(self) -> Swap | None:
         """The loaded promoted version, once; None when there is nothing to swap to."""
@@ -256,10 +207,10 @@ class Lifecycle:
     def swapped(self, old: str, new: str, n_closed: int) -> None:
         """The service installed ``new``: the score scale changed, so drift starts afresh."""
         self.live_version = new
-        self._armed = None
-        if self.monitor is not None:
+        self.policy.disarm()
+        if self.policy.monitor is not None:
             # after the updates already queued (the drift thread runs them in order)
-            self._drift_futures.append(self._drift_exec.submit(_reset, self.monitor))
+            self._drift_futures.append(self._drift_exec.submit(_reset, self.policy.monitor))
         self.metrics.add_model_event("swapped")
         self._events.append(
             {"event": "swapped", "version": new, "previous": old, "closed_episodes": n_closed}

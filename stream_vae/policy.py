@@ -1,0 +1,136 @@
+"""When to retrain, and on which windows: the clean-data reservoir, the drift monitor and the
+triggers, with no I/O and no clock (stream time only).
+
+The service wraps it (:mod:`stream_vae.service.lifecycle`: the drift monitor in a thread, the
+job in a worker process); the evaluator calls it inline, so that "retraining on" in a
+benchmark is the service's policy, not a copy of it.
+
+- :meth:`RetrainPolicy.offer` keeps a batch's clean windows (see ``reservoir.clean_mask``).
+- :meth:`RetrainPolicy.on_drift` arms a retrain on a score drift event (an input drift event
+  only with ``retrain.on_input_drift``).
+- :meth:`RetrainPolicy.due` says when a job should start and hands over its sample: after a
+  drift, once ``retrain.min_windows`` clean windows newer than the change are held (the new
+  normal, not a mix); else every ``retrain.schedule_s`` stream seconds.
+- :meth:`RetrainPolicy.swapped`: after a new version is installed, drift starts afresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .artifact import Artifact
+from .config import Settings
+from .drift import DriftEvent, DriftMonitor
+from .reservoir import CleanReservoir, ReservoirSample, clean_mask
+from .scoring.scorer import ScoredBatch, Scorer
+from .windows import ReadyWindows
+
+__all__ = ["Job", "RetrainPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A retrain to run now: why, and on which clean windows."""
+
+    trigger: str  # "drift" | "schedule"
+    sample: ReservoirSample
+
+
+class RetrainPolicy:
+    def __init__(self, settings: Settings, artifact: Artifact) -> None:
+        d, r = settings.drift, settings.retrain
+        self.settings = settings
+        self.monitor = (
+            DriftMonitor.from_settings(
+                d,
+                window=artifact.vae_config.window,
+                stride=artifact.window.stride,
+                feature_names=artifact.feature_names,
+                seed=settings.train.seed,
+            )
+            if d.enabled
+            else None
+        )
+        self.reservoir = CleanReservoir(
+            r.reservoir_windows, r.reservoir_buckets, r.bucket_s, seed=settings.train.seed
+        )
+        self._armed: DriftEvent | None = None
+        self._last_job_ts: float | None = None  # stream time of the last job (or first batch)
+
+    @property
+    def armed(self) -> DriftEvent | None:
+        """The drift event a retrain waits on, if any."""
+        return self._armed
+
+    def offer(
+        self, ready: ReadyWindows, scored: ScoredBatch, scorer: Scorer, n_series: int
+    ) -> None:
+        """Keep the clean windows of one scored batch (``ready`` and ``scored`` row-aligned)."""
+        if not len(scored):
+            return
+        r = self.settings.retrain
+        clean = clean_mask(
+            scored.keys,
+            scored.smoothed,
+            scorer.threshold,
+            scorer.hysteresis,
+            scorer.open_series(),
+            fleet_change_share=r.fleet_change_share,
+            fleet_min_series=r.fleet_min_series,
+            n_series=n_series,
+        )
+        self.reservoir.add(ready.keys, ready.ts, ready.values, clean)
+
+    def window_means(self, ready: ReadyWindows) -> npt.NDArray[np.float32] | None:
+        """What input drift watches: each window's per-feature mean (n, d); None when off."""
+        if self.monitor is None or not self.monitor.feature_names:
+            return None
+        means: npt.NDArray[np.float32] = ready.values.mean(axis=1)  # (n, W, d) → (n, d)
+        return means
+
+    def watch(self, ready: ReadyWindows, scored: ScoredBatch) -> list[DriftEvent]:
+        """Drift monitoring inline (the evaluator): update the monitor, arm on its events."""
+        if self.monitor is None or not len(scored):
+            return []
+        events = self.monitor.update(scored.keys, scored.ts, scored.raw, self.window_means(ready))
+        for e in events:
+            self.on_drift(e)
+        return events
+
+    def on_drift(self, event: DriftEvent) -> None:
+        r = self.settings.retrain
+        if (event.kind == "score" and r.on_drift) or (event.kind == "input" and r.on_input_drift):
+            self._armed = event
+
+    def due(self, now_ts: float) -> Job | None:
+        """A job to start now, or None; ``now_ts`` is the stream time of the newest window."""
+        r = self.settings.retrain
+        if self._armed is not None:
+            since = self._armed.since_ts
+            if self.reservoir.n_since(since) < r.min_windows:
+                return None
+            self._armed = None
+            self._last_job_ts = now_ts
+            return Job("drift", self.reservoir.sample(since))
+        if r.schedule_s is None or len(self.reservoir) < r.min_windows:
+            return None
+        if self._last_job_ts is None:
+            self._last_job_ts = now_ts  # the schedule counts from the first full reservoir
+            return None
+        if now_ts - self._last_job_ts < r.schedule_s:
+            return None
+        self._last_job_ts = now_ts
+        return Job("schedule", self.reservoir.sample())
+
+    def disarm(self) -> None:
+        self._armed = None
+
+    def swapped(self) -> None:
+        """A new version is live: its scores are on a new scale, so drift starts afresh. (The
+        service disarms on its loop and resets the monitor in the monitor's thread.)"""
+        self.disarm()
+        if self.monitor is not None:
+            self.monitor.reset()
