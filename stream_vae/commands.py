@@ -522,11 +522,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import logging
 
     from .evaluation.datasets import read_labelled_csv, read_smd
-    from .evaluation.detectors import DETECTORS
+    from .evaluation.detectors import DEFAULT_DETECTORS, DETECTORS
     from .evaluation.runner import evaluate_nab_to, evaluate_to
 
     settings = _settings(args)
-    detectors = args.detectors or list(DETECTORS)
+    detectors = args.detectors or list(DEFAULT_DETECTORS)
     unknown = sorted(set(detectors) - set(DETECTORS))
     if unknown:
         raise ConfigError(f"unknown detectors {unknown}; choose from {sorted(DETECTORS)}")

@@ -39,7 +39,7 @@ from ..config import Settings
 from . import metrics as M
 from . import nab
 from .datasets import LabelledSeries
-from .detectors import DETECTORS, Output, run_detector
+from .detectors import DEFAULT_DETECTORS, Output, run_detector
 from .report import markdown_table, plot_outputs, write_report
 
 __all__ = [
@@ -112,7 +112,7 @@ def series_metrics(
 def evaluate(
     series: Sequence[LabelledSeries],
     settings: Settings,
-    detectors: Sequence[str] = tuple(DETECTORS),
+    detectors: Sequence[str] = DEFAULT_DETECTORS,
     *,
     seed: int = 0,
     on_series: Callable[[str, str, dict[str, float], float], None] | None = None,
@@ -154,7 +154,7 @@ def evaluate_to(
     out: Path,
     series: Sequence[LabelledSeries],
     settings: Settings,
-    detectors: Sequence[str] = tuple(DETECTORS),
+    detectors: Sequence[str] = DEFAULT_DETECTORS,
     *,
     seed: int = 0,
     title: str = "",
@@ -207,7 +207,7 @@ def evaluate_nab_to(
     out: Path,
     root: Path,
     settings: Settings,
-    detectors: Sequence[str] = tuple(DETECTORS),
+    detectors: Sequence[str] = DEFAULT_DETECTORS,
     *,
     names: Sequence[str] | None = None,
     seed: int = 0,
