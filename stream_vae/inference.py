@@ -367,6 +367,13 @@ class Detector:
     def n_features(self) -> int:
         return int(self.scaler.mean.shape[0])
 
+    def encode(self, windows: npt.NDArray[np.floating[Any]]) -> tuple[F32, F32]:
+        """The posterior of raw windows (n, W, d): μ and log σ², each (n, k) (the latent space
+        the latent score is computed in; notebooks plot it)."""
+        check_shape("Detector.encode windows", windows.shape, (None, self.window, self.n_features))
+        _, _, mu, logvar = self.backend(np.ascontiguousarray(self.scaler.transform(windows)))
+        return mu, logvar
+
     def infer(self, windows: npt.NDArray[np.floating[Any]]) -> ScoreParts:
         """Score raw windows (n, W, d), in chunks of at most ``max_batch``."""
         check_shape("Detector.infer windows", windows.shape, (None, self.window, self.n_features))

@@ -85,8 +85,20 @@ def test_no_environment_reads_outside_config() -> None:
 def test_public_api_is_pinned() -> None:
     assert sorted(stream_vae.__all__) == sorted(
         [
+            "COLLAPSE_NATS",
             "Alert",
             "Artifact",
+            "CleanReservoir",
+            "DriftEvent",
+            "DriftMonitor",
+            "Fleet",
+            "Registry",
+            "RegistryError",
+            "RetrainPolicy",
+            "fit",
+            "generate_fleet",
+            "retrain",
+            "roc_auc",
             "ArtifactError",
             "ConfigError",
             "DataError",
