@@ -147,7 +147,7 @@ def _registry(args: argparse.Namespace, settings: Settings, *, required: bool) -
 def cmd_retrain(args: argparse.Namespace) -> int:
     """On demand (or from a CronJob): retrain on a file of recent normal telemetry, gate, and
     promote in the registry; running services swap to it within ``registry.poll_s``."""
-    from .reservoir import CleanReservoir, clean_mask
+    from .policy import RetrainPolicy
     from .retrain import run_job
 
     settings = _settings(args)
@@ -158,28 +158,16 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     b = table.batch
     order = np.argsort(b.ts, kind="stable")
     rows = RecordBatch(tuple(b.series_ids[i] for i in order), b.ts[order], b.values[order])
-    # The same filter as the service's reservoir: windows the live model holds in an alert
-    # episode are not learned from (a file of "normal" data rarely is).
-    r = settings.retrain
+    # The service's reservoir and its filter: windows the live model holds in an alert episode
+    # are not learned from (a file of "normal" data rarely is all normal).
+    policy = RetrainPolicy(settings, live)
     pipe = Pipeline.from_artifact(live, "cpu")
-    keep = CleanReservoir(max(len(rows), r.reservoir_buckets), 1, float("inf"))
     n_series = len(set(rows.series_ids))
     for i in range(0, len(rows), 2048):
         ready = pipe.store.push_many(rows.slice(i, i + 2048))
         scored = pipe.scorer.update(ready.keys, ready.ts, pipe.detector.infer(ready.values))
-        s = pipe.scorer
-        clean = clean_mask(
-            ready.keys,
-            scored.smoothed,
-            s.threshold,
-            s.hysteresis,
-            s.open_series(),
-            fleet_change_share=r.fleet_change_share,
-            fleet_min_series=r.fleet_min_series,
-            n_series=n_series,
-        )
-        keep.add(ready.keys, ready.ts, ready.values, clean)
-    sample = keep.sample()
+        policy.offer(ready, scored, pipe.scorer, n_series)
+    sample = policy.reservoir.sample()
     outcome = run_job(registry, sample, settings, trigger=args.trigger)
     print(_json.dumps(outcome).decode())
     return 0

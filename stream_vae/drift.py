@@ -143,6 +143,8 @@ class DriftMonitor:
             raise ValueError(f"stat_size ({stat_size}) must be < window_size / 2")
         if min_detections > n_detectors:
             raise ValueError(f"min_detections ({min_detections}) > n_detectors ({n_detectors})")
+        if thin_every < 1 or max_samples_per_batch < 1:
+            raise ValueError("thin_every and max_samples_per_batch must be >= 1")
         self.alpha = alpha
         self.window_size = window_size
         self.stat_size = stat_size
