@@ -261,8 +261,9 @@ class RetrainSettings(BaseModel):
     # that changed, not a machine: their windows enter the reservoir anyway.
     fleet_change_share: float = Field(0.5, gt=0, le=1)
     fleet_min_series: int = Field(10, ge=1)
-    # Enough to cover the data's seasons: a model retrained on two hours of a daily cycle alerts
-    # on the other twenty-two (tests/test_lifecycle.py: 7.7% of windows vs 0.85% with ten hours).
+    # Enough to cover the data's cycles: in tests/test_lifecycle.py a model retrained on 125
+    # steps of 12 series alerted on 7.7% of the rest of the stream, one on 600 steps on 0.85-3.2%
+    # (target 1%; the data's slow cycle, 240-1,600 steps, is longer still).
     min_windows: int = Field(5000, ge=10, description="fewer clean windows: no job")
     epochs: int = Field(10, ge=1, le=10_000)
     refit_scaler: bool = True
