@@ -11,6 +11,8 @@ benchmark is the service's policy, not a copy of it.
 - :meth:`RetrainPolicy.due` says when a job should start and hands over its sample: after a
   drift, once ``retrain.min_windows`` clean windows newer than the change are held (the new
   normal, not a mix); else every ``retrain.schedule_s`` stream seconds.
+- :meth:`RetrainPolicy.rejected`: a drift job that did not promote is retried once
+  ``min_windows`` newer clean windows are held (at most 3 times).
 - :meth:`RetrainPolicy.swapped`: after a new version is installed, drift starts afresh.
 """
 
@@ -30,6 +32,10 @@ from .windows import ReadyWindows
 
 __all__ = ["Job", "RetrainPolicy"]
 
+# A rejected drift retrain is tried again on fresh data this many times, then the policy waits
+# for the next drift event (an operator sees the rejections on the model-events topic).
+_MAX_RETRIES = 3
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -37,6 +43,8 @@ class Job:
 
     trigger: str  # "drift" | "schedule"
     sample: ReservoirSample
+    drift: DriftEvent | None = None  # the event a drift job answers
+    started_ts: float = 0.0  # stream time when it was due
 
 
 class RetrainPolicy:
@@ -58,6 +66,7 @@ class RetrainPolicy:
             r.reservoir_windows, r.reservoir_buckets, r.bucket_s, seed=settings.train.seed
         )
         self._armed: DriftEvent | None = None
+        self._retry: tuple[float, int] | None = None  # (stream ts of the failed try, tries)
         self._last_job_ts: float | None = None  # stream time of the last job (or first batch)
 
     @property
@@ -110,11 +119,13 @@ class RetrainPolicy:
         r = self.settings.retrain
         if self._armed is not None:
             since = self._armed.since_ts
-            if self.reservoir.n_since(since) < r.min_windows:
+            # a retry waits for min_windows windows newer than the failed try
+            fresh_since = since if self._retry is None else max(since, self._retry[0])
+            if self.reservoir.n_since(fresh_since) < r.min_windows:
                 return None
-            self._armed = None
+            event, self._armed = self._armed, None
             self._last_job_ts = now_ts
-            return Job("drift", self.reservoir.sample(since))
+            return Job("drift", self.reservoir.sample(since), event, now_ts)
         if r.schedule_s is None or len(self.reservoir) < r.min_windows:
             return None
         if self._last_job_ts is None:
@@ -125,8 +136,22 @@ class RetrainPolicy:
         self._last_job_ts = now_ts
         return Job("schedule", self.reservoir.sample())
 
+    def rejected(self, job: Job) -> bool:
+        """A drift job's candidate was rejected (or the job failed): the drift is still there
+        (the monitor restarted after its event, so it will not fire again for this change), so
+        try again on more data — up to ``_MAX_RETRIES`` times. Returns whether it re-armed."""
+        if job.drift is None or self._armed is not None:
+            return False
+        tries = 1 if self._retry is None else self._retry[1] + 1
+        if tries > _MAX_RETRIES:
+            self._retry = None
+            return False
+        self._armed, self._retry = job.drift, (job.started_ts, tries)
+        return True
+
     def disarm(self) -> None:
         self._armed = None
+        self._retry = None
 
     def swapped(self) -> None:
         """A new version is live: its scores are on a new scale, so drift starts afresh. (The

@@ -164,6 +164,7 @@ def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -
         torch.set_num_threads(threads)  # the job sets its own budget (retrain.torch_threads)
         if not result.gate.passed:
             log.info("%s: candidate rejected: %s", series.name, "; ".join(result.gate.reasons))
+            policy.rejected(job)
             continue
         episodes.feed(pipe.scorer.close_all(float(out.ts.max()), "model_swap"))
         art = result.candidate

@@ -33,7 +33,7 @@ from ..config import Settings
 from ..drift import DriftEvent, DriftMonitor
 from ..inference import Detector
 from ..metrics import ServiceMetrics
-from ..policy import RetrainPolicy
+from ..policy import Job, RetrainPolicy
 from ..registry import Registry
 from ..retrain import job_main, save_sample
 from ..scoring.scorer import ScoredBatch, Scorer
@@ -103,7 +103,7 @@ class Lifecycle:
         if self.registry is not None and (self._job is None or self._job.done()):
             job = self.policy.due(float(scored.ts.max()))
             if job is not None:
-                self._job = asyncio.create_task(self._run_job(job.sample, job.trigger))
+                self._job = asyncio.create_task(self._run_job(job))
 
     def _collect_drift(self) -> None:
         while self._drift_futures and self._drift_futures[0].done():
@@ -125,7 +125,8 @@ class Lifecycle:
         self.policy.on_drift(e)
 
     # -- the job, in a worker process -------------------------------------------------------
-    async def _run_job(self, sample: Any, trigger: str) -> None:
+    async def _run_job(self, job: Job) -> None:
+        sample, trigger = job.sample, job.trigger
         assert self.registry is not None
         self.metrics.set_retraining(True)
         t0 = time.time()
@@ -158,6 +159,8 @@ class Lifecycle:
         self._events.append(outcome)
         if outcome["event"] == "promoted":
             self._poll_now.set()
+        elif self.policy.rejected(job):
+            log.info("retraining (%s) will be tried again on newer clean windows", trigger)
 
     async def _in_worker(self, spec: dict[str, Any]) -> dict[str, Any]:
         if self._pool is None:
