@@ -241,3 +241,91 @@ def test_retrain_on_demand_publishes_with_lineage_and_promotes_if_it_passes(
     n_all = sum(max(0, n - w + 1) for n in Counter(table.batch.series_ids).values())
     n_sample = outcome["n_windows"] + outcome["gate"]["n_holdout"] * 2  # train + calib + gate
     assert 0 < n_sample < n_all
+
+
+def test_every_replica_swaps_within_seconds_of_a_promotion(
+    broker: EmbeddedBroker, tiny: TinyModel, tmp_path: Path
+) -> None:
+    """Two replicas in one group, records flowing; a version promoted by hand (as `stream-vae
+    registry promote` does) is live in both within a few poll intervals, and every record is
+    still accounted for across the swap."""
+    from dataclasses import replace
+
+    from stream_vae.tabular import read_table
+
+    registry = Registry(tmp_path / "reg")
+    registry.publish(tiny.artifact, trigger="initial")
+    registry.promote(tiny.artifact.version)
+    cal = tiny.artifact.calibration
+    newer = replace(
+        tiny.artifact,
+        calibration=replace(cal, threshold=cal.threshold * 1.5),
+        version="",
+    )
+    registry.publish(newer, trigger="manual")
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        env={},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g-{tag}",
+            "input_topics": [f"in-{tag}"],
+            "alert_topic": f"alerts-{tag}",
+            "dead_letter_topic": f"dlq-{tag}",
+            "model_events_topic": f"events-{tag}",
+            "topic_partitions": 2,
+        },
+        service={
+            "max_batch_records": 100,
+            "max_wait_ms": 20,
+            "device": "cpu",
+            "metrics_port": None,
+        },
+        registry={"root": str(tmp_path / "reg"), "poll_s": 0.5},
+    )
+    k = settings.kafka
+    table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
+    records = list(table.batch.records())
+
+    async def scenario() -> tuple[list[Service], float]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        replicas = [Service(settings, registry.load(), registry=registry) for _ in range(2)]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(s.run(stop)) for s in replicas]
+        producer = make_producer(k)
+        await producer.start()
+        try:
+            half = len(records) // 2
+            for r in records[:half]:
+                await producer.send(
+                    k.input_topics[0], encode(r, table.feature_names), key=r.series_id.encode()
+                )
+            async with asyncio.timeout(60):  # both replicas hold partitions and score
+                while not all(s.accounting()["consumed"] for s in replicas):
+                    await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            registry.promote(newer.version, reason="test")
+            for r in records[half:]:  # keep records flowing: a swap happens between batches
+                await producer.send(
+                    k.input_topics[0], encode(r, table.feature_names), key=r.series_id.encode()
+                )
+                await asyncio.sleep(0.002)
+                if all(s.artifact.version == newer.version for s in replicas):
+                    break
+            async with asyncio.timeout(30):
+                while not all(s.artifact.version == newer.version for s in replicas):
+                    await asyncio.sleep(0.05)
+            switched_s = time.monotonic() - t0
+        finally:
+            await producer.stop()
+            stop.set()
+            await asyncio.gather(*tasks)
+        return replicas, switched_s
+
+    replicas, switched_s = asyncio.run(scenario())
+    print(f"\nboth replicas on {newer.version} {switched_s:.2f} s after the promotion")
+    assert switched_s < 5.0  # poll every 0.5 s: a few intervals at most
+    for s in replicas:
+        acc = s.accounting()
+        assert acc["unaccounted"] == 0
+        assert s.lifecycle.live_version == newer.version
