@@ -329,3 +329,17 @@ def test_every_replica_swaps_within_seconds_of_a_promotion(
         acc = s.accounting()
         assert acc["unaccounted"] == 0
         assert s.lifecycle.live_version == newer.version
+
+
+def test_a_version_with_other_features_is_refused_once_and_not_reloaded(tiny: TinyModel) -> None:
+    from dataclasses import replace
+
+    from stream_vae.service.lifecycle import Swap
+
+    service = Service(load_settings(env={}, service={"device": "cpu"}), tiny.artifact)
+    other = replace(tiny.artifact, feature_names=("x", "y", "z"), version="")
+    service.lifecycle._swap = Swap(other, other.detector("cpu"), other.scorer())
+    assert service._swap_model() == ()
+    assert service.artifact.version == tiny.artifact.version
+    assert service.lifecycle._refused == {other.version}
+    assert [e["event"] for e in service.lifecycle.take_events()] == ["refused"]

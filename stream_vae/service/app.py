@@ -264,11 +264,9 @@ class Service:
         old = self.artifact
         new = swap.artifact
         if new.feature_names != old.feature_names or new.vae_config.window != old.vae_config.window:
-            log.error(
-                "not swapping to %s: features or window size differ from %s (restart instead)",
-                new.version,
-                old.version,
-            )
+            reason = f"features or window size differ from {old.version}: restart instead"
+            log.error("not swapping to %s: %s", new.version, reason)
+            self.lifecycle.refused(new.version, reason)
             return ()
         closed = self.pipeline.scorer.close_all(self._last_ts, "model_swap")
         self.pipeline.detector, self.pipeline.scorer = swap.detector, swap.scorer

@@ -75,6 +75,7 @@ class Lifecycle:
         self._drift_futures: deque[Future[list[DriftEvent]]] = deque()
         self._events: list[dict[str, Any]] = []
         self._swap: Swap | None = None
+        self._refused: set[str] = set()  # versions the service would not swap to
         self._pool: Pool | None = None
         self._job: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
@@ -187,7 +188,7 @@ class Lifecycle:
             self._poll_now.clear()
             try:
                 current = await asyncio.to_thread(self.registry.current)
-                if current is None or current == self.live_version:
+                if current is None or current == self.live_version or current in self._refused:
                     continue
                 if self._swap is not None and self._swap.artifact.version == current:
                     continue
@@ -206,6 +207,11 @@ class Lifecycle:
         """The loaded promoted version, once; None when there is nothing to swap to."""
         swap, self._swap = self._swap, None
         return swap
+
+    def refused(self, version: str, reason: str) -> None:
+        """The service cannot swap to ``version`` (other features or window): not again."""
+        self._refused.add(version)
+        self._events.append({"event": "refused", "version": version, "reason": reason})
 
     def swapped(self, old: str, new: str, n_closed: int) -> None:
         """The service installed ``new``: the score scale changed, so drift starts afresh."""
