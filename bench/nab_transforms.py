@@ -10,7 +10,9 @@ several causal transforms of its smoothed score, to decide which stage belongs i
 Transforms (all causal: row t uses rows ≤ t):
 - ``r/(1+r)``: r = score / calibrated threshold (what the evaluator reports);
 - ``new peaks (r)``: max(0, r_t − max(r over the previous k rows)), squashed by x/(1+x);
-- ``new peaks (running max)``: the same on score / (its running maximum so far).
+- ``new peaks (running max)``: the same on score / (its running maximum so far);
+- ``novelty``: the product's stage (``stream_vae.scoring.novelty.SeriesNovelty``, defaults),
+  recomputed here on the smoothed scores — what `stream-vae evaluate nab` scores for us.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from stream_vae.config import load_settings
 from stream_vae.evaluation import nab
 from stream_vae.evaluation.detectors import run_detector
 from stream_vae.evaluation.runner import _nab_series
+from stream_vae.scoring.novelty import SeriesNovelty
 
 
 def new_peaks(r: np.ndarray, k: int) -> np.ndarray:
@@ -80,6 +83,9 @@ def main() -> None:
         ),
         f"new peaks (running max), k={args.k}": lambda n: new_peaks(
             running_max_ratio(scores[n]), args.k
+        ),
+        "novelty (SeriesNovelty defaults)": lambda n: SeriesNovelty().update(
+            ["s"] * len(scores[n]), scores[n]
         ),
     }
     print("| transform | " + " | ".join(profiles) + " |")

@@ -153,6 +153,8 @@ class Artifact:
             close_after=s.close_after,
             cooldown=s.cooldown,
             top_k=s.top_k,
+            novelty_peak_decay=self.scoring.novelty_peak_decay,
+            novelty_decay=self.scoring.novelty_decay,
         )
 
     def window_store(self, window: WindowSettings | None = None) -> WindowStore:

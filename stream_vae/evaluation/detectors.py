@@ -80,6 +80,8 @@ class Output:
     predictions: npt.NDArray[np.bool_] | None = None
     top_features: npt.NDArray[np.int64] | None = None
     threshold: float | None = None  # on ``scores``, where the detector has its own
+    # the product's per-row novelty in [0, 1] (stream_vae.scoring.novelty): what NAB scores
+    novelty: F64 | None = None
 
 
 def _as_batch(series: LabelledSeries, part: str) -> RecordBatch:
@@ -119,18 +121,23 @@ class _Episodes:
 def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
     art = _train(series, settings, seed)
     n = len(series.test)
-    cols = {k: np.full(n, np.nan) for k in ("smoothed", "recon", "latent")}
+    cols = {k: np.full(n, np.nan) for k in ("smoothed", "recon", "latent", "novelty")}
     episodes = _Episodes(series, art.scoring.top_k)
     for rows, out in _scored(art, series, settings):
         cols["smoothed"][rows] = out.smoothed
         cols["recon"][rows] = out.recon
         cols["latent"][rows] = out.latent
+        cols["novelty"][rows] = out.novelty
         episodes.feed(out.alerts)
     episodes.finish()
     beta = art.scoring.ema_beta
     return {
         "stream-vae": Output(
-            _fill(cols["smoothed"]), episodes.predictions, episodes.top, art.calibration.threshold
+            _fill(cols["smoothed"]),
+            episodes.predictions,
+            episodes.top,
+            art.calibration.threshold,
+            np.nan_to_num(cols["novelty"]),
         ),
         "vae-recon": Output(_ema(_fill(cols["recon"]), beta)),
         "vae-latent": Output(_ema(_fill(cols["latent"]), beta)),
@@ -145,6 +152,7 @@ def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -
     pipe = Pipeline.from_artifact(art, settings.service.device)
     policy = RetrainPolicy(settings, art)
     ratio = np.full(len(series.test), np.nan)
+    novelty = np.zeros(len(series.test))
     episodes = _Episodes(series, art.scoring.top_k)
     n_swaps = 0
     test = _as_batch(series, "test")
@@ -153,6 +161,7 @@ def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -
         out = pipe.scorer.update(ready.keys, ready.ts, pipe.detector.infer(ready.values))
         rows = np.rint(out.ts / series.step_s).astype(np.int64) - len(series.train)
         ratio[rows] = out.smoothed / pipe.scorer.threshold
+        novelty[rows] = out.novelty
         episodes.feed(out.alerts)
         policy.offer(ready, out, pipe.scorer, 1)
         policy.watch(ready, out)
@@ -173,7 +182,9 @@ def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -
         n_swaps += 1
     episodes.finish()
     log.info("%s: %d model swaps with retraining on", series.name, n_swaps)
-    return {"stream-vae-retrain": Output(_fill(ratio), episodes.predictions, episodes.top, 1.0)}
+    return {
+        "stream-vae-retrain": Output(_fill(ratio), episodes.predictions, episodes.top, 1.0, novelty)
+    }
 
 
 def _lstm_ae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:

@@ -192,7 +192,11 @@ def nab_unit_scores(name: str, out: Output) -> F64:
     """A detector's scores as NAB wants them, in [0, 1] and comparable across files (one
     threshold is swept over all files): ours relative to its own calibrated threshold,
     ``r / (1 + r)`` with ``r = score / threshold`` (0.5 at the threshold); detectors without a
-    threshold by the largest score seen so far in the file (causal)."""
+    threshold by the largest score seen so far in the file (causal). When the detector has a
+    novelty score (ours: :mod:`stream_vae.scoring.novelty`), that is the per-row score: NAB
+    charges every flagged row, so what scores is the onset of an excursion, not its length."""
+    if out.novelty is not None:
+        return np.clip(out.novelty, 0.0, 1.0)
     s = np.maximum(out.scores, 0.0)
     if out.threshold is not None and out.threshold > 0:
         r = s / out.threshold

@@ -18,6 +18,7 @@ from .alerts import Alert, alert_id, top_features
 from .ema import SeriesEMA
 from .episodes import EpisodeTracker
 from .hybrid import HybridScore, ScoreParts
+from .novelty import SeriesNovelty
 
 __all__ = ["ScoredBatch", "Scorer"]
 
@@ -36,6 +37,7 @@ class ScoredBatch:
     latent: F64  # (n,) normalised latent component
     threshold: float
     alerts: tuple[Alert, ...]
+    novelty: F64  # (n,) in [0, 1]: rise of the smoothed score above its recent peaks
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -60,6 +62,8 @@ class Scorer:
         close_after: int = 3,
         cooldown: int = 0,
         top_k: int = 3,
+        novelty_peak_decay: float = 0.9999,
+        novelty_decay: float = 0.99,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -72,6 +76,7 @@ class Scorer:
         self.top_k = top_k
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
+        self._novelty = SeriesNovelty(novelty_peak_decay, novelty_decay)
 
     def update(self, keys: Sequence[str], ts: npt.ArrayLike, parts: ScoreParts) -> ScoredBatch:
         """Score n windows in arrival order; returns scores and the open/close events caused."""
@@ -105,7 +110,10 @@ class Scorer:
             )
             for i, e in enumerate(events)
         )
-        return ScoredBatch(keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts)
+        novelty = self._novelty.update(keys, smoothed)
+        return ScoredBatch(
+            keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts, novelty
+        )
 
     def open_series(self) -> frozenset[str]:
         """Series in an alert episode now."""
@@ -139,10 +147,17 @@ class Scorer:
         keys = list(keys)
         self._ema.drop(keys)
         self._episodes.drop(keys)
+        self._novelty.drop(keys)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"ema": self._ema.snapshot(), "episodes": self._episodes.snapshot()}
+        return {
+            "ema": self._ema.snapshot(),
+            "episodes": self._episodes.snapshot(),
+            "novelty": self._novelty.snapshot(),
+        }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         self._ema.restore(snapshot["ema"])
         self._episodes.restore(snapshot["episodes"])
+        if "novelty" in snapshot:  # snapshots from before the novelty stage: it starts afresh
+            self._novelty.restore(snapshot["novelty"])

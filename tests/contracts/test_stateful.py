@@ -21,6 +21,7 @@ from stream_vae.records import RecordBatch
 from stream_vae.scoring.ema import SeriesEMA
 from stream_vae.scoring.episodes import EpisodeTracker
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts
+from stream_vae.scoring.novelty import SeriesNovelty
 from stream_vae.scoring.scorer import Scorer
 from stream_vae.windows import WindowStore
 
@@ -63,7 +64,7 @@ def _score_stream(rng: np.random.Generator, n: int) -> Stream:
     }
 
 
-def _ema_feed(ema: SeriesEMA, s: Stream, i: int, j: int) -> list[Any]:
+def _ema_feed(ema: SeriesEMA | SeriesNovelty, s: Stream, i: int, j: int) -> list[Any]:
     return ema.update(s["keys"][i:j], s["x"][i:j]).tolist()  # type: ignore[no-any-return]
 
 
@@ -116,6 +117,7 @@ CASES = [
         _window_feed,
     ),
     Case("SeriesEMA", lambda: SeriesEMA(0.7), _score_stream, _ema_feed),
+    Case("SeriesNovelty", lambda: SeriesNovelty(0.99, 0.9), _score_stream, _ema_feed),
     Case("EpisodeTracker", lambda: EpisodeTracker(0.8, 2, 3), _score_stream, _episode_feed),
     Case("Scorer", _scorer, _parts_stream, _scorer_feed),
 ]
