@@ -395,6 +395,7 @@ def test_compose_topics_match_the_service() -> None:
         *s.kafka.input_topics,
         s.kafka.alert_topic,
         s.kafka.dead_letter_topic,
+        s.kafka.model_events_topic,
     }
     replay = services["replay"]["command"]
     assert replay[replay.index("--topic") + 1] in s.kafka.input_topics
@@ -514,7 +515,7 @@ def test_deployment_probes_and_port() -> None:
         assert _port_number(container, probe["httpGet"]["port"]) == METRICS_PORT
     assert ServiceSettings().metrics_port == METRICS_PORT
     assert container["envFrom"] == [{"configMapRef": {"name": "stream-vae"}}]
-    assert container["args"][0] == "--model"
+    assert container["args"][0] == "--registry"
 
 
 def test_deployment_gpu_security_and_shutdown() -> None:
@@ -543,19 +544,20 @@ def test_model_registry_volume() -> None:
         if "persistentVolumeClaim" in v
     }
     (mount,) = [m for m in container["volumeMounts"] if claims.get(m["name"]) == claim]
-    assert mount["readOnly"] is True
-    model = container["args"][container["args"].index("--model") + 1]
-    assert model.startswith(mount["mountPath"] + "/")
+    # the service publishes and promotes drift-retrained versions: the registry is writable
+    assert not mount.get("readOnly", False)
+    root = container["args"][container["args"].index("--registry") + 1]
+    assert root == mount["mountPath"]
 
     retrain = _pod_spec(_k8s("CronJob", "stream-vae-retrain"))
     (job,) = retrain["containers"]
     script = " ".join(job["command"] + job["args"])
-    assert "stream-vae train" in script and "--out " in script
+    assert "stream-vae retrain --registry /registry" in script and "--data " in script
     (volume,) = [v for v in retrain["volumes"] if "persistentVolumeClaim" in v]
     assert volume["persistentVolumeClaim"]["claimName"] == claim
     (job_mount,) = [m for m in job["volumeMounts"] if m["name"] == volume["name"]]
     assert not job_mount.get("readOnly", False)
-    assert "/registry/versions/" in script and job_mount["mountPath"] == "/registry"
+    assert job_mount["mountPath"] == "/registry"
 
 
 def test_service_and_pdb_select_the_pods() -> None:
