@@ -23,6 +23,9 @@ CORE = [
     "scaler",
     "scoring",
     "synthetic",
+    "drift",
+    "reservoir",
+    "policy",
     "errors",
     "_json",
 ]
