@@ -362,3 +362,20 @@ def test_a_version_with_other_features_is_refused_once_and_not_reloaded(tiny: Ti
     assert service.artifact.version == tiny.artifact.version
     assert service.lifecycle._refused == {other.version}
     assert [e["event"] for e in service.lifecycle.take_events()] == ["refused"]
+
+
+def test_a_service_started_with_a_model_publishes_it_so_that_retraining_can_start_from_it(
+    tiny: TinyModel, tmp_path: Path
+) -> None:
+    registry = Registry(tmp_path / "reg")
+    settings = load_settings(env={}, registry={"root": str(tmp_path / "reg")})
+    service = Service(settings, tiny.artifact)
+
+    async def start_and_stop() -> None:
+        async with service.lifecycle:
+            pass
+
+    asyncio.run(start_and_stop())
+    assert [v.version for v in registry.versions()] == [tiny.artifact.version]
+    assert registry.current() is None  # published, not promoted
+    assert registry.load(tiny.artifact.version).version == tiny.artifact.version

@@ -70,6 +70,7 @@ class Lifecycle:
         self.metrics = metrics
         self.registry = registry
         self.live_version = artifact.version
+        self._artifact = artifact  # published at start if the registry lacks it (see __aenter__)
         self.policy = RetrainPolicy(settings, artifact)
         self._drift_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-drift")
         self._drift_futures: deque[Future[list[DriftEvent]]] = deque()
@@ -234,6 +235,12 @@ class Lifecycle:
     # -- start / stop -----------------------------------------------------------------------
     async def __aenter__(self) -> Lifecycle:
         if self.registry is not None:
+            # A service started with --model and a registry: the retrain job warm-starts from
+            # the live version, so the registry must hold it (published, not promoted).
+            try:
+                await asyncio.to_thread(self.registry.publish, self._artifact, trigger="initial")
+            except OSError as exc:  # e.g. mounted read-only: scoring and swaps still work
+                log.warning("cannot publish %s to the registry: %s", self.live_version, exc)
             self._poll = asyncio.create_task(self._watch())
         return self
 
