@@ -184,5 +184,6 @@ def clean_mask(
     if n_series >= fleet_min_series and len(open_series) >= fleet_change_share * n_series:
         return np.ones(len(keys), bool)
     quiet: npt.NDArray[np.bool_] = s < threshold * hysteresis
-    quiet &= np.array([k not in open_series for k in keys], bool)
+    if open_series:  # usually none: skip the per-window lookup then
+        quiet &= np.array([k not in open_series for k in keys], bool)
     return quiet

@@ -53,6 +53,20 @@ def _settings(**extra: Any) -> Settings:
     )
 
 
+def _fresh_topics(broker: EmbeddedBroker) -> dict[str, Any]:
+    """Kafka settings for one test: its own group and topics on the shared broker."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "bootstrap_servers": broker.bootstrap_servers,
+        "group_id": f"g-{tag}",
+        "input_topics": [f"in-{tag}"],
+        "alert_topic": f"alerts-{tag}",
+        "dead_letter_topic": f"dlq-{tag}",
+        "model_events_topic": f"events-{tag}",
+        "topic_partitions": 2,
+    }
+
+
 def _n_events(service: Service) -> int:
     """Events the service published to the model-events topic (from its counters)."""
     get = service.metrics.registry.get_sample_value
@@ -86,17 +100,8 @@ def test_regime_change_is_detected_retrained_promoted_and_swapped(
     registry = Registry(tmp_path / "registry")
     registry.publish(live, trigger="initial")
     registry.promote(live.version)
-    tag = uuid.uuid4().hex[:8]
     settings = _settings(
-        kafka={
-            "bootstrap_servers": broker.bootstrap_servers,
-            "group_id": f"g-{tag}",
-            "input_topics": [f"in-{tag}"],
-            "alert_topic": f"alerts-{tag}",
-            "dead_letter_topic": f"dlq-{tag}",
-            "model_events_topic": f"events-{tag}",
-            "topic_partitions": 2,
-        },
+        kafka=_fresh_topics(broker),
         service={
             "max_batch_records": 500,
             "max_wait_ms": 20,
@@ -282,18 +287,9 @@ def test_every_replica_swaps_within_seconds_of_a_promotion(
         version="",
     )
     registry.publish(newer, trigger="manual")
-    tag = uuid.uuid4().hex[:8]
     settings = load_settings(
         env={},
-        kafka={
-            "bootstrap_servers": broker.bootstrap_servers,
-            "group_id": f"g-{tag}",
-            "input_topics": [f"in-{tag}"],
-            "alert_topic": f"alerts-{tag}",
-            "dead_letter_topic": f"dlq-{tag}",
-            "model_events_topic": f"events-{tag}",
-            "topic_partitions": 2,
-        },
+        kafka=_fresh_topics(broker),
         service={
             "max_batch_records": 100,
             "max_wait_ms": 20,
