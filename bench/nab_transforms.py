@@ -5,14 +5,16 @@ reports. This runs the `stream-vae` detector once per NAB file (cached with --ca
 several causal transforms of its smoothed score, to decide which stage belongs in the scorer.
 
     python bench/nab_transforms.py ../shared/data/nab --config bench/configs/nab.toml \
-        --cache out/nab_outputs.npz [--k 200]
+        --cache out/nab_outputs_s0.npz [--seed 0]
 
 Transforms (all causal: row t uses rows ≤ t):
-- ``r/(1+r)``: r = score / calibrated threshold (what the evaluator reports);
-- ``new peaks (r)``: max(0, r_t − max(r over the previous k rows)), squashed by x/(1+x);
-- ``new peaks (running max)``: the same on score / (its running maximum so far);
-- ``novelty``: the product's stage (``stream_vae.scoring.novelty.SeriesNovelty``, defaults),
-  recomputed here on the smoothed scores — what `stream-vae evaluate nab` scores for us.
+- ``r/(1+r)``: r = score / calibrated threshold;
+- ``decayed recent max``: max(0, s_t − M_{t−1}) / P_t with M a geometrically decayed maximum
+  (decay 0.99), every row: the first novelty stage;
+- ``sliding max, every row``: the same against the maximum of the previous 1,000 rows;
+- ``novelty, window=k``: the product's stage (``stream_vae.scoring.novelty.SeriesNovelty``):
+  the sliding maximum, and only the rows that beat their run's best — what
+  `stream-vae evaluate nab` scores for us (window 1,000 by default).
 """
 
 from __future__ import annotations
@@ -29,18 +31,25 @@ from stream_vae.evaluation.runner import _nab_series
 from stream_vae.scoring.novelty import SeriesNovelty
 
 
-def new_peaks(r: np.ndarray, k: int) -> np.ndarray:
-    """max(0, r_t − max(r_{t−k..t−1})); 0 history at the start."""
-    out = np.zeros_like(r)
-    for i in range(1, len(r)):
-        out[i] = max(0.0, r[i] - r[max(0, i - k) : i].max())
-    out[0] = max(0.0, r[0])
+def decayed_novelty(s: np.ndarray, decay: float = 0.99, peak_decay: float = 0.9999) -> np.ndarray:
+    """max(0, s_t − M_{t−1}) / P_t, M_t = max(s_t, decay·M_{t−1}), P_t likewise (peak_decay)."""
+    out, recent, peak = np.zeros_like(s), 0.0, 0.0
+    for i, v in enumerate(np.maximum(s, 0.0).tolist()):
+        peak = max(v, peak_decay * peak)
+        out[i] = max(0.0, v - recent) / peak if peak > 0 else 0.0
+        recent = max(v, decay * recent)
     return out
 
 
-def running_max_ratio(s: np.ndarray) -> np.ndarray:
-    peak = np.maximum.accumulate(np.maximum(s, 0.0))
-    return np.where(peak > 0, s / np.where(peak > 0, peak, 1.0), 0.0)
+def sliding_novelty(s: np.ndarray, k: int = 1000, peak_decay: float = 0.9999) -> np.ndarray:
+    """max(0, s_t − max(s_{t−k..t−1})) / P_t on every row (no run rule)."""
+    out, peak = np.zeros_like(s), 0.0
+    x = np.maximum(s, 0.0)
+    for i, v in enumerate(x.tolist()):
+        peak = max(v, peak_decay * peak)
+        prev = x[max(0, i - k) : i].max() if i else v
+        out[i] = max(0.0, v - prev) / peak if peak > 0 else 0.0
+    return out
 
 
 def squash(x: np.ndarray) -> np.ndarray:
@@ -53,7 +62,6 @@ def main() -> None:
     p.add_argument("root", type=Path)
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--cache", type=Path, help=".npz of the detector's scores (reused if present)")
-    p.add_argument("--k", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     settings = load_settings(args.config)
@@ -76,17 +84,18 @@ def main() -> None:
                 **{f"s/{n}": v for n, v in scores.items()},
                 **{f"t/{n}": np.float64(v) for n, v in thresholds.items()},
             )
+
+    def novelty(name: str, window: int) -> np.ndarray:
+        return SeriesNovelty(window).update(["s"] * len(scores[name]), scores[name])
+
     variants = {
         "r/(1+r)": lambda n: squash(scores[n] / thresholds[n]),
-        f"new peaks (r), k={args.k}": lambda n: squash(
-            new_peaks(scores[n] / thresholds[n], args.k)
-        ),
-        f"new peaks (running max), k={args.k}": lambda n: new_peaks(
-            running_max_ratio(scores[n]), args.k
-        ),
-        "novelty (SeriesNovelty defaults)": lambda n: SeriesNovelty().update(
-            ["s"] * len(scores[n]), scores[n]
-        ),
+        "decayed recent max (0.99), every row": lambda n: decayed_novelty(scores[n]),
+        "sliding max (1,000), every row": lambda n: sliding_novelty(scores[n]),
+        **{
+            f"novelty, window={w}": (lambda n, w=w: novelty(n, w))  # type: ignore[misc]
+            for w in (250, 500, 1000, 2000)
+        },
     }
     print("| transform | " + " | ".join(profiles) + " |")
     print("|---|" + "---:|" * len(profiles))

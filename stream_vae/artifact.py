@@ -153,8 +153,8 @@ class Artifact:
             close_after=s.close_after,
             cooldown=s.cooldown,
             top_k=s.top_k,
+            novelty_window=self.scoring.novelty_window,
             novelty_peak_decay=self.scoring.novelty_peak_decay,
-            novelty_decay=self.scoring.novelty_decay,
         )
 
     def window_store(self, window: WindowSettings | None = None) -> WindowStore:
@@ -255,7 +255,7 @@ class Artifact:
                 hybrid=HybridScore.from_dict(m["hybrid"]),
                 calibration=Calibration.from_dict(m["calibration"]),
                 window=WindowSettings(**m["window"]),
-                scoring=ScoringSettings(**m["scoring"]),
+                scoring=ScoringSettings(**_scoring_fields(m["scoring"])),
                 training=m.get("training", {}),
                 parent=m.get("parent"),
                 created_at=float(m.get("created_at", 0.0)),
@@ -265,3 +265,12 @@ class Artifact:
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"invalid model in {root}: {str(exc).splitlines()[0]}") from None
         return art
+
+
+# Scoring settings that older artifacts carry and this version no longer has (ignored on load).
+_RETIRED_SCORING = frozenset({"novelty_decay"})
+
+
+def _scoring_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    """An artifact's saved scoring settings, less the fields that have been retired."""
+    return {k: v for k, v in saved.items() if k not in _RETIRED_SCORING}

@@ -120,9 +120,10 @@ class ScoringSettings(BaseModel):
     cooldown: int = Field(0, ge=0)
     top_k: int = Field(3, ge=1)
     # Novelty (stream_vae.scoring.novelty): a per-row score that rises at the onset of a new,
-    # larger-than-recent excursion; what the NAB evaluation scores for us.
+    # larger-than-recent excursion; what the NAB evaluation scores for us. "Recent": the
+    # series' last novelty_window windows.
+    novelty_window: int = Field(1000, ge=1)
     novelty_peak_decay: float = Field(0.9999, gt=0, le=1)
-    novelty_decay: float = Field(0.99, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _alpha_range(self) -> ScoringSettings:

@@ -1,4 +1,4 @@
-"""SeriesNovelty: high at the onset of a new, larger-than-recent excursion, ~0 while it lasts."""
+"""SeriesNovelty: high at the onset of a new, larger-than-recent excursion, 0 while it lasts."""
 
 from __future__ import annotations
 
@@ -10,39 +10,75 @@ from stream_vae.scoring.novelty import SeriesNovelty
 
 
 def test_onset_scores_persistence_does_not() -> None:
-    nv = SeriesNovelty(peak_decay=1.0, decay=0.99)
     base = np.full(300, 1.0)
     base[200:260] = 5.0  # an excursion of 60 rows
-    out = nv.update(["a"] * 300, base)
-    # the first row is new (novelty 1); then the series sits at its level: nothing new
-    assert out[0] == 1.0 and np.all(out[1:200] == 0.0)
+    out = SeriesNovelty(window=100, peak_decay=1.0).update(["a"] * 300, base)
+    # a series' first row has nothing to be new against; then it sits at its level
+    assert np.all(out[:200] == 0.0)
     # the onset: (5 − the recent max 1) / the new peak 5
     assert out[200] == pytest.approx(0.8)
-    assert np.all(out[201:260] == 0.0)  # the excursion goes on: nothing new
-    assert np.all(out[260:] == 0.0)  # back to normal: below the recent peak
+    assert np.all(out[201:] == 0.0)  # the excursion goes on, then ends: nothing new
 
 
-def test_a_repeat_soon_after_scores_low_a_repeat_much_later_scores_high() -> None:
-    x = np.full(2000, 1.0)
+def test_a_rise_is_flagged_where_it_starts_and_each_row_by_its_own_step() -> None:
+    # a rise over 10 rows from 1 to 11: each row steps 1 above everything before it; the
+    # first step is the run's largest relative to the peak so far (1/2), later ones are
+    # smaller (1/3, 1/4, ...): only the onset is reported
+    x = np.r_[np.full(100, 1.0), np.arange(2.0, 12.0), np.full(50, 11.0)]
+    out = SeriesNovelty(window=1000, peak_decay=1.0).update(["a"] * len(x), x)
+    assert out[100] == pytest.approx(0.5)
+    assert np.all(out[101:] == 0.0)
+    # a rise that accelerates is reported again where a step beats the run's best: 2 → 4 is
+    # 2/4 (not above 1/2), 4 → 10 is 6/10
+    y = np.r_[np.full(100, 1.0), 2.0, 4.0, 10.0, np.full(50, 10.0)]
+    out = SeriesNovelty(window=1000, peak_decay=1.0).update(["a"] * len(y), y)
+    assert out[100:103].tolist() == pytest.approx([0.5, 0.0, 0.6])
+    assert np.all(out[103:] == 0.0)
+
+
+def test_a_repeat_within_the_window_is_not_new_one_after_it_is() -> None:
+    x = np.full(3000, 1.0)
     x[100:110] = 5.0
-    x[150:160] = 5.0  # soon after: the recent max still remembers the first
-    x[1500:1510] = 5.0  # long after: forgotten (decay 0.99: ~70-row half-life)
-    out = SeriesNovelty(peak_decay=1.0, decay=0.99).update(["a"] * len(x), x)
-    assert out[100] > 0.7
-    assert out[150] < 0.5
-    assert out[1500] > 0.7
+    x[600:610] = 5.0  # within 1,000 rows: the recent max still holds the first
+    x[2000:2010] = 5.0  # long after: forgotten
+    out = SeriesNovelty(window=1000, peak_decay=1.0).update(["a"] * len(x), x)
+    assert out[100] == pytest.approx(0.8)
+    assert np.all(out[600:610] == 0.0)
+    assert out[2000] == pytest.approx(0.8)
+
+
+def test_a_smaller_rise_after_a_big_peak_is_scaled_by_that_peak() -> None:
+    x = np.full(3000, 1.0)
+    x[100] = 101.0  # a big peak sets the scale
+    x[1500] = 11.0  # later, a rise of 10 over the recent max: 10 / ~peak
+    out = SeriesNovelty(window=1000, peak_decay=1.0).update(["a"] * len(x), x)
+    assert out[100] == pytest.approx(100 / 101)
+    assert out[1500] == pytest.approx(10 / 101)
+
+
+def test_the_recent_window_is_block_granular_and_never_shorter_than_asked() -> None:
+    # window 100 = 10 blocks of 10 rows: a peak is remembered for at least 100 rows and
+    # forgotten within 110
+    for gap in range(1, 101):
+        x = np.full(400, 1.0)
+        x[50], x[50 + gap] = 5.0, 5.0
+        assert SeriesNovelty(window=100).update(["a"] * 400, x)[50 + gap] == 0.0, gap
+    x = np.full(400, 1.0)
+    x[50], x[161] = 5.0, 5.0
+    assert SeriesNovelty(window=100).update(["a"] * 400, x)[161] > 0.7
 
 
 def test_series_are_independent_and_drop_forgets() -> None:
     nv = SeriesNovelty()
-    nv.update(["a", "b"], np.array([3.0, 1.0]))
+    nv.update(["a", "b", "a"], np.array([3.0, 1.0, 6.0]))
     assert len(nv) == 2
+    assert nv.update(["b"], np.array([2.0]))[0] == pytest.approx(0.5)  # b's own history
     nv.drop(["a"])
     assert len(nv) == 1
-    assert nv.update(["a"], np.array([1.0]))[0] == 1.0  # a fresh series: its first row is new
+    assert nv.update(["a"], np.array([9.0]))[0] == 0.0  # a fresh series: its first row
 
 
-@pytest.mark.parametrize("peak_decay,decay", [(0.0, 0.5), (1.5, 0.5), (0.9, 1.0), (0.9, -0.1)])
-def test_bad_parameters(peak_decay: float, decay: float) -> None:
+@pytest.mark.parametrize("window,peak_decay", [(0, 0.5), (10, 0.0), (10, 1.5), (2.5, 0.9)])
+def test_bad_parameters(window: int, peak_decay: float) -> None:
     with pytest.raises(ConfigError):
-        SeriesNovelty(peak_decay, decay)
+        SeriesNovelty(window, peak_decay)

@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..config import Settings
+from ..scoring.novelty import SeriesNovelty
 from . import metrics as M
 from . import nab
 from .datasets import LabelledSeries
@@ -188,23 +189,19 @@ def evaluate_to(
     return table + note
 
 
-def nab_unit_scores(name: str, out: Output) -> F64:
-    """A detector's scores as NAB wants them, in [0, 1] and comparable across files (one
-    threshold is swept over all files): ours relative to its own calibrated threshold,
-    ``r / (1 + r)`` with ``r = score / threshold`` (0.5 at the threshold); detectors without a
-    threshold by the largest score seen so far in the file (causal). When the detector has a
-    novelty score (ours: :mod:`stream_vae.scoring.novelty`), that is the per-row score: NAB
-    charges every flagged row, so what scores is the onset of an excursion, not its length."""
+def nab_unit_scores(out: Output, settings: Settings) -> F64:
+    """A detector's per-row scores as NAB wants them: in [0, 1], comparable across files (one
+    threshold is swept over all files) and high where an excursion starts, not all along it
+    (NAB charges every flagged row outside a window). Every detector's score goes through the
+    same stage, the product's novelty (:mod:`stream_vae.scoring.novelty`, the scoring
+    settings' ``novelty_window``): ours computes it in its scorer, on its smoothed score; the
+    baselines' scores get it here, so that the comparison is of the scores, not of the
+    post-processing."""
     if out.novelty is not None:
         return np.clip(out.novelty, 0.0, 1.0)
-    s = np.maximum(out.scores, 0.0)
-    if out.threshold is not None and out.threshold > 0:
-        r = s / out.threshold
-        return np.asarray(r / (1.0 + r), dtype=np.float64)
-    if name in ("hst", "random"):  # already in [0, 1]
-        return np.clip(s, 0.0, 1.0)
-    peak = np.maximum.accumulate(s)
-    return np.where(peak > 0, s / np.where(peak > 0, peak, 1.0), 0.0)
+    sc = settings.scoring
+    nv = SeriesNovelty(sc.novelty_window, sc.novelty_peak_decay)
+    return nv.update(["s"] * len(out.scores), np.nan_to_num(out.scores, nan=0.0))
 
 
 def evaluate_nab_to(
@@ -233,7 +230,7 @@ def evaluate_nab_to(
         for name in detectors:
             t1 = time.perf_counter()
             for det, o in run_detector(name, series, settings, seed).items():
-                scores.setdefault(det, {})[f.name] = nab_unit_scores(det, o)
+                scores.setdefault(det, {})[f.name] = nab_unit_scores(o, settings)
                 if o.predictions is not None:  # the product's alerts: one detection each
                     p = o.predictions
                     opens = p & ~np.r_[False, p[:-1]]

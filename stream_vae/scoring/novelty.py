@@ -1,27 +1,35 @@
 """Per-series novelty of the smoothed score: how far it rises above its own recent values.
 
-``novelty_t = max(0, s_t − M_{t−1}) / P_t`` with ``M_t = max(s_t, decay · M_{t−1})`` (the
-recently seen maximum, forgotten at ``decay`` per window) and ``P_t = max(s_t, peak_decay ·
-P_{t−1})`` (the series' slowly forgotten peak: the scale, so novelty ∈ [0, 1] and comparable
-across series). Novelty is high at the onset of a new, larger-than-recent excursion and 0 while
-it persists or soon repeats: a per-row score for benchmarks that charge every flagged row (NAB),
-where the alert episodes play that role for alerts. O(1) state per series.
+``y_t = max(0, s_t − R_t) / P_t``, where ``R_t`` is the largest score of the series' previous
+``window`` windows (kept as block maxima: between ``window`` and ``1.1 · window`` windows back)
+and ``P_t = max(s_t, peak_decay · P_{t−1})`` its slowly forgotten peak (the scale: ``y`` is in
+[0, 1] and comparable across series). A run of rows with ``y > 0`` is one rise above the recent
+maximum; novelty reports ``y`` only where it beats every earlier row of its run, and 0
+otherwise: it is high at the onset of a new, larger-than-recent excursion, and 0 while the
+excursion persists, repeats within ``window`` windows, or falls back. A series' first window
+has novelty 0 (nothing to be new against). A per-row score for benchmarks that charge every
+flagged row (NAB); the alert episodes play that role for alerts. O(1) work and state per row.
 
-Why these defaults (NAB, 31 files, seed 0, the product's smoothed scores;
-``bench/nab_transforms.py``): standard 6.58 for ``r / (1 + r)`` of the score over its
-threshold; 40.9 for novelty at peak_decay 0.9999 (half-life ~7,000 windows), decay 0.99 (~70);
-40.4-41.0 over peak_decay 0.999-1 × decay 0.99-0.995 (a plateau, not a tuned optimum).
+Why this form and these defaults (NAB, 31 files, seeds 0-2; ``bench/nab_transforms.py``): a
+recent maximum that is forgotten completely after ``window`` windows beat one that decays
+geometrically (which forgets a large peak within a few hundred windows and re-flags the
+series' ordinary highs), and reporting only new maxima of a run keeps a slow rise from
+flagging each of its rows; ``window`` 1,000 beat 500 and 2,000 (README, ablation table).
 
 Examples
 --------
 >>> import numpy as np
->>> nv = SeriesNovelty(peak_decay=1.0, decay=0.5)
->>> nv.update(["a"] * 5, np.array([2.0, 1.0, 1.0, 4.0, 4.0])).tolist()
-[1.0, 0.0, 0.0, 0.75, 0.0]
+>>> nv = SeriesNovelty(window=3, peak_decay=1.0)
+>>> nv.update(["a"] * 8, np.array([1.0, 1.0, 2.0, 3.0, 3.0, 1.0, 1.0, 4.0])).tolist()
+[0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.25]
+
+Row 3 (3.0) rises further in the run row 2 opened, but by less (1/3 of its scale): not new;
+row 7 is new again against the previous 3 rows' maximum, 3.0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -34,19 +42,27 @@ __all__ = ["SeriesNovelty"]
 
 F64 = npt.NDArray[np.float64]
 
+# The recent maximum is kept as the maxima of this many blocks of window / _BLOCKS rows.
+_BLOCKS = 10
+# per-series state: peak, best novelty of the current run, max of the open block, rows in the
+# open block, next ring slot, rows seen (capped), then the ring of block maxima
+_HEAD = 6
+
 
 class SeriesNovelty:
     """Novelty of a per-series score stream (see the module docstring)."""
 
-    def __init__(self, peak_decay: float = 0.9999, decay: float = 0.99) -> None:
-        if not (0.0 < peak_decay <= 1.0 and 0.0 <= decay < 1.0):
+    def __init__(self, window: int = 1000, peak_decay: float = 0.9999) -> None:
+        if not (isinstance(window, int) and window >= 1 and 0.0 < peak_decay <= 1.0):
             raise ConfigError(
-                f"SeriesNovelty: need 0 < peak_decay <= 1 and 0 <= decay < 1, "
-                f"got {peak_decay!r} and {decay!r}"
+                f"SeriesNovelty: need an integer window >= 1 and 0 < peak_decay <= 1, "
+                f"got {window!r} and {peak_decay!r}"
             )
+        self.window = window
         self.peak_decay = peak_decay
-        self.decay = decay
-        self._state: dict[str, tuple[float, float]] = {}  # series -> (peak P, recent max M)
+        self._block = max(1, window // _BLOCKS)
+        self._n_blocks = math.ceil(window / self._block)
+        self._state: dict[str, list[float]] = {}
 
     def __len__(self) -> int:
         return len(self._state)
@@ -55,13 +71,25 @@ class SeriesNovelty:
         """Feed one (non-negative) score per row, in order; returns each row's novelty."""
         xs = np.asarray(x, dtype=np.float64)
         check_shape("SeriesNovelty.update x", xs.shape, (len(keys),))
-        out = np.empty(len(keys))
-        state, pd, d = self._state, self.peak_decay, self.decay
+        out = np.zeros(len(keys))
+        pd, block, n_blocks = self.peak_decay, self._block, self._n_blocks
         for i, (k, v) in enumerate(zip(keys, np.maximum(xs, 0.0).tolist(), strict=True)):
-            peak, recent = state.get(k, (0.0, 0.0))
+            st = self._state.get(k)
+            if st is None:
+                st = self._state[k] = [0.0] * (_HEAD + n_blocks)
+            peak, run, cur, count, slot, seen = st[:_HEAD]
+            ring = st[_HEAD:]
             peak = max(v, pd * peak)
-            out[i] = max(0.0, v - recent) / peak if peak > 0.0 else 0.0
-            state[k] = (peak, max(v, d * recent))
+            rise = max(0.0, v - max(cur, max(ring))) / peak if seen and peak > 0.0 else 0.0
+            if rise <= 0.0:
+                run = 0.0
+            elif rise > run:
+                out[i] = run = rise
+            cur, count = max(cur, v), count + 1
+            if count == block:  # the block is full: it enters the ring, a new one opens
+                st[_HEAD + int(slot)] = cur
+                cur, count, slot = 0.0, 0, (slot + 1) % n_blocks
+            st[:_HEAD] = [peak, run, cur, count, slot, 1.0]
         return out
 
     def drop(self, keys: Iterable[str]) -> None:
@@ -69,13 +97,14 @@ class SeriesNovelty:
             self._state.pop(k, None)
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"series": [...], "state": [[peak, recent], ...]}`` (plain types)."""
+        """``{"series": [...], "state": [[...], ...]}`` (plain types)."""
         return {"series": list(self._state), "state": [list(v) for v in self._state.values()]}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         series = [str(k) for k in snapshot["series"]]
-        state = np.asarray(snapshot["state"], dtype=np.float64).reshape(-1, 2)
-        check_shape("SeriesNovelty snapshot state", state.shape, (len(series), 2))
+        width = _HEAD + self._n_blocks
+        state = np.asarray(snapshot["state"], dtype=np.float64).reshape(-1, width)
+        check_shape("SeriesNovelty snapshot state", state.shape, (len(series), width))
         if len(set(series)) != len(series) or not np.isfinite(state).all():
             raise DataError("SeriesNovelty snapshot: duplicate series ids or non-finite values")
-        self._state = {k: (float(p), float(m)) for k, (p, m) in zip(series, state, strict=True)}
+        self._state = {k: row.tolist() for k, row in zip(series, state, strict=True)}

@@ -62,8 +62,8 @@ class Scorer:
         close_after: int = 3,
         cooldown: int = 0,
         top_k: int = 3,
+        novelty_window: int = 1000,
         novelty_peak_decay: float = 0.9999,
-        novelty_decay: float = 0.99,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -76,7 +76,7 @@ class Scorer:
         self.top_k = top_k
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
-        self._novelty = SeriesNovelty(novelty_peak_decay, novelty_decay)
+        self._novelty = SeriesNovelty(novelty_window, novelty_peak_decay)
 
     def update(self, keys: Sequence[str], ts: npt.ArrayLike, parts: ScoreParts) -> ScoredBatch:
         """Score n windows in arrival order; returns scores and the open/close events caused."""

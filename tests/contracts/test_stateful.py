@@ -117,7 +117,7 @@ CASES = [
         _window_feed,
     ),
     Case("SeriesEMA", lambda: SeriesEMA(0.7), _score_stream, _ema_feed),
-    Case("SeriesNovelty", lambda: SeriesNovelty(0.99, 0.9), _score_stream, _ema_feed),
+    Case("SeriesNovelty", lambda: SeriesNovelty(25, 0.99), _score_stream, _ema_feed),
     Case("EpisodeTracker", lambda: EpisodeTracker(0.8, 2, 3), _score_stream, _episode_feed),
     Case("Scorer", _scorer, _parts_stream, _scorer_feed),
 ]
