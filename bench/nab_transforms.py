@@ -5,7 +5,7 @@ reports. This runs the `stream-vae` detector once per NAB file (cached with --ca
 several causal transforms of its smoothed score, to decide which stage belongs in the scorer.
 
     python bench/nab_transforms.py ../shared/data/nab --config bench/configs/nab.toml \
-        --cache out/nab_outputs_s0.npz [--seed 0]
+        --cache out/nab_outputs_s0.npz [--seed 0] [--recon-mode window]
 
 Transforms (all causal: row t uses rows ≤ t):
 - ``r/(1+r)``: r = score / calibrated threshold;
@@ -63,8 +63,12 @@ def main() -> None:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--cache", type=Path, help=".npz of the detector's scores (reused if present)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recon-mode", choices=["window", "last"], help="override the config's")
     args = p.parse_args()
     settings = load_settings(args.config)
+    if args.recon_mode:
+        scoring = settings.scoring.model_copy(update={"recon_mode": args.recon_mode})
+        settings = settings.model_copy(update={"scoring": scoring})
     files = nab.read_nab(args.root)
     profiles = nab.read_profiles(args.root)
     if args.cache is not None and args.cache.exists():

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from stream_vae.errors import ConfigError
+from stream_vae.scoring.hybrid import HybridScore, ScoreParts
 from stream_vae.scoring.novelty import SeriesNovelty
+from stream_vae.scoring.scorer import Scorer
 
 
 def test_onset_scores_persistence_does_not() -> None:
@@ -82,3 +84,37 @@ def test_series_are_independent_and_drop_forgets() -> None:
 def test_bad_parameters(window: int, peak_decay: float) -> None:
     with pytest.raises(ConfigError):
         SeriesNovelty(window, peak_decay)
+
+
+def test_rescale_keeps_the_history_in_the_new_units() -> None:
+    nv = SeriesNovelty(window=100, peak_decay=1.0)
+    nv.update(["a"] * 20, np.r_[np.ones(10), 5.0, np.ones(9)])
+    nv.rescale(10.0)  # scores are now 10× what they were: the remembered max is 50
+    assert nv.update(["a"], np.array([10.0]))[0] == 0.0
+    assert nv.update(["a"], np.array([60.0]))[0] == pytest.approx(10 / 60)
+    with pytest.raises(ConfigError):
+        nv.rescale(0.0)
+
+
+def test_a_swapped_in_scorer_inherits_the_novelty_history() -> None:
+    rng = np.random.default_rng(0)
+    parts = ScoreParts(
+        rng.gamma(1.0, 1.0, size=(300, 2)).astype(np.float32),
+        rng.gamma(2.0, 1.0, size=300).astype(np.float32),
+    )
+    hybrid = HybridScore(0.7).fit(parts)
+    keys, ts = ["a"] * 300, np.arange(300.0)
+    old = Scorer(hybrid, 1.0, ("x", "y"), "v1")
+    old.update(keys, ts, parts)
+    head = parts.take(np.arange(50))
+
+    def swapped_in(inherit: bool) -> np.ndarray:
+        new = Scorer(hybrid, 2.0, ("x", "y"), "v2")  # another model: another threshold
+        if inherit:
+            new.inherit_novelty(old)
+        return new.update(keys[:50], ts[:50] + 300, head).novelty
+
+    # rows the series has already shown, under the new scale: nothing new with the history
+    # carried over; a fresh history flags some of them as new
+    assert np.all(swapped_in(True) == 0.0)
+    assert np.any(swapped_in(False) > 0.0)

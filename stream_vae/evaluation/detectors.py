@@ -177,7 +177,9 @@ def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -
             continue
         episodes.feed(pipe.scorer.close_all(float(out.ts.max()), "model_swap"))
         art = result.candidate
-        pipe.detector, pipe.scorer = art.detector(settings.service.device), art.scorer()
+        scorer = art.scorer()
+        scorer.inherit_novelty(pipe.scorer)
+        pipe.detector, pipe.scorer = art.detector(settings.service.device), scorer
         policy.swapped()
         n_swaps += 1
     episodes.finish()

@@ -96,6 +96,16 @@ class SeriesNovelty:
         for k in keys:
             self._state.pop(k, None)
 
+    def rescale(self, factor: float) -> None:
+        """Express the remembered scores in units ``factor`` times the current ones (a model
+        swap: the new model's scores have another scale); novelty itself is scale-free."""
+        if not (math.isfinite(factor) and factor > 0.0):
+            raise ConfigError(f"SeriesNovelty.rescale: need a finite factor > 0, got {factor!r}")
+        for st in self._state.values():
+            st[0] *= factor  # peak
+            st[2] *= factor  # the open block's max
+            st[_HEAD:] = [v * factor for v in st[_HEAD:]]
+
     def snapshot(self) -> dict[str, Any]:
         """``{"series": [...], "state": [[...], ...]}`` (plain types)."""
         return {"series": list(self._state), "state": [list(v) for v in self._state.values()]}

@@ -142,6 +142,18 @@ class Scorer:
             for series, start, peak in self._episodes.close_all()
         )
 
+    def inherit_novelty(self, old: Scorer) -> None:
+        """Carry over the per-series novelty history of the scorer this one replaces (a model
+        swap), in this scorer's units: scores are rescaled by the ratio of the two calibrated
+        thresholds. Without it every series' history starts empty, and any rise soon after
+        the swap counts as new. A different ``novelty_window`` starts afresh."""
+        if old._novelty.window != self._novelty.window or not (
+            old.threshold > 0.0 and self.threshold > 0.0
+        ):
+            return
+        self._novelty.restore(old._novelty.snapshot())
+        self._novelty.rescale(self.threshold / old.threshold)
+
     def drop(self, keys: Iterable[str]) -> None:
         """Forget the state of these series (e.g. their partition was revoked)."""
         keys = list(keys)

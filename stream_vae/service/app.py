@@ -257,7 +257,8 @@ class Service:
         """Install a promoted version, if one is loaded. Its episodes end with the old model
         (``close`` with reason ``model_swap``: an episode and its ``alert_id`` belong to the
         version that opened it); the EMA restarts, because the new model's scores are on its
-        own scale; the windows carry over (same size and features, or no swap)."""
+        own scale; the novelty history carries over, rescaled to it; the windows carry over
+        (same size and features, or no swap)."""
         swap = self.lifecycle.take_swap()
         if swap is None:
             return ()
@@ -269,6 +270,7 @@ class Service:
             self.lifecycle.refused(new.version, reason)
             return ()
         closed = self.pipeline.scorer.close_all(self._last_ts, "model_swap")
+        swap.scorer.inherit_novelty(self.pipeline.scorer)
         self.pipeline.detector, self.pipeline.scorer = swap.detector, swap.scorer
         self.artifact = new
         self.metrics.set_model_version(new.version)
