@@ -17,7 +17,9 @@ import pytest
 from stream_vae.errors import DataError
 from stream_vae.evaluation.nab import (
     CostProfile,
+    FileOutcome,
     NabFile,
+    file_outcome,
     probation_rows,
     read_nab,
     read_profiles,
@@ -206,6 +208,21 @@ def _write_layout(root: Path) -> None:
     (root / "reference_results" / "det" / "cat" / "det_a.csv").write_text(
         "timestamp,anomaly_score,raw\n" + scores
     )
+
+
+def test_file_outcome_counts_windows_false_positives_and_delays() -> None:
+    # rows 0-14 are probationary: a window and detections there are not counted
+    f = NabFile(
+        "demo/two.csv", TS, np.zeros(100), ((TS[5], TS[9]), (TS[50], TS[59]), (TS[70], TS[79]))
+    )
+    s = np.zeros(100)
+    s[[3, 7]] = 0.9  # in probation: ignored (a false positive and a hit alike)
+    s[52] = s[55] = 0.8  # the second window, first found 2 rows in
+    s[75] = 0.3  # the third window, under the threshold: missed
+    s[[30, 90, 91]] = 0.6  # outside every window, past probation: 3 false positives
+    assert file_outcome(f, s, 0.5) == FileOutcome(2, 1, 3, (2,))
+    assert file_outcome(f, s, 0.2) == FileOutcome(2, 2, 3, (2, 5))
+    assert file_outcome(f, s, 0.95) == FileOutcome(2, 0, 0, ())
 
 
 def test_read_layout(tmp_path: Path) -> None:

@@ -48,8 +48,10 @@ from ..errors import DataError
 __all__ = [
     "NO_DETECTION_THRESHOLD",
     "CostProfile",
+    "FileOutcome",
     "NabFile",
     "NabResult",
+    "file_outcome",
     "probation_rows",
     "read_nab",
     "read_profiles",
@@ -286,6 +288,45 @@ def _layout(f: NabFile) -> _Layout:
         fp_unit=np.where(inside, 0.0, fp_unit),
         n_windows=len(f.windows),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FileOutcome:
+    """What a threshold does on one file: windows detected (of those past probation), the
+    detections outside every window (false positives) and the first detection's delay in rows
+    from the start of each detected window."""
+
+    windows: int
+    detected: int
+    false_positives: int
+    delays: tuple[int, ...]
+
+
+def file_outcome(f: NabFile, scores: npt.ArrayLike, threshold: float) -> FileOutcome:
+    """Per-file breakdown of a score at ``threshold`` (rows scoring >= it are detections): where
+    a NAB score comes from.
+
+    Examples
+    --------
+    >>> ts = np.arange(100.0) * 300
+    >>> f = NabFile("demo/x.csv", ts, np.zeros(100), ((ts[50], ts[59]),))
+    >>> s = np.zeros(100); s[53] = s[80] = s[81] = 0.9
+    >>> file_outcome(f, s, 0.5)
+    FileOutcome(windows=1, detected=1, false_positives=2, delays=(3,))
+    """
+    s, lay = _check_scores(f, scores), _layout(f)
+    hit = lay.scored & (s >= threshold)
+    delays = []
+    windows = 0
+    for w in range(int(lay.window.max(initial=-1)) + 1):
+        rows = np.flatnonzero(lay.scored & (lay.window == w))
+        if rows.size == 0:
+            continue
+        windows += 1
+        found = rows[hit[rows]]
+        if found.size:
+            delays.append(int(found[0] - np.flatnonzero(lay.window == w)[0]))
+    return FileOutcome(windows, len(delays), int((hit & (lay.window < 0)).sum()), tuple(delays))
 
 
 def _check_scores(f: NabFile, scores: npt.ArrayLike) -> F64:

@@ -29,6 +29,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +218,9 @@ def evaluate_nab_to(
     rows only (the first min(⌊0.15·n⌋, 750)), then scoring every row in order; NAB scores per
     profile at the threshold swept over all files together, and for ours also as the product
     alerts (``*_own``: one detection where each alert episode opens, at the calibrated
-    threshold; no labels). Writes ``out/report.{json,md}``; returns the table."""
+    threshold; no labels). Writes ``out/report.{json,md}``, ``details.json`` (per file, for
+    each detector: windows detected, false positives and delays at the standard swept
+    threshold) and ``series.png``; returns the table."""
     t0 = time.perf_counter()
     files = nab.read_nab(root)
     if names:
@@ -225,11 +228,16 @@ def evaluate_nab_to(
     profiles = nab.read_profiles(root)
     scores: dict[str, dict[str, F64]] = {}
     own: dict[str, dict[str, F64]] = {}  # 1 where an alert episode opened
+    shown: list[LabelledSeries] = []  # for the plot: each file, with the product's outputs
+    ours: dict[str, Output] = {}
     for f in files:
         series = _nab_series(f)
+        shown.append(series)
         for name in detectors:
             t1 = time.perf_counter()
             for det, o in run_detector(name, series, settings, seed).items():
+                if det == "stream-vae":
+                    ours[f.name] = o
                 scores.setdefault(det, {})[f.name] = nab_unit_scores(o, settings)
                 if o.predictions is not None:  # the product's alerts: one detection each
                     p = o.predictions
@@ -237,8 +245,14 @@ def evaluate_nab_to(
                     own.setdefault(det, {})[f.name] = opens.astype(np.float64)
             log.info("%s %s (%.1f s)", name, f.name, time.perf_counter() - t1)
     summary: dict[str, dict[str, Any]] = {}
+    per_file: dict[str, dict[str, dict[str, Any]]] = {}
     for det, by_file in scores.items():
         res = nab.score_detector(files, by_file, profiles)
+        swept = res["standard"].threshold if "standard" in res else None
+        if swept is not None:  # where the points come from, at the standard swept threshold
+            per_file[det] = {
+                f.name: asdict(nab.file_outcome(f, by_file[f.name], swept)) for f in files
+            }
         row: dict[str, Any] = {"n_series": len(files)}
         row |= {p: r.score for p, r in res.items()}
         row |= {f"{p}_threshold": r.threshold for p, r in res.items()}
@@ -259,9 +273,14 @@ def evaluate_nab_to(
     write_report(
         out,
         summary,
-        {"settings": settings.model_dump(mode="json", exclude={"kafka"})},
+        {
+            "per_file_at_standard_threshold": per_file,
+            "settings": settings.model_dump(mode="json", exclude={"kafka"}),
+        },
         f"# NAB {root}\n\n{table}{note}",
     )
+    if ours:
+        plot_outputs(out / "series.png", shown, ours)
     return table + note
 
 
