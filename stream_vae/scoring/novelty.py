@@ -10,11 +10,12 @@ excursion persists, repeats within ``window`` windows, or falls back. A series' 
 has novelty 0 (nothing to be new against). A per-row score for benchmarks that charge every
 flagged row (NAB); the alert episodes play that role for alerts. O(1) work and state per row.
 
-Why this form and these defaults (NAB, 31 files, seeds 0-2; ``bench/nab_transforms.py``): a
-recent maximum that is forgotten completely after ``window`` windows beat one that decays
-geometrically (which forgets a large peak within a few hundred windows and re-flags the
-series' ordinary highs), and reporting only new maxima of a run keeps a slow rise from
-flagging each of its rows; ``window`` 1,000 beat 500 and 2,000 (README, ablation table).
+Why this form (NAB, 31 files; ``bench/nab_transforms.py``, docs/results.md): a recent maximum
+that is forgotten completely after ``window`` windows beat one that decays geometrically (which
+forgets a large peak within a few hundred windows and re-flags the series' ordinary highs), and
+reporting only new maxima of a run keeps a slow rise from flagging each of its rows. The
+default ``window`` (1,000) was best for early-stopped models; NAB's parameter set uses 2,000
+with models trained to the end (the better pair over three seeds).
 
 Examples
 --------
