@@ -46,8 +46,8 @@ F64 = npt.NDArray[np.float64]
 # The recent maximum is kept as the maxima of this many blocks of window / _BLOCKS rows.
 _BLOCKS = 10
 # per-series state: peak, best novelty of the current run, max of the open block, rows in the
-# open block, next ring slot, rows seen (capped), then the ring of block maxima
-_HEAD = 6
+# open block, next ring slot, rows seen (0 or 1), max of the ring, then the ring of block maxima
+_HEAD = 7
 
 
 class SeriesNovelty:
@@ -78,19 +78,19 @@ class SeriesNovelty:
             st = self._state.get(k)
             if st is None:
                 st = self._state[k] = [0.0] * (_HEAD + n_blocks)
-            peak, run, cur, count, slot, seen = st[:_HEAD]
-            ring = st[_HEAD:]
-            peak = max(v, pd * peak)
-            rise = max(0.0, v - max(cur, max(ring))) / peak if seen and peak > 0.0 else 0.0
-            if rise <= 0.0:
-                run = 0.0
-            elif rise > run:
-                out[i] = run = rise
-            cur, count = max(cur, v), count + 1
-            if count == block:  # the block is full: it enters the ring, a new one opens
-                st[_HEAD + int(slot)] = cur
-                cur, count, slot = 0.0, 0, (slot + 1) % n_blocks
-            st[:_HEAD] = [peak, run, cur, count, slot, 1.0]
+            peak = st[0] = max(v, pd * st[0])
+            if st[5] and peak > 0.0:
+                rise = max(0.0, v - max(st[2], st[6])) / peak
+                if rise <= 0.0:
+                    st[1] = 0.0
+                elif rise > st[1]:
+                    out[i] = st[1] = rise
+            st[5] = 1.0
+            st[2], st[3] = max(st[2], v), st[3] + 1
+            if st[3] == block:  # the block is full: it enters the ring, a new one opens
+                st[_HEAD + int(st[4])] = st[2]
+                st[6] = max(st[_HEAD:])
+                st[2], st[3], st[4] = 0.0, 0, (st[4] + 1) % n_blocks
         return out
 
     def drop(self, keys: Iterable[str]) -> None:
@@ -105,6 +105,7 @@ class SeriesNovelty:
         for st in self._state.values():
             st[0] *= factor  # peak
             st[2] *= factor  # the open block's max
+            st[6] *= factor  # the ring's max
             st[_HEAD:] = [v * factor for v in st[_HEAD:]]
 
     def snapshot(self) -> dict[str, Any]:
