@@ -5,7 +5,8 @@ reports. This runs the `stream-vae` detector once per NAB file (cached with --ca
 several causal transforms of its smoothed score, to decide which stage belongs in the scorer.
 
     python bench/nab_transforms.py ../shared/data/nab --config bench/configs/nab.toml \
-        --cache out/nab_outputs_s0.npz [--seed 0] [--recon-mode window]
+        --cache out/nab_outputs_s0.npz [--seed 0] [--recon-mode window] \
+        [--set '{"train": {"patience": 5}}'] [--jobs 2]
 
 Transforms (all causal: row t uses rows ≤ t):
 - ``r/(1+r)``: r = score / calibrated threshold;
@@ -20,11 +21,15 @@ Transforms (all causal: row t uses rows ≤ t):
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from stream_vae.config import load_settings
+from stream_vae.config import Settings, load_settings
 from stream_vae.evaluation import nab
 from stream_vae.evaluation.detectors import run_detector
 from stream_vae.evaluation.runner import _nab_series
@@ -57,6 +62,31 @@ def squash(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + x)
 
 
+def _settings(config: Path, recon_mode: str | None, overrides: str) -> Settings:
+    settings = load_settings(config)
+    update: dict[str, Any] = json.loads(overrides)
+    if recon_mode:
+        update.setdefault("scoring", {})["recon_mode"] = recon_mode
+    for section, values in update.items():
+        part = getattr(settings, section).model_copy(update=values)
+        settings = settings.model_copy(update={section: part})
+    return settings
+
+
+def _score_file(job: tuple[Path, str, Path, str | None, str, int]) -> tuple[str, Any, float]:
+    """One file through the `stream-vae` detector: (name, smoothed scores, threshold)."""
+    root, name, config, recon_mode, overrides, seed = job
+    settings = _settings(config, recon_mode, overrides)
+    if mp.current_process().name != "MainProcess":  # a worker: one torch thread each
+        settings = settings.model_copy(
+            update={"train": settings.train.model_copy(update={"torch_threads": 1})}
+        )
+    f = next(f for f in nab.read_nab(root) if f.name == name)
+    out = run_detector("stream-vae", _nab_series(f), settings, seed)["stream-vae"]
+    print(f"scored {name}", flush=True)
+    return name, out.scores, float(out.threshold or 1.0)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path)
@@ -64,11 +94,19 @@ def main() -> None:
     p.add_argument("--cache", type=Path, help=".npz of the detector's scores (reused if present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recon-mode", choices=["window", "last"], help="override the config's")
+    p.add_argument(
+        "--set",
+        default="{}",
+        help='settings overrides as JSON, e.g. \'{"train": {"patience": 150}}\'',
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="score the files in N processes of one torch thread each (default: in this one)",
+    )
     args = p.parse_args()
-    settings = load_settings(args.config)
-    if args.recon_mode:
-        scoring = settings.scoring.model_copy(update={"recon_mode": args.recon_mode})
-        settings = settings.model_copy(update={"scoring": scoring})
+    _settings(args.config, args.recon_mode, args.set)  # a bad config or override fails here
     files = nab.read_nab(args.root)
     profiles = nab.read_profiles(args.root)
     if args.cache is not None and args.cache.exists():
@@ -77,10 +115,16 @@ def main() -> None:
             thresholds = {f.name: float(z[f"t/{f.name}"]) for f in files}
     else:
         scores, thresholds = {}, {}
-        for f in files:
-            out = run_detector("stream-vae", _nab_series(f), settings, args.seed)["stream-vae"]
-            scores[f.name], thresholds[f.name] = out.scores, float(out.threshold or 1.0)
-            print(f"scored {f.name}", flush=True)
+        jobs = [
+            (args.root, f.name, args.config, args.recon_mode, args.set, args.seed) for f in files
+        ]
+        if args.jobs:
+            with ProcessPoolExecutor(args.jobs) as pool:
+                done = list(pool.map(_score_file, jobs))
+        else:
+            done = [_score_file(j) for j in jobs]
+        for name, s, t in done:
+            scores[name], thresholds[name] = s, t
         if args.cache is not None:
             args.cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(
