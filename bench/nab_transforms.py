@@ -67,10 +67,12 @@ def _settings(config: Path, recon_mode: str | None, overrides: str) -> Settings:
     update: dict[str, Any] = json.loads(overrides)
     if recon_mode:
         update.setdefault("scoring", {})["recon_mode"] = recon_mode
+    merged = settings.model_dump()
     for section, values in update.items():
-        part = getattr(settings, section).model_copy(update=values)
-        settings = settings.model_copy(update={section: part})
-    return settings
+        if section not in merged or not isinstance(values, dict):
+            raise SystemExit(f"--set: unknown settings section {section!r}")
+        merged[section] = {**merged[section], **values}
+    return Settings.model_validate(merged)  # an unknown key or a bad value fails here
 
 
 def _score_file(job: tuple[Path, str, Path, str | None, str, int]) -> tuple[str, Any, float]:

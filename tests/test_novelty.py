@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_vae.errors import ConfigError
+from stream_vae.errors import ConfigError, DataError
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts
 from stream_vae.scoring.novelty import SeriesNovelty
 from stream_vae.scoring.scorer import Scorer
@@ -61,10 +61,11 @@ def test_a_smaller_rise_after_a_big_peak_is_scaled_by_that_peak() -> None:
 def test_the_recent_window_is_block_granular_and_never_shorter_than_asked() -> None:
     # window 100 = 10 blocks of 10 rows: a peak is remembered for at least 100 rows and
     # forgotten within 110
-    for gap in range(1, 101):
-        x = np.full(400, 1.0)
-        x[50], x[50 + gap] = 5.0, 5.0
-        assert SeriesNovelty(window=100).update(["a"] * 400, x)[50 + gap] == 0.0, gap
+    for at in (50, 59):  # a block's first row (kept longest) and its last (the tight case)
+        for gap in range(1, 101):
+            x = np.full(400, 1.0)
+            x[at], x[at + gap] = 5.0, 5.0
+            assert SeriesNovelty(window=100).update(["a"] * 400, x)[at + gap] == 0.0, (at, gap)
     x = np.full(400, 1.0)
     x[50], x[161] = 5.0, 5.0
     assert SeriesNovelty(window=100).update(["a"] * 400, x)[161] > 0.7
@@ -96,6 +97,29 @@ def test_rescale_keeps_the_history_in_the_new_units() -> None:
         nv.rescale(0.0)
 
 
+@pytest.mark.parametrize("split", [37, 250, 333])
+def test_a_rescaled_history_continues_like_one_run_on_the_new_scale(split: int) -> None:
+    # novelty is scale-free: history in old units, rescaled by c, then scores c× as large,
+    # must give exactly what one run on the c× scores gives (peak, open block and every block
+    # of the ring are rescaled, whatever the split's position in a block)
+    x = np.random.default_rng(1).gamma(2.0, 1.0, size=600)
+    c = 3.0
+    whole = SeriesNovelty(window=50, peak_decay=0.999).update(["a"] * 600, c * x)
+    nv = SeriesNovelty(window=50, peak_decay=0.999)
+    nv.update(["a"] * split, x[:split])
+    restored = SeriesNovelty(window=50, peak_decay=0.999)
+    restored.restore(nv.snapshot())
+    restored.rescale(c)
+    assert restored.update(["a"] * (600 - split), c * x[split:]) == pytest.approx(whole[split:])
+
+
+def test_restore_refuses_another_window() -> None:
+    nv = SeriesNovelty(window=1050)
+    nv.update(["a"] * 300, np.ones(300))
+    with pytest.raises(DataError):
+        SeriesNovelty(window=1000).restore(nv.snapshot())
+
+
 def test_a_swapped_in_scorer_inherits_the_novelty_history() -> None:
     rng = np.random.default_rng(0)
     parts = ScoreParts(
@@ -118,3 +142,29 @@ def test_a_swapped_in_scorer_inherits_the_novelty_history() -> None:
     # carried over; a fresh history flags some of them as new
     assert np.all(swapped_in(True) == 0.0)
     assert np.any(swapped_in(False) > 0.0)
+
+
+def test_inherited_history_is_rescaled_by_the_ratio_of_the_thresholds() -> None:
+    rng = np.random.default_rng(0)
+    parts = ScoreParts(
+        rng.gamma(1.0, 1.0, size=(300, 2)).astype(np.float32),
+        rng.gamma(2.0, 1.0, size=300).astype(np.float32),
+    )
+    hybrid = HybridScore(0.7).fit(parts)
+    keys, ts = ["a"] * 300, np.arange(300.0)
+    old = Scorer(hybrid, 1.0, ("x", "y"), "v1", ema_beta=0.0)
+    old.update(keys, ts, parts)
+    head = parts.take(np.arange(50))
+
+    def novelty_after_swap(threshold: float, **kw: int) -> np.ndarray:
+        new = Scorer(hybrid, threshold, ("x", "y"), "v2", ema_beta=0.0, **kw)
+        new.inherit_novelty(old)
+        return new.update(keys[:50], ts[:50] + 300, head).novelty
+
+    # the same raw scores against a history read as half as large (the new threshold is half
+    # the old): some of the rows the series has shown now rise above it
+    assert np.any(novelty_after_swap(0.5) > 0.0)
+    assert np.all(novelty_after_swap(1.0) == 0.0)
+    # another novelty window, or no usable threshold: the history starts afresh
+    assert np.any(novelty_after_swap(1.0, novelty_window=500) > 0.0)
+    assert np.any(novelty_after_swap(0.0) > 0.0)

@@ -1,7 +1,8 @@
 """Per-series novelty of the smoothed score: how far it rises above its own recent values.
 
 ``y_t = max(0, s_t − R_t) / P_t``, where ``R_t`` is the largest score of the series' previous
-``window`` windows (kept as block maxima: between ``window`` and ``1.1 · window`` windows back)
+``window`` windows (kept as the maxima of 10 blocks: between ``window`` and about ``1.1 ·
+window`` windows back, never fewer than ``window``)
 and ``P_t = max(s_t, peak_decay · P_{t−1})`` its slowly forgotten peak (the scale: ``y`` is in
 [0, 1] and comparable across series). A run of rows with ``y > 0`` is one rise above the recent
 maximum; novelty reports ``y`` only where it beats every earlier row of its run, and 0
@@ -43,7 +44,7 @@ __all__ = ["SeriesNovelty"]
 
 F64 = npt.NDArray[np.float64]
 
-# The recent maximum is kept as the maxima of this many blocks of window / _BLOCKS rows.
+# The recent maximum is kept as the maxima of (at most) this many blocks of ⌈window / _BLOCKS⌉ rows.
 _BLOCKS = 10
 # per-series state: peak, best novelty of the current run, max of the open block, rows in the
 # open block, next ring slot, rows seen (0 or 1), max of the ring, then the ring of block maxima
@@ -61,7 +62,7 @@ class SeriesNovelty:
             )
         self.window = window
         self.peak_decay = peak_decay
-        self._block = max(1, window // _BLOCKS)
+        self._block = math.ceil(window / _BLOCKS)
         self._n_blocks = math.ceil(window / self._block)
         self._state: dict[str, list[float]] = {}
 
@@ -87,7 +88,7 @@ class SeriesNovelty:
                     out[i] = st[1] = rise
             st[5] = 1.0
             st[2], st[3] = max(st[2], v), st[3] + 1
-            if st[3] == block:  # the block is full: it enters the ring, a new one opens
+            if st[3] >= block:  # the block is full: it enters the ring, a new one opens
                 st[_HEAD + int(st[4])] = st[2]
                 st[6] = max(st[_HEAD:])
                 st[2], st[3], st[4] = 0.0, 0, (st[4] + 1) % n_blocks
@@ -109,14 +110,27 @@ class SeriesNovelty:
             st[_HEAD:] = [v * factor for v in st[_HEAD:]]
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"series": [...], "state": [[...], ...]}`` (plain types)."""
-        return {"series": list(self._state), "state": [list(v) for v in self._state.values()]}
+        """``{"window": w, "series": [...], "state": [[...], ...]}`` (plain types)."""
+        return {
+            "window": self.window,
+            "series": list(self._state),
+            "state": [list(v) for v in self._state.values()],
+        }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
+        if snapshot.get("window") != self.window:
+            raise DataError(
+                f"SeriesNovelty snapshot: window {snapshot.get('window')!r}, this one has "
+                f"{self.window}: the block layout differs"
+            )
         series = [str(k) for k in snapshot["series"]]
         width = _HEAD + self._n_blocks
         state = np.asarray(snapshot["state"], dtype=np.float64).reshape(-1, width)
         check_shape("SeriesNovelty snapshot state", state.shape, (len(series), width))
         if len(set(series)) != len(series) or not np.isfinite(state).all():
             raise DataError("SeriesNovelty snapshot: duplicate series ids or non-finite values")
+        if len(state) and (
+            (state[:, 3] >= self._block).any() or (state[:, 4] >= self._n_blocks).any()
+        ):
+            raise DataError("SeriesNovelty snapshot: block position out of range")
         self._state = {k: row.tolist() for k, row in zip(series, state, strict=True)}

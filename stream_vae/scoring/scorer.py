@@ -6,6 +6,7 @@ Pure and stateful per series; the service, the offline CLI and evaluation all ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,13 +147,13 @@ class Scorer:
         """Carry over the per-series novelty history of the scorer this one replaces (a model
         swap), in this scorer's units: scores are rescaled by the ratio of the two calibrated
         thresholds. Without it every series' history starts empty, and any rise soon after
-        the swap counts as new. A different ``novelty_window`` starts afresh."""
-        if old._novelty.window != self._novelty.window or not (
-            old.threshold > 0.0 and self.threshold > 0.0
-        ):
+        the swap counts as new. A different ``novelty_window``, or a threshold that is not a
+        finite positive number, starts afresh."""
+        ratio = self.threshold / old.threshold if old.threshold > 0.0 else math.nan
+        if old._novelty.window != self._novelty.window or not (math.isfinite(ratio) and ratio > 0):
             return
         self._novelty.restore(old._novelty.snapshot())
-        self._novelty.rescale(self.threshold / old.threshold)
+        self._novelty.rescale(ratio)
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget the state of these series (e.g. their partition was revoked)."""
