@@ -25,7 +25,6 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from core import _rate as core_rate  # bench/core.py, beside this file
 
 from stream_vae.errors import ConfigError
 from stream_vae.inference import Detector, TorchBackend
@@ -55,21 +55,14 @@ def _sync(device: torch.device) -> None:
 
 
 def _rate(fn: Callable[[], object], n: int, repeats: int, min_s: float, dev: torch.device) -> float:
-    """Median windows/s over ``repeats`` timed loops of at least ``min_s`` each."""
-    fn()  # warm-up: allocations, graph capture, compilation for this shape
-    _sync(dev)
-    rates = []
-    for _ in range(repeats):
-        calls, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            _sync(dev)
-            dt = time.perf_counter() - t0
-            if dt >= min_s:
-                break
-        rates.append(calls * n / dt)
-    return statistics.median(rates)
+    """Median windows/s over ``repeats`` timed loops of at least ``min_s`` each (bench/core.py's
+    loop; here every call ends with a device sync, so queued GPU work is timed too)."""
+
+    def synced() -> None:
+        fn()
+        _sync(dev)
+
+    return core_rate(synced, n, repeats, min_s)
 
 
 def _backend(model: LSTMVAE, dev: torch.device, precision: str, mode: str) -> TorchBackend:

@@ -120,7 +120,11 @@ def test_restore_refuses_another_window() -> None:
         SeriesNovelty(window=1000).restore(nv.snapshot())
 
 
-def test_a_swapped_in_scorer_inherits_the_novelty_history() -> None:
+def _novelty_after_swap(
+    threshold: float, *, inherit: bool = True, ema_beta: float = 0.5, **kw: int
+) -> np.ndarray:
+    """A series' novelty over 50 rows it has already shown, scored by a scorer swapped in
+    (threshold ``threshold``) after one with threshold 1 scored 300 rows of it."""
     rng = np.random.default_rng(0)
     parts = ScoreParts(
         rng.gamma(1.0, 1.0, size=(300, 2)).astype(np.float32),
@@ -128,43 +132,26 @@ def test_a_swapped_in_scorer_inherits_the_novelty_history() -> None:
     )
     hybrid = HybridScore(0.7).fit(parts)
     keys, ts = ["a"] * 300, np.arange(300.0)
-    old = Scorer(hybrid, 1.0, ("x", "y"), "v1")
+    old = Scorer(hybrid, 1.0, ("x", "y"), "v1", ema_beta=ema_beta)
     old.update(keys, ts, parts)
-    head = parts.take(np.arange(50))
+    new = Scorer(hybrid, threshold, ("x", "y"), "v2", ema_beta=ema_beta, **kw)
+    if inherit:
+        new.inherit_novelty(old)
+    return new.update(keys[:50], ts[:50] + 300, parts.take(np.arange(50))).novelty
 
-    def swapped_in(inherit: bool) -> np.ndarray:
-        new = Scorer(hybrid, 2.0, ("x", "y"), "v2")  # another model: another threshold
-        if inherit:
-            new.inherit_novelty(old)
-        return new.update(keys[:50], ts[:50] + 300, head).novelty
 
-    # rows the series has already shown, under the new scale: nothing new with the history
-    # carried over; a fresh history flags some of them as new
-    assert np.all(swapped_in(True) == 0.0)
-    assert np.any(swapped_in(False) > 0.0)
+def test_a_swapped_in_scorer_inherits_the_novelty_history() -> None:
+    # another model, another threshold: rows the series has already shown, under the new
+    # scale, are nothing new with the history carried over; a fresh history flags some
+    assert np.all(_novelty_after_swap(2.0) == 0.0)
+    assert np.any(_novelty_after_swap(2.0, inherit=False) > 0.0)
 
 
 def test_inherited_history_is_rescaled_by_the_ratio_of_the_thresholds() -> None:
-    rng = np.random.default_rng(0)
-    parts = ScoreParts(
-        rng.gamma(1.0, 1.0, size=(300, 2)).astype(np.float32),
-        rng.gamma(2.0, 1.0, size=300).astype(np.float32),
-    )
-    hybrid = HybridScore(0.7).fit(parts)
-    keys, ts = ["a"] * 300, np.arange(300.0)
-    old = Scorer(hybrid, 1.0, ("x", "y"), "v1", ema_beta=0.0)
-    old.update(keys, ts, parts)
-    head = parts.take(np.arange(50))
-
-    def novelty_after_swap(threshold: float, **kw: int) -> np.ndarray:
-        new = Scorer(hybrid, threshold, ("x", "y"), "v2", ema_beta=0.0, **kw)
-        new.inherit_novelty(old)
-        return new.update(keys[:50], ts[:50] + 300, head).novelty
-
-    # the same raw scores against a history read as half as large (the new threshold is half
-    # the old): some of the rows the series has shown now rise above it
-    assert np.any(novelty_after_swap(0.5) > 0.0)
-    assert np.all(novelty_after_swap(1.0) == 0.0)
+    # no smoothing: both scorers see the same raw scores. Against a history read as half as
+    # large (the new threshold is half the old), some rows the series has shown rise above it
+    assert np.any(_novelty_after_swap(0.5, ema_beta=0.0) > 0.0)
+    assert np.all(_novelty_after_swap(1.0, ema_beta=0.0) == 0.0)
     # another novelty window, or no usable threshold: the history starts afresh
-    assert np.any(novelty_after_swap(1.0, novelty_window=500) > 0.0)
-    assert np.any(novelty_after_swap(0.0) > 0.0)
+    assert np.any(_novelty_after_swap(1.0, ema_beta=0.0, novelty_window=500) > 0.0)
+    assert np.any(_novelty_after_swap(0.0, ema_beta=0.0) > 0.0)
