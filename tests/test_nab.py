@@ -20,6 +20,7 @@ from stream_vae.evaluation.nab import (
     FileOutcome,
     NabFile,
     file_outcome,
+    per_file_best,
     probation_rows,
     read_nab,
     read_profiles,
@@ -121,6 +122,26 @@ def test_sweep_picks_the_best_threshold() -> None:
     assert result.raw_score == pytest.approx(expected)
     assert result.score == pytest.approx(100 * (expected + 1) / 2)
     assert score_at_threshold([FILE], {FILE.name: s}, STANDARD, 0.8) == pytest.approx(result.score)
+
+
+def test_per_file_best_gives_each_file_its_own_threshold() -> None:
+    """A needs a low threshold (its hit scores 0.4, under an FP at 0.6), B a high one (20 FPs
+    at 0.5 under its hit at 0.9), C has no window (its best: no detection)."""
+    a, b, c = (
+        NabFile(n, TS, np.zeros(100), w)
+        for n, w in (("demo/a.csv", FILE.windows), ("demo/b.csv", FILE.windows), ("demo/c.csv", ()))
+    )
+    s = {f.name: np.zeros(100) for f in (a, b, c)}
+    s[a.name][[30, 55]] = 0.6, 0.4
+    s[b.name][55], s[b.name][20:40] = 0.9, 0.5
+    s[c.name][30] = 0.95
+    hit = _sig(-0.5) / _sig(-1.0)
+    raw = (hit - 0.11) + hit + 0.0
+    assert per_file_best([a, b, c], s, STANDARD) == pytest.approx(100 * (raw + 2) / 4)
+    # one threshold for all: 0.9 (B's hit, C's FP) beats 0.4 (A's hit, B's 20 FPs)
+    swept = score_detector([a, b, c], s, {"s": STANDARD})["s"]
+    assert swept.threshold == 0.9
+    assert swept.score == pytest.approx(100 * (-1 + hit - 0.11 + 2) / 4)
 
 
 def test_null_and_perfect_detectors_score_0_and_100() -> None:
