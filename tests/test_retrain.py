@@ -16,17 +16,19 @@ import pytest
 import torch
 
 from stream_vae.artifact import Artifact
-from stream_vae.config import Settings, load_settings
+from stream_vae.config import ModelSettings, Settings, load_settings
 from stream_vae.errors import DataError
 from stream_vae.model import LSTMVAE, kl_per_dim
 from stream_vae.pipeline import Pipeline
 from stream_vae.records import RecordBatch
 from stream_vae.reservoir import CleanReservoir, ReservoirSample, clean_mask
-from stream_vae.retrain import GateResult, neg_elbo, retrain, validate
+from stream_vae.retrain import GateResult, _job_settings, neg_elbo, retrain, validate
 from stream_vae.scaler import Scaler
 from stream_vae.scoring.threshold import Calibration
 from stream_vae.synthetic import Fleet, generate_fleet
 from stream_vae.trainer import train_artifact
+
+from .conftest import TinyModel
 
 F32 = npt.NDArray[np.float32]
 
@@ -383,3 +385,13 @@ def test_retrain_refuses_too_few_windows(scenario: Scenario) -> None:
     empty = ReservoirSample(np.empty((0, W, N_FEATURES), np.float32), (), np.empty(0))
     with pytest.raises(DataError):
         retrain(scenario.live, empty, _settings())
+
+
+def test_retraining_keeps_the_live_architecture(tiny: TinyModel) -> None:
+    """Every architecture setting of the live model reaches the retraining job (a field left
+    out would silently train another architecture)."""
+    cfg = replace(tiny.artifact.vae_config, layers=2, gaussian_output=True, dropout=0.1)
+    live = replace(tiny.artifact, vae_config=cfg)
+    job = _job_settings(live, Settings())
+    for name in ModelSettings.model_fields:
+        assert getattr(job.model, name) == getattr(live.vae_config, name), name
