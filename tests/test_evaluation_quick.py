@@ -18,20 +18,7 @@ DATA = Path(os.environ.get("STREAM_VAE_DATA", ROOT.parent / "shared" / "data"))
 
 # measured 2026-11-29 (omi-1, omi-3; seed 0): VUS-PR 0.405, AUC-PR 0.315, ROC-AUC 0.803;
 # PCA 0.308 / 0.253 / 0.704
-FLOORS = {"vus_pr": 0.38, "auc_pr": 0.29, "roc_auc": 0.78}
-
-
-@pytest.mark.skipif(not (DATA / "asd").is_dir(), reason=f"no ASD data under {DATA}")
-def test_quick_asd_stays_above_its_floors(tmp_path: Path) -> None:
-    args = ["--config", str(ROOT / "bench" / "configs" / "asd.toml"), "evaluate", "smd"]
-    args += [str(DATA / "asd"), "--quick", "--out", str(tmp_path)]
-    assert main([*args, "--detectors", "stream-vae", "pca", "random"]) == 0
-    report = _json.loads((tmp_path / "report.json").read_bytes())
-    ours = report["stream-vae"]
-    for key, floor in FLOORS.items():
-        assert ours[key] >= floor, (key, ours[key])
-        assert ours[key] > report["pca"][key] > report["random"][key], key
-
+ASD_FLOORS = {"vus_pr": 0.38, "auc_pr": 0.29, "roc_auc": 0.78}
 
 # measured 2026-11-29 (art_daily_jumpsup, art_daily_no_noise, ec2_request_latency_system_failure):
 # seed 0 standard 68.4, low-FP 67.1, low-FN 70.6 (seeds 1, 2: 69.9 / 69.9 / 71.6 and
@@ -39,13 +26,32 @@ def test_quick_asd_stays_above_its_floors(tmp_path: Path) -> None:
 NAB_FLOORS = {"standard": 66.0, "reward_low_FP_rate": 64.0, "reward_low_FN_rate": 68.0}
 
 
-@pytest.mark.skipif(not (DATA / "nab").is_dir(), reason=f"no NAB data under {DATA}")
-def test_quick_nab_stays_above_its_floors(tmp_path: Path) -> None:
-    args = ["--config", str(ROOT / "bench" / "configs" / "nab.toml"), "evaluate", "nab"]
-    args += [str(DATA / "nab"), "--quick", "--out", str(tmp_path)]
+def _quick(data: str, command: str, config: str, floors: dict[str, float]) -> object:
+    return pytest.param(
+        data,
+        command,
+        config,
+        floors,
+        id=data,
+        marks=pytest.mark.skipif(not (DATA / data).is_dir(), reason=f"no {data} data under {DATA}"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "command", "config", "floors"),
+    [
+        _quick("asd", "smd", "asd.toml", ASD_FLOORS),
+        _quick("nab", "nab", "nab.toml", NAB_FLOORS),
+    ],
+)
+def test_quick_evaluation_stays_above_its_floors(
+    data: str, command: str, config: str, floors: dict[str, float], tmp_path: Path
+) -> None:
+    args = ["--config", str(ROOT / "bench" / "configs" / config), "evaluate", command]
+    args += [str(DATA / data), "--quick", "--out", str(tmp_path)]
     assert main([*args, "--detectors", "stream-vae", "pca", "random"]) == 0
     report = _json.loads((tmp_path / "report.json").read_bytes())
     ours = report["stream-vae"]
-    for key, floor in NAB_FLOORS.items():
+    for key, floor in floors.items():
         assert ours[key] >= floor, (key, ours[key])
         assert ours[key] > report["pca"][key] > report["random"][key], key
