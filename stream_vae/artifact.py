@@ -126,6 +126,7 @@ class Artifact:
             recon_mode=self.scoring.recon_mode,
             latent_mode=self.scoring.latent_mode,
             max_batch=max_batch,
+            n_context=self.window.n_context,
         )
 
     def _onnx_backend(self, threads: int) -> Backend:
@@ -161,6 +162,8 @@ class Artifact:
         w = window or self.window
         if w.size != self.vae_config.window:
             raise ArtifactError(f"window size {w.size} != the model's {self.vae_config.window}")
+        if w.calendar != self.window.calendar:
+            raise ArtifactError(f"calendar {w.calendar} != the model's {self.window.calendar}")
         return WindowStore(
             w.size,
             len(self.feature_names),
@@ -170,6 +173,7 @@ class Artifact:
             max_fill=w.max_fill,
             idle_ttl_s=w.idle_ttl_s,
             max_series=w.max_series,
+            calendar=w.calendar,
         )
 
     def check_features(self, names: Sequence[str]) -> None:

@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -60,6 +68,21 @@ class WindowSettings(BaseModel):
     max_fill: int = Field(0, ge=0, le=1024)
     idle_ttl_s: float | None = Field(None, gt=0, description="evict series silent this long")
     max_series: int | None = Field(None, ge=1, description="LRU bound on series held")
+    # Each point also carries its phase in these cycles (sin, cos): the model sees the time of
+    # day or week a shape happens at; only the values' error is scored (stream_vae.windows).
+    calendar: tuple[Literal["day", "week"], ...] = ()
+
+    @field_validator("calendar")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"calendar: each cycle once, got {list(v)}")
+        return v
+
+    @property
+    def n_context(self) -> int:
+        """Channels a point carries besides its values: two per calendar cycle."""
+        return 2 * len(self.calendar)
 
 
 class ModelSettings(BaseModel):

@@ -355,6 +355,7 @@ class Detector:
         recon_mode: Literal["window", "last"] = "window",
         latent_mode: Literal["kl", "prior_nll"] = "kl",
         max_batch: int = 4096,
+        n_context: int = 0,
     ) -> None:
         self.backend = backend
         self.scaler = scaler
@@ -362,9 +363,13 @@ class Detector:
         self.recon_mode = recon_mode
         self.latent_mode = latent_mode
         self.max_batch = max_batch
+        # The windows' last channels are context (the calendar: stream_vae.windows), input to
+        # the model but not data: their reconstruction error is not scored.
+        self.n_context = n_context
 
     @property
     def n_features(self) -> int:
+        """Channels per point of a window: the data's features, then the context."""
         return int(self.scaler.mean.shape[0])
 
     def encode(self, windows: npt.NDArray[np.floating[Any]]) -> tuple[F32, F32]:
@@ -378,7 +383,8 @@ class Detector:
         """Score raw windows (n, W, d), in chunks of at most ``max_batch``."""
         check_shape("Detector.infer windows", windows.shape, (None, self.window, self.n_features))
         if len(windows) == 0:
-            return ScoreParts(np.empty((0, self.n_features), np.float32), np.empty(0, np.float32))
+            d = self.n_features - self.n_context
+            return ScoreParts(np.empty((0, d), np.float32), np.empty(0, np.float32))
         x = self.scaler.transform(windows)  # (n, W, d) float32
         chunks = [
             score_parts(c, self.backend(c), self.recon_mode, self.latent_mode)
@@ -387,4 +393,8 @@ class Detector:
                 for i in range(0, len(x), self.max_batch)
             )
         ]
-        return ScoreParts.concat(chunks)
+        parts = ScoreParts.concat(chunks)
+        if self.n_context:  # the data's features only
+            d = self.n_features - self.n_context
+            return ScoreParts(np.ascontiguousarray(parts.recon_features[:, :d]), parts.latent)
+        return parts

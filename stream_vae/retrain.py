@@ -88,7 +88,8 @@ def neg_elbo(
     recon, _, mu, logvar = backend(artifact.scaler.transform(windows))  # (n, W, d), (n, k) ×2
     # back to raw units, then into the reference scaler's: comparable across scalers
     recon_raw = recon * artifact.scaler.std + artifact.scaler.mean
-    err = reference.transform(windows) - reference.transform(recon_raw)  # (n, W, d)
+    d = len(artifact.feature_names)  # the data's channels, not the calendar's
+    err = (reference.transform(windows) - reference.transform(recon_raw))[..., :d]  # (n, W, d)
     kl = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar).sum(axis=1)  # (n,)
     n_points = windows.shape[1] * windows.shape[2]
     return float((err**2).mean() + beta * kl.mean() / n_points)
@@ -178,8 +179,11 @@ def retrain(
     job = _job_settings(live, settings)
     train, holdout = sample.split(r.holdout_fraction)
     calib, gate_part = holdout.split(0.5)
+    d = len(live.feature_names)  # the data's channels; the calendar's follow, unscaled
     scaler = (
-        Scaler.fit(train.windows.reshape(-1, train.windows.shape[2]), job.train.std_floor)
+        Scaler.fit(train.windows[..., :d].reshape(-1, d), job.train.std_floor).passing(
+            live.window.n_context
+        )
         if r.refit_scaler
         else live.scaler
     )

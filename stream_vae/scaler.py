@@ -39,6 +39,20 @@ class Scaler:
         std = np.maximum(x.std(axis=0), std_floor)
         return cls(x.mean(axis=0).astype(np.float32), std.astype(np.float32))
 
+    def passing(self, n: int) -> Scaler:
+        """This scaler with ``n`` more features passed through as they are (mean 0, std 1): the
+        calendar channels (:func:`stream_vae.windows.calendar_columns`), already in [-1, 1].
+
+        >>> Scaler(np.float32([3.0]), np.float32([2.0])).passing(2).std.tolist()
+        [2.0, 1.0, 1.0]
+        """
+        if n == 0:
+            return self
+        return Scaler(
+            np.concatenate([self.mean, np.zeros(n, np.float32)]),
+            np.concatenate([self.std, np.ones(n, np.float32)]),
+        )
+
     def transform(self, x: npt.NDArray[np.floating[Any]]) -> F32:
         """Scale an array whose last axis is the feature axis: (…, d) → (…, d) float32."""
         out: F32 = np.subtract(x, self.mean, dtype=np.float32)

@@ -59,9 +59,9 @@ def train_artifact(
         tuple(batch.series_ids[i] for i in order), batch.ts[order], batch.values[order]
     )
     head, tail = split_by_time(batch, train_cfg.val_fraction)
-    scaler = Scaler.fit(head.values, train_cfg.std_floor)
-    w_train = make_windows(head, win.size)
-    w_val = make_windows(tail, win.size)
+    scaler = Scaler.fit(head.values, train_cfg.std_floor).passing(win.n_context)
+    w_train = make_windows(head, win.size, calendar=win.calendar)
+    w_val = make_windows(tail, win.size, calendar=win.calendar)
     for name, w in (("training", w_train), ("validation", w_val)):
         if len(w) == 0:
             raise DataError(
@@ -125,6 +125,7 @@ def fit_artifact(
         settings.window.size,
         recon_mode=settings.scoring.recon_mode,
         latent_mode=settings.scoring.latent_mode,
+        n_context=settings.window.n_context,
     )
     val_parts = detector.infer(val_windows)
     hybrid, alpha_aucs = _fit_hybrid(detector, val_windows, val_parts, settings)
@@ -170,7 +171,8 @@ def _fit_hybrid(
     rng = np.random.default_rng(settings.train.seed)
     idx = rng.choice(len(val_windows), size=min(_ALPHA_WINDOWS, len(val_windows)), replace=False)
     clean = val_windows[np.sort(idx)]
-    corrupted = detector.infer(corrupt_windows(clean, detector.scaler.std, rng))
+    data_std = detector.scaler.std[: detector.n_features - detector.n_context]  # not the calendar
+    corrupted = detector.infer(corrupt_windows(clean, data_std, rng))
     alpha, aucs = choose_alpha(hybrid, parts.take(np.sort(idx)), corrupted)
     log.info(
         "alpha=%.2f chosen on %d validation windows (AUC by alpha: %s)",

@@ -5,6 +5,12 @@ emits a window whenever a series has a full buffer and ``stride`` new points sin
 window. It also owns what can go wrong with event time: late or duplicate points are dropped,
 long gaps reset the series or are forward-filled, and idle or excess series are evicted.
 
+With ``calendar`` (e.g. ``("day",)``), each point also carries the phase of its timestamp in
+those cycles, as a sine and a cosine (:func:`calendar_columns`), after its ``d`` values: the
+windows are ``(n, W, d + 2·len(calendar))``. A model then sees *when* a shape happens (a flat
+segment at the hour the series usually rises); the scorer counts only the ``d`` values' error
+(:class:`~stream_vae.inference.Detector`'s ``n_context``).
+
 The store is pure: no I/O, no asyncio, no torch.
 
 Examples
@@ -32,7 +38,7 @@ import numpy.typing as npt
 from .errors import check_shape
 from .records import RecordBatch
 
-__all__ = ["ReadyWindows", "WindowStore"]
+__all__ = ["CALENDAR_PERIODS", "ReadyWindows", "WindowStore", "calendar_columns"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -45,6 +51,22 @@ _GROWTH = 1.25
 _MIN_CAPACITY = 64
 _SNAPSHOT_FORMAT = 1
 _COUNTERS = ("points", "late", "gap_resets", "filled", "evicted_lru", "evicted_idle", "windows")
+# The cycles a point's timestamp can be placed in (seconds per cycle).
+CALENDAR_PERIODS = {"day": 86_400.0, "week": 7 * 86_400.0}
+
+
+def calendar_columns(ts: npt.ArrayLike, calendar: Iterable[str]) -> F32:
+    """(n,) epoch seconds → (n, 2·len(calendar)): sin and cos of each cycle's phase.
+
+    >>> calendar_columns([0.0, 21_600.0], ["day"]).round(6).tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+    """
+    t = np.asarray(ts, dtype=np.float64)
+    cols = []
+    for kind in calendar:
+        phase = (2.0 * math.pi / CALENDAR_PERIODS[kind]) * np.mod(t, CALENDAR_PERIODS[kind])
+        cols += [np.sin(phase), np.cos(phase)]
+    return np.stack(cols, axis=-1).astype(np.float32) if cols else np.empty((len(t), 0), np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +75,7 @@ class ReadyWindows:
 
     keys: tuple[str, ...]  # series id of each window
     ts: F64  # (n,) ts of each window's last point, epoch seconds
-    values: F32  # (n, W, d), oldest -> newest
+    values: F32  # (n, W, c), oldest -> newest: c = d values, then the calendar channels
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -68,6 +90,9 @@ class WindowStore:
         Points per window (W).
     n_features
         Values per point (d).
+    calendar
+        Cycles (``"day"``, ``"week"``) whose phase each point carries after its values, as
+        two channels each; filled points repeat the last point's.
     stride
         New points of a series between two of its windows; the first window comes as soon as
         the buffer is full.
@@ -111,9 +136,11 @@ class WindowStore:
         max_fill: int = 0,
         idle_ttl_s: float | None = None,
         max_series: int | None = None,
+        calendar: Iterable[str] = (),
     ) -> None:
         self.window = window
         self.n_features = n_features
+        self.calendar = tuple(calendar)
         self.stride = stride
         self.max_gap_s = max_gap_s
         self.gap_policy = gap_policy
@@ -121,8 +148,9 @@ class WindowStore:
         self.idle_ttl_s = idle_ttl_s
         self.max_series = max_series
         self._validate()
+        self.n_channels = n_features + 2 * len(self.calendar)  # per point: values, then calendar
         # Slot-indexed state: the pool holds the rings, the small arrays their metadata.
-        self._pool: F32 = np.zeros((0, window, n_features), dtype=np.float32)  # (cap, W, d)
+        self._pool: F32 = np.zeros((0, window, self.n_channels), dtype=np.float32)  # (cap, W, c)
         self._head: I64 = np.zeros(0, dtype=np.int64)  # next write position in the ring
         self._count: I64 = np.zeros(0, dtype=np.int64)  # points held, 0 = free slot
         self._last_ts: F64 = np.zeros(0, dtype=np.float64)
@@ -149,6 +177,12 @@ class WindowStore:
         need(is_int(self.window) and self.window >= 1, "window", "an int >= 1")
         need(is_int(self.n_features) and self.n_features >= 1, "n_features", "an int >= 1")
         need(is_int(self.stride) and self.stride >= 1, "stride", "an int >= 1")
+        ok = all(k in CALENDAR_PERIODS for k in self.calendar)
+        need(
+            ok and len(set(self.calendar)) == len(self.calendar),
+            "calendar",
+            f"distinct of {sorted(CALENDAR_PERIODS)}",
+        )
         need(self.max_gap_s is None or is_pos(self.max_gap_s), "max_gap_s", "None or > 0")
         need(self.gap_policy in ("reset", "ffill"), "gap_policy", "'reset' or 'ffill'")
         need(is_int(self.max_fill) and self.max_fill >= 0, "max_fill", "an int >= 0")
@@ -186,15 +220,17 @@ class WindowStore:
 
     def push_many(self, batch: RecordBatch) -> ReadyWindows:
         """Add a batch of records in order; return the windows that became ready."""
-        n, w, d = len(batch.series_ids), self.window, self.n_features
+        n, w, d = len(batch.series_ids), self.window, self.n_channels
         check_shape("WindowStore.push_many ts", batch.ts.shape, (n,))
-        check_shape("WindowStore.push_many values", batch.values.shape, (n, d))
+        check_shape("WindowStore.push_many values", batch.values.shape, (n, self.n_features))
         keys: list[str] = []
         ends: list[float] = []
         # At most one window per record; grown by doubling rather than reserved for all n, and
         # written in place rather than stacked from n small copies (heap churn, a second copy).
         out: F32 = np.empty((min(n, 64), w, d), dtype=np.float32)  # (cap, W, d)
         values = batch.values
+        if self.calendar:
+            values = np.concatenate([values, calendar_columns(batch.ts, self.calendar)], axis=1)
         for i, (sid, t) in enumerate(zip(batch.series_ids, batch.ts.tolist(), strict=True)):
             slot = self._accept(sid, t)
             if slot >= 0 and self._append(slot, values[i], t):
@@ -238,8 +274,8 @@ class WindowStore:
         return ready
 
     def _copy_window(self, slot: int, dst: F32) -> None:
-        """Copy the full ring of ``slot`` into ``dst`` (W, d), oldest -> newest."""
-        ring, h = self._pool[slot], int(self._head[slot])  # (W, d)
+        """Copy the full ring of ``slot`` into ``dst`` (W, c), oldest -> newest."""
+        ring, h = self._pool[slot], int(self._head[slot])  # (W, c)
         dst[: self.window - h] = ring[h:]
         dst[self.window - h :] = ring[:h]
 
@@ -300,7 +336,7 @@ class WindowStore:
             cap = min(cap, self.max_series)
         # ndarray.resize reallocs in place (no transient second pool). refcheck=False is safe:
         # the store never hands out views of these arrays.
-        self._pool.resize((cap, self.window, self.n_features), refcheck=False)
+        self._pool.resize((cap, self.window, self.n_channels), refcheck=False)
         for a in (self._head, self._count, self._last_ts, self._last_step, self._since):
             a.resize(cap, refcheck=False)
         self._ids.extend([None] * (cap - len(self._ids)))
@@ -340,10 +376,11 @@ class WindowStore:
         """State of all (or the given, known) series, enough to continue exactly as before.
 
         Everything is plain Python (str, int, float, None, lists) except ``values``, a float32
-        array ``(n, W, d)`` oldest -> newest whose last ``count[i]`` rows are the points held
-        (the rest are zero). Series are listed least recently updated first. orjson with
-        ``OPT_SERIALIZE_NUMPY`` (``stream_vae._json``) writes it as is; :meth:`restore` also
-        accepts ``values`` as nested lists. Global :attr:`counters` are not part of it.
+        array ``(n, W, c)`` (values, then calendar channels) oldest -> newest whose last
+        ``count[i]`` rows are the points held (the rest are zero). Series are listed least
+        recently updated first. orjson with ``OPT_SERIALIZE_NUMPY`` (``stream_vae._json``)
+        writes it as is; :meth:`restore` also accepts ``values`` as nested lists. Global
+        :attr:`counters` are not part of it.
         """
         if series_ids is None:
             ids = list(self._slots)
@@ -353,7 +390,7 @@ class WindowStore:
         slots = np.array([self._slots[s] for s in ids], dtype=np.intp)
         w = self.window
         order = (self._head[slots, None] + self._ar[None, :]) % w  # (n, W)
-        values = self._pool[slots[:, None], order]  # (n, W, d), a copy
+        values = self._pool[slots[:, None], order]  # (n, W, c), a copy
         count = self._count[slots]
         values[self._ar[None, :] < (w - count)[:, None]] = 0.0  # no stale rows in a snapshot
         steps = self._last_step[slots].tolist()
@@ -361,6 +398,7 @@ class WindowStore:
             "format": _SNAPSHOT_FORMAT,
             "window": w,
             "n_features": self.n_features,
+            "calendar": list(self.calendar),
             "series_ids": ids,
             "values": values,
             "count": count.tolist(),
@@ -373,11 +411,13 @@ class WindowStore:
         """Merge a :meth:`snapshot` in: its series overwrite ours and become the most recent."""
         if snapshot.get("format") != _SNAPSHOT_FORMAT:
             raise ValueError(f"unknown snapshot format {snapshot.get('format')!r}")
-        w, d = self.window, self.n_features
-        if (snapshot["window"], snapshot["n_features"]) != (w, d):
+        w, d = self.window, self.n_channels
+        theirs = (snapshot["window"], snapshot["n_features"], tuple(snapshot.get("calendar", ())))
+        if theirs != (w, self.n_features, self.calendar):
             raise ValueError(
-                f"snapshot is for window={snapshot['window']}, n_features="
-                f"{snapshot['n_features']}; this store has window={w}, n_features={d}"
+                "snapshot is for window={}, n_features={}, calendar={}; ".format(*theirs)
+                + f"this store has window={w}, n_features={self.n_features}, "
+                f"calendar={self.calendar}"
             )
         ids: list[str] = list(snapshot["series_ids"])
         values = np.asarray(snapshot["values"], dtype=np.float32).reshape(len(ids), w, d)

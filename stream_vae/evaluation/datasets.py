@@ -47,6 +47,10 @@ class LabelledSeries:
     interpretation: tuple[tuple[int, int, frozenset[int]], ...] = ()
     names: tuple[str, ...] = ()
     step_s: float = SMD_STEP_S
+    # The rows' own timestamps (epoch seconds), where the data has them (NAB); None: rows are
+    # evenly ``step_s`` apart, the train rows just before the test rows.
+    train_times: F64 | None = None
+    test_times: F64 | None = None
 
     def __post_init__(self) -> None:
         if self.test.ndim != 2 or self.train.ndim != 2:
@@ -59,6 +63,14 @@ class LabelledSeries:
             raise DataError(
                 f"{self.name}: {len(self.labels)} labels for {len(self.test)} test rows"
             )
+        for part, times, rows in (
+            ("train", self.train_times, self.train),
+            ("test", self.test_times, self.test),
+        ):
+            if times is not None and times.shape != (len(rows),):
+                raise DataError(
+                    f"{self.name}: {times.shape} timestamps for {len(rows)} {part} rows"
+                )
 
     @property
     def n_features(self) -> int:
@@ -70,13 +82,36 @@ class LabelledSeries:
 
     @property
     def ts(self) -> F64:
-        """Test rows' timestamps, epoch seconds: rows are evenly ``step_s`` apart, in file
-        order, the train rows just before the test rows."""
+        """Test rows' timestamps, epoch seconds: ``test_times``, or rows evenly ``step_s``
+        apart, in file order, the train rows just before the test rows."""
+        if self.test_times is not None:
+            return self.test_times
         return (len(self.train) + np.arange(len(self.test), dtype=np.float64)) * self.step_s
 
     @property
     def train_ts(self) -> F64:
+        if self.train_times is not None:
+            return self.train_times
         return np.arange(len(self.train), dtype=np.float64) * self.step_s
+
+    def test_rows(self, ts: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """The test row each timestamp belongs to (its first row with that timestamp: a window
+        or alert ends on a row the stream accepted, and a repeated or earlier timestamp is
+        dropped as late).
+
+        >>> s = LabelledSeries("m", np.zeros((2, 1)), np.ones((3, 1)), np.zeros(3, bool),
+        ...                    test_times=np.array([10.0, 20.0, 20.0]))
+        >>> s.test_rows([20.0, 10.0]).tolist()
+        [1, 0]
+        """
+        t = np.asarray(ts, dtype=np.float64)
+        if self.test_times is None:
+            return np.rint(t / self.step_s).astype(np.int64) - len(self.train)
+        values, first = np.unique(self.test_times, return_index=True)
+        at = np.searchsorted(values, t)
+        if not np.array_equal(values[np.minimum(at, len(values) - 1)], t):
+            raise DataError(f"{self.name}: a timestamp that is no test row's")
+        return first[at].astype(np.int64)
 
 
 def read_smd(root: str | Path, names: Sequence[str] | None = None) -> list[LabelledSeries]:

@@ -104,7 +104,7 @@ class _Episodes:
 
     def feed(self, alerts: Iterable[Alert]) -> None:
         for a in alerts:
-            row = round(a.ts / self._series.step_s) - len(self._series.train)
+            row = int(self._series.test_rows([a.ts])[0])
             if a.event == "open":
                 blamed = [self._index[f] for f, _ in a.top_features][: self.top.shape[1]]
                 self._opened = (row, blamed)
@@ -159,7 +159,7 @@ def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -
     for i in range(0, len(test), 512):
         ready = pipe.store.push_many(test.slice(i, i + 512))
         out = pipe.scorer.update(ready.keys, ready.ts, pipe.detector.infer(ready.values))
-        rows = np.rint(out.ts / series.step_s).astype(np.int64) - len(series.train)
+        rows = series.test_rows(out.ts)
         ratio[rows] = out.smoothed / pipe.scorer.threshold
         novelty[rows] = out.novelty
         episodes.feed(out.alerts)
@@ -290,7 +290,7 @@ def _scored(
     window, the scored batch)."""
     pipe = Pipeline.from_artifact(art, settings.service.device)
     for out in pipe.stream(_as_batch(series, "test"), 512):
-        yield np.rint(out.ts / series.step_s).astype(np.int64) - len(series.train), out
+        yield series.test_rows(out.ts), out
 
 
 def _windows(x: F64, w: int) -> F64:

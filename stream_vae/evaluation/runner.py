@@ -285,11 +285,20 @@ def evaluate_nab_to(
 
 
 def _nab_series(f: nab.NabFile) -> LabelledSeries:
-    """The probationary rows to learn from; every row to score (NAB scores past probation)."""
+    """The probationary rows to learn from; every row to score (NAB scores past probation),
+    each at its own timestamp (the window's calendar channels read them)."""
     labels = np.zeros(len(f.ts), dtype=bool)
     for start, end in f.windows:
         labels |= (f.ts >= start) & (f.ts <= end)
     x = f.values.reshape(-1, 1)
+    prob = nab.probation_rows(len(x))
     return LabelledSeries(
-        f.name, x[: nab.probation_rows(len(x))], x, labels, names=("value",), step_s=60.0
+        f.name,
+        x[:prob],
+        x,
+        labels,
+        names=("value",),
+        step_s=float(np.median(np.diff(f.ts))),
+        train_times=f.ts[:prob],
+        test_times=f.ts,
     )

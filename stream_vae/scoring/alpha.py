@@ -35,10 +35,11 @@ ALPHA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 def corrupt_windows(windows: F32, std: F32, rng: np.random.Generator) -> F32:
     """Return a copy of ``windows`` (n, W, d) with one synthetic fault in the last quarter each.
 
-    ``std`` (d,) is each feature's scale in data units, so faults are a few stds large.
+    ``std`` (d,) is each feature's scale in data units, so faults are a few stds large; only
+    the first ``len(std)`` channels are faulted (the rest are context: the calendar).
     """
-    out = windows.copy()  # (n, W, d)
-    n, w, d = out.shape
+    out = windows.copy()  # (n, W, c)
+    n, w, d = out.shape[0], out.shape[1], len(std)
     span = max(2, w // 4)
     kinds = np.asarray(rng.integers(0, 4, size=n))
     feats = np.asarray(rng.integers(0, d, size=n))
