@@ -346,13 +346,21 @@ def test_every_replica_swaps_within_seconds_of_a_promotion(
         assert s.lifecycle.live_version == newer.version
 
 
-def test_a_version_with_other_features_is_refused_once_and_not_reloaded(tiny: TinyModel) -> None:
+@pytest.mark.parametrize("change", ["features", "calendar"])
+def test_a_version_with_other_inputs_is_refused_once_and_not_reloaded(
+    tiny: TinyModel, change: str
+) -> None:
+    """Another feature set, or a calendar the live windows do not carry: no swap."""
     from dataclasses import replace
 
     from stream_vae.service.lifecycle import Swap
 
     service = Service(load_settings(env={}, service={"device": "cpu"}), tiny.artifact)
-    other = replace(tiny.artifact, feature_names=("x", "y", "z"), version="")
+    if change == "features":
+        other = replace(tiny.artifact, feature_names=("x", "y", "z"), version="")
+    else:
+        window = tiny.artifact.window.model_copy(update={"calendar": ("day",)})
+        other = replace(tiny.artifact, window=window, version="v-with-calendar")
     service.lifecycle._swap = Swap(other, other.detector("cpu"), other.scorer())
     assert service._swap_model() == ()
     assert service.artifact.version == tiny.artifact.version

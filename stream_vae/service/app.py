@@ -258,14 +258,18 @@ class Service:
         (``close`` with reason ``model_swap``: an episode and its ``alert_id`` belong to the
         version that opened it); the EMA restarts, because the new model's scores are on its
         own scale; the novelty history carries over, rescaled to it; the windows carry over
-        (same size and features, or no swap)."""
+        (same size, features and calendar, or no swap)."""
         swap = self.lifecycle.take_swap()
         if swap is None:
             return ()
         old = self.artifact
         new = swap.artifact
-        if new.feature_names != old.feature_names or new.vae_config.window != old.vae_config.window:
-            reason = f"features or window size differ from {old.version}: restart instead"
+        if (
+            new.feature_names != old.feature_names
+            or new.vae_config.window != old.vae_config.window
+            or new.window.calendar != old.window.calendar
+        ):
+            reason = f"features, window size or calendar differ from {old.version}: restart instead"
             log.error("not swapping to %s: %s", new.version, reason)
             self.lifecycle.refused(new.version, reason)
             return ()
