@@ -94,10 +94,12 @@ class RetrainPolicy:
         self.reservoir.add(ready.keys, ready.ts, ready.values, clean)
 
     def window_means(self, ready: ReadyWindows) -> npt.NDArray[np.float32] | None:
-        """What input drift watches: each window's per-feature mean (n, d); None when off."""
+        """What input drift watches: each window's per-feature mean (n, d) (not the calendar
+        channels, which cycle by design); None when off."""
         if self.monitor is None or not self.monitor.feature_names:
             return None
-        means: npt.NDArray[np.float32] = ready.values.mean(axis=1)  # (n, W, d) → (n, d)
+        d = len(self.monitor.feature_names)
+        means: npt.NDArray[np.float32] = ready.values[..., :d].mean(axis=1)  # (n, W, c) → (n, d)
         return means
 
     def watch(self, ready: ReadyWindows, scored: ScoredBatch) -> list[DriftEvent]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .artifact import Artifact
 from .config import Settings
-from .errors import DataError
+from .errors import ArtifactError, DataError
 from .inference import Detector, TorchBackend
 from .model import pick_device
 from .records import RecordBatch
@@ -53,6 +53,11 @@ def train_artifact(
     train_cfg, win = settings.train, settings.window
     if warm_start is not None:
         warm_start.check_features(feature_names)
+        if warm_start.window.calendar != win.calendar:
+            raise ArtifactError(
+                f"warm start from a model with calendar {warm_start.window.calendar}, "
+                f"these settings have {win.calendar}"
+            )
     # Training files need not be in time order; the windows must be.
     order = np.argsort(batch.ts, kind="stable")
     batch = RecordBatch(

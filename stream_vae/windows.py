@@ -92,7 +92,7 @@ class WindowStore:
         Values per point (d).
     calendar
         Cycles (``"day"``, ``"week"``) whose phase each point carries after its values, as
-        two channels each; filled points repeat the last point's.
+        two channels each (a filled point: at one typical step after the one before it).
     stride
         New points of a series between two of its windows; the first window comes as soon as
         the buffer is full.
@@ -292,12 +292,17 @@ class WindowStore:
         self._counts["gap_resets"] += 1
 
     def _fill(self, slot: int, n_fill: int) -> None:
-        """Append ``n_fill`` copies of the last point (only the last W matter)."""
+        """Append ``n_fill`` copies of the last point (only the last W matter), each at its
+        own time: one typical step after the other, for the calendar channels."""
         if n_fill <= 0:
             return
         w, h = self.window, int(self._head[slot])
-        last = self._pool[slot, (h - 1) % w].copy()  # (d,)
-        self._pool[slot, (h + self._ar[: min(n_fill, w)]) % w] = last
+        k = np.arange(max(1, n_fill - w + 1), n_fill + 1)  # the filled points the ring keeps
+        rows = np.repeat(self._pool[slot, (h - 1) % w][None], len(k), axis=0)  # (≤ W, c)
+        if self.calendar:
+            t = float(self._last_ts[slot]) + k * float(self._last_step[slot])
+            rows[:, self.n_features :] = calendar_columns(t, self.calendar)
+        self._pool[slot, (h + k - 1) % w] = rows
         self._head[slot] = (h + n_fill) % w
         self._count[slot] = min(int(self._count[slot]) + n_fill, w)
         self._since[slot] += n_fill

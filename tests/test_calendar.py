@@ -14,6 +14,7 @@ from stream_vae.artifact import Artifact
 from stream_vae.config import Settings, WindowSettings
 from stream_vae.errors import ArtifactError
 from stream_vae.pipeline import Pipeline
+from stream_vae.policy import RetrainPolicy
 from stream_vae.records import RecordBatch
 from stream_vae.reservoir import ReservoirSample
 from stream_vae.retrain import retrain
@@ -142,3 +143,40 @@ def test_retraining_keeps_the_calendar() -> None:
     assert cand.window.calendar == ("day",) and cand.vae_config.n_features == 3
     assert cand.scaler.mean[1:].tolist() == [0.0, 0.0] and cand.scaler.std[1:].tolist() == [1, 1]
     assert math.isfinite(cand.threshold)
+
+
+def test_filled_points_carry_their_own_time() -> None:
+    """A forward-filled point repeats the last values, at one typical step after the point
+    before it: its calendar phase moves on."""
+    store = WindowStore(
+        4, 1, max_gap_s=1.5 * HOUR, gap_policy="ffill", max_fill=2, calendar=["day"]
+    )
+    ts = np.array([0.0, 1.0, 4.0]) * HOUR  # a gap of 3 h: points at 2 h and 3 h are filled
+    ready = store.push_many(RecordBatch(("a",) * 3, ts, np.float32([[1], [2], [3]])))
+    assert ready.values[0, :, 0].tolist() == [2.0, 2.0, 2.0, 3.0]
+    hours = np.array([1.0, 2.0, 3.0, 4.0]) * HOUR
+    np.testing.assert_allclose(ready.values[0, :, 1:], calendar_columns(hours, ["day"]), atol=1e-6)
+
+
+def test_input_drift_watches_the_values_not_the_calendar() -> None:
+    settings = Settings.model_validate({"window": {"size": 4, "calendar": ["day"]}})
+    art = train_artifact(
+        _daily_square(4, None, 0), ["v"], _settings(("day",)), device="cpu", progress=False
+    )
+    policy = RetrainPolicy(settings, art)
+    ready = art.window_store().push_many(_daily_square(2, None, 3))
+    means = policy.window_means(ready)
+    assert means is not None and means.shape == (len(ready), 1)
+    np.testing.assert_allclose(means[:, 0], ready.values[..., 0].mean(axis=1))
+    scored = art.scorer().update(ready.keys, ready.ts, art.detector("cpu").infer(ready.values))
+    policy.watch(ready, scored)  # the monitor takes (n, d)
+
+
+def test_warm_start_needs_the_same_calendar() -> None:
+    live = train_artifact(
+        _daily_square(4, None, 0), ["v"], _settings(("day",)), device="cpu", progress=False
+    )
+    with pytest.raises(ArtifactError, match="calendar"):
+        train_artifact(
+            _daily_square(4, None, 0), ["v"], _settings(()), warm_start=live, progress=False
+        )
