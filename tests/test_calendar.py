@@ -42,7 +42,7 @@ def test_settings_take_each_known_cycle_once() -> None:
     assert WindowSettings().n_context == 0
     for bad in (["day", "day"], ["month"]):
         with pytest.raises(ValidationError):
-            WindowSettings(calendar=bad)  # type: ignore[arg-type]
+            WindowSettings(calendar=bad)
 
 
 def test_store_appends_the_calendar_after_the_values_and_snapshots_it() -> None:
@@ -152,7 +152,9 @@ def test_filled_points_carry_their_own_time() -> None:
         4, 1, max_gap_s=1.5 * HOUR, gap_policy="ffill", max_fill=2, calendar=["day"]
     )
     ts = np.array([0.0, 1.0, 4.0]) * HOUR  # a gap of 3 h: points at 2 h and 3 h are filled
-    ready = store.push_many(RecordBatch(("a",) * 3, ts, np.float32([[1], [2], [3]])))
+    ready = store.push_many(
+        RecordBatch(("a",) * 3, ts, np.array([[1], [2], [3]], dtype=np.float32))
+    )
     assert ready.values[0, :, 0].tolist() == [2.0, 2.0, 2.0, 3.0]
     hours = np.array([1.0, 2.0, 3.0, 4.0]) * HOUR
     np.testing.assert_allclose(ready.values[0, :, 1:], calendar_columns(hours, ["day"]), atol=1e-6)
