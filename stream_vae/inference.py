@@ -372,6 +372,11 @@ class Detector:
         """Channels per point of a window: the data's features, then the context."""
         return int(self.scaler.mean.shape[0])
 
+    @property
+    def n_values(self) -> int:
+        """The data's features: what is scored and attributed (not the context)."""
+        return self.n_features - self.n_context
+
     def encode(self, windows: npt.NDArray[np.floating[Any]]) -> tuple[F32, F32]:
         """The posterior of raw windows (n, W, d): μ and log σ², each (n, k) (the latent space
         the latent score is computed in; notebooks plot it)."""
@@ -383,8 +388,7 @@ class Detector:
         """Score raw windows (n, W, d), in chunks of at most ``max_batch``."""
         check_shape("Detector.infer windows", windows.shape, (None, self.window, self.n_features))
         if len(windows) == 0:
-            d = self.n_features - self.n_context
-            return ScoreParts(np.empty((0, d), np.float32), np.empty(0, np.float32))
+            return ScoreParts(np.empty((0, self.n_values), np.float32), np.empty(0, np.float32))
         x = self.scaler.transform(windows)  # (n, W, d) float32
         chunks = [
             score_parts(c, self.backend(c), self.recon_mode, self.latent_mode)
@@ -395,6 +399,6 @@ class Detector:
         ]
         parts = ScoreParts.concat(chunks)
         if self.n_context:  # the data's features only
-            d = self.n_features - self.n_context
-            return ScoreParts(np.ascontiguousarray(parts.recon_features[:, :d]), parts.latent)
+            values = np.ascontiguousarray(parts.recon_features[:, : self.n_values])
+            return ScoreParts(values, parts.latent)
         return parts

@@ -176,7 +176,7 @@ def _fit_hybrid(
     rng = np.random.default_rng(settings.train.seed)
     idx = rng.choice(len(val_windows), size=min(_ALPHA_WINDOWS, len(val_windows)), replace=False)
     clean = val_windows[np.sort(idx)]
-    data_std = detector.scaler.std[: detector.n_features - detector.n_context]  # not the calendar
+    data_std = detector.scaler.std[: detector.n_values]  # the calendar is not faulted
     corrupted = detector.infer(corrupt_windows(clean, data_std, rng))
     alpha, aucs = choose_alpha(hybrid, parts.take(np.sort(idx)), corrupted)
     log.info(
