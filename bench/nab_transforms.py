@@ -15,7 +15,10 @@ Transforms (all causal: row t uses rows ≤ t):
 - ``sliding max, every row``: the same against the maximum of the previous 1,000 rows;
 - ``novelty, window=k``: the product's stage (``stream_vae.scoring.novelty.SeriesNovelty``):
   the sliding maximum, and only the rows that beat their run's best — what
-  `stream-vae evaluate nab` scores for us (window 1,000 by default).
+  `stream-vae evaluate nab` scores for us (window 1,000 by default);
+- ``censored novelty, window=2000, censor=c, runs=k``: the same, where a rise whose novelty
+  reaches c stays out of the recent maximum (at most k such rises per window): the scoring
+  settings' ``novelty_censor`` and ``novelty_censor_runs``.
 
 The last column scores each file at its own best threshold (labels used: an upper bound on any
 per-file calibration of the same scores, ``nab.per_file_best``): where it is close to the swept
@@ -139,8 +142,9 @@ def main() -> None:
                 **{f"t/{n}": np.float64(v) for n, v in thresholds.items()},
             )
 
-    def novelty(name: str, window: int) -> np.ndarray:
-        return SeriesNovelty(window).update(["s"] * len(scores[name]), scores[name])
+    def novelty(name: str, window: int, censor: float = 0.0, runs: int = 4) -> np.ndarray:
+        nv = SeriesNovelty(window, censor=censor, censor_runs=runs)
+        return nv.update(["s"] * len(scores[name]), scores[name])
 
     variants = {
         "r/(1+r)": lambda n: squash(scores[n] / thresholds[n]),
@@ -149,6 +153,12 @@ def main() -> None:
         **{
             f"novelty, window={w}": (lambda n, w=w: novelty(n, w))  # type: ignore[misc]
             for w in (250, 500, 1000, 2000)
+        },
+        **{
+            f"censored novelty, window=2000, censor={c}, runs={k}": (
+                lambda n, c=c, k=k: novelty(n, 2000, c, k)  # type: ignore[misc]
+            )
+            for c, k in ((0.3, 4), (0.4, 4), (0.5, 4), (0.4, 2), (0.4, 8))
         },
     }
     print("| transform | " + " | ".join(profiles) + " | standard, per-file best |")

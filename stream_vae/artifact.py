@@ -156,6 +156,8 @@ class Artifact:
             top_k=s.top_k,
             novelty_window=self.scoring.novelty_window,
             novelty_peak_decay=self.scoring.novelty_peak_decay,
+            novelty_censor=self.scoring.novelty_censor,
+            novelty_censor_runs=self.scoring.novelty_censor_runs,
         )
 
     def window_store(self, window: WindowSettings | None = None) -> WindowStore:

@@ -201,7 +201,9 @@ def nab_unit_scores(out: Output, settings: Settings) -> F64:
     if out.novelty is not None:
         return np.clip(out.novelty, 0.0, 1.0)
     sc = settings.scoring
-    nv = SeriesNovelty(sc.novelty_window, sc.novelty_peak_decay)
+    nv = SeriesNovelty(
+        sc.novelty_window, sc.novelty_peak_decay, sc.novelty_censor, sc.novelty_censor_runs
+    )
     return nv.update(["s"] * len(out.scores), np.nan_to_num(out.scores, nan=0.0))
 
 

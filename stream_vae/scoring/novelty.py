@@ -27,6 +27,21 @@ Examples
 
 Row 3 (3.0) rises further in the run row 2 opened, but by less (1/3 of its scale): not new;
 row 7 is new again against the previous 3 rows' maximum, 3.0.
+
+Censoring (``censor`` > 0): a run whose novelty reaches ``censor`` is taken for an anomaly, and
+its rows stay out of the recent maximum, so that one anomaly does not hide the next one in the
+same ``window`` (the rows still count towards the block they fall in, and the peak ``P`` still
+sees them). A recurring high is not an anomaly: at most ``censor_runs`` runs are censored per
+``window`` windows (counted where each begins), later ones enter the maximum as usual; and no
+run is censored before the series has one block of history (``⌈window / 10⌉`` windows).
+Without it, NAB's files lose the second and third of their anomalies to the first one's
+maximum (docs/results.md, "Censored novelty").
+
+>>> x = np.array([1.0, 1.0, 4.0, 1.0, 1.0, 3.0, 1.0, 1.0])
+>>> SeriesNovelty(window=10, peak_decay=1.0).update(["a"] * 8, x).tolist()[5]  # under 4.0
+0.0
+>>> SeriesNovelty(window=10, peak_decay=1.0, censor=0.5).update(["a"] * 8, x).tolist()[5]
+0.5
 """
 
 from __future__ import annotations
@@ -47,21 +62,36 @@ F64 = npt.NDArray[np.float64]
 # The recent maximum is kept as the maxima of (at most) this many blocks of ⌈window / _BLOCKS⌉ rows.
 _BLOCKS = 10
 # per-series state: peak, best novelty of the current run, max of the open block, rows in the
-# open block, next ring slot, rows seen (0 or 1), max of the ring, then the ring of block maxima
-_HEAD = 7
+# open block, next ring slot, rows seen (up to one block), max of the ring, the current run is
+# censored (0/1), censored runs begun in the open block, censored runs in the ring; then the
+# ring of block maxima and the ring of censored-run counts
+_HEAD = 10
 
 
 class SeriesNovelty:
     """Novelty of a per-series score stream (see the module docstring)."""
 
-    def __init__(self, window: int = 1000, peak_decay: float = 0.9999) -> None:
+    def __init__(
+        self,
+        window: int = 1000,
+        peak_decay: float = 0.9999,
+        censor: float = 0.0,
+        censor_runs: int = 4,
+    ) -> None:
         if not (isinstance(window, int) and window >= 1 and 0.0 < peak_decay <= 1.0):
             raise ConfigError(
                 f"SeriesNovelty: need an integer window >= 1 and 0 < peak_decay <= 1, "
                 f"got {window!r} and {peak_decay!r}"
             )
+        if not (0.0 <= censor <= 1.0 and isinstance(censor_runs, int) and censor_runs >= 1):
+            raise ConfigError(
+                f"SeriesNovelty: need 0 <= censor <= 1 (0: off) and an integer censor_runs >= 1, "
+                f"got {censor!r} and {censor_runs!r}"
+            )
         self.window = window
         self.peak_decay = peak_decay
+        self.censor = censor
+        self.censor_runs = censor_runs
         self._block = math.ceil(window / _BLOCKS)
         self._n_blocks = math.ceil(window / self._block)
         self._state: dict[str, list[float]] = {}
@@ -75,23 +105,36 @@ class SeriesNovelty:
         check_shape("SeriesNovelty.update x", xs.shape, (len(keys),))
         out = np.zeros(len(keys))
         pd, block, n_blocks = self.peak_decay, self._block, self._n_blocks
+        censor, runs = self.censor, self.censor_runs
+        maxima, counts = slice(_HEAD, _HEAD + n_blocks), slice(_HEAD + n_blocks, None)
         for i, (k, v) in enumerate(zip(keys, np.maximum(xs, 0.0).tolist(), strict=True)):
             st = self._state.get(k)
             if st is None:
-                st = self._state[k] = [0.0] * (_HEAD + n_blocks)
+                st = self._state[k] = [0.0] * (_HEAD + 2 * n_blocks)
             peak = st[0] = max(v, pd * st[0])
             if st[5] and peak > 0.0:
                 rise = max(0.0, v - max(st[2], st[6])) / peak
                 if rise <= 0.0:
-                    st[1] = 0.0
+                    st[1] = st[7] = 0.0
                 elif rise > st[1]:
                     out[i] = st[1] = rise
-            st[5] = 1.0
-            st[2], st[3] = max(st[2], v), st[3] + 1
+                    if (
+                        censor
+                        and rise >= censor
+                        and not st[7]
+                        and st[5] >= block
+                        and st[8] + st[9] < runs
+                    ):
+                        st[7], st[8] = 1.0, st[8] + 1
+            st[5] = min(st[5] + 1, block)
+            if not st[7]:
+                st[2] = max(st[2], v)
+            st[3] += 1
             if st[3] >= block:  # the block is full: it enters the ring, a new one opens
-                st[_HEAD + int(st[4])] = st[2]
-                st[6] = max(st[_HEAD:])
-                st[2], st[3], st[4] = 0.0, 0, (st[4] + 1) % n_blocks
+                slot = int(st[4])
+                st[_HEAD + slot], st[_HEAD + n_blocks + slot] = st[2], st[8]
+                st[6], st[9] = max(st[maxima]), sum(st[counts])
+                st[2], st[3], st[4], st[8] = 0.0, 0, (slot + 1) % n_blocks, 0.0
         return out
 
     def drop(self, keys: Iterable[str]) -> None:
@@ -103,11 +146,12 @@ class SeriesNovelty:
         swap: the new model's scores have another scale); novelty itself is scale-free."""
         if not (math.isfinite(factor) and factor > 0.0):
             raise ConfigError(f"SeriesNovelty.rescale: need a finite factor > 0, got {factor!r}")
+        end = _HEAD + self._n_blocks
         for st in self._state.values():
             st[0] *= factor  # peak
             st[2] *= factor  # the open block's max
             st[6] *= factor  # the ring's max
-            st[_HEAD:] = [v * factor for v in st[_HEAD:]]
+            st[_HEAD:end] = [v * factor for v in st[_HEAD:end]]  # the block maxima
 
     def snapshot(self) -> dict[str, Any]:
         """``{"window": w, "series": [...], "state": [[...], ...]}`` (plain types)."""
@@ -124,8 +168,14 @@ class SeriesNovelty:
                 f"{self.window}: the block layout differs"
             )
         series = [str(k) for k in snapshot["series"]]
-        width = _HEAD + self._n_blocks
-        state = np.asarray(snapshot["state"], dtype=np.float64).reshape(-1, width)
+        width = _HEAD + 2 * self._n_blocks
+        state = np.asarray(snapshot["state"], dtype=np.float64)
+        if state.size and (state.ndim != 2 or state.shape[1] != width):
+            raise DataError(
+                f"SeriesNovelty snapshot: rows of shape {state.shape[1:]}, this layout has "
+                f"{width} values per series"
+            )
+        state = state.reshape(-1, width)
         check_shape("SeriesNovelty snapshot state", state.shape, (len(series), width))
         if len(set(series)) != len(series) or not np.isfinite(state).all():
             raise DataError("SeriesNovelty snapshot: duplicate series ids or non-finite values")

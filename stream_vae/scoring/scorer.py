@@ -65,6 +65,8 @@ class Scorer:
         top_k: int = 3,
         novelty_window: int = 1000,
         novelty_peak_decay: float = 0.9999,
+        novelty_censor: float = 0.0,
+        novelty_censor_runs: int = 4,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -77,7 +79,9 @@ class Scorer:
         self.top_k = top_k
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
-        self._novelty = SeriesNovelty(novelty_window, novelty_peak_decay)
+        self._novelty = SeriesNovelty(
+            novelty_window, novelty_peak_decay, novelty_censor, novelty_censor_runs
+        )
 
     def update(self, keys: Sequence[str], ts: npt.ArrayLike, parts: ScoreParts) -> ScoredBatch:
         """Score n windows in arrival order; returns scores and the open/close events caused."""
