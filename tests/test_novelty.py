@@ -87,6 +87,70 @@ def test_bad_parameters(window: int, peak_decay: float) -> None:
         SeriesNovelty(window, peak_decay)
 
 
+@pytest.mark.parametrize("censor,runs", [(-0.1, 4), (1.5, 4), (0.4, 0), (0.4, 2.5)])
+def test_bad_censoring(censor: float, runs: int) -> None:
+    with pytest.raises(ConfigError):
+        SeriesNovelty(100, censor=censor, censor_runs=runs)
+
+
+def _anomalies(n: int = 3000) -> np.ndarray:
+    """Noise around 1, then three anomalies 300 rows apart, each smaller than the one before."""
+    x = 1.0 + 0.1 * np.random.default_rng(0).random(n)
+    x[1000:1005], x[1300:1305], x[1600:1605] = 20.0, 8.0, 4.0
+    return x
+
+
+def test_without_censoring_the_first_anomaly_hides_the_next() -> None:
+    out = SeriesNovelty(window=1000, peak_decay=1.0).update(["a"] * 3000, _anomalies())
+    assert out[1000] > 0.9
+    assert np.all(out[1001:2000] == 0.0)  # 8 and 4 are under the recent max, 20
+
+
+def test_a_censored_anomaly_does_not_hide_the_next() -> None:
+    nv = SeriesNovelty(window=1000, peak_decay=1.0, censor=0.3)
+    out = nv.update(["a"] * 3000, _anomalies())
+    # each onset is new against the noise (~1.1), scaled by the peak 20
+    assert out[1000] == pytest.approx((20 - 1.1) / 20, abs=0.01)
+    assert out[1300] == pytest.approx((8 - 1.1) / 20, abs=0.01)
+    assert out[1600] == pytest.approx((4 - 1.1) / 20, abs=0.01)
+    assert np.count_nonzero(out[900:2000]) == 3  # and nothing else: the noise stays under
+    # the first two rose by 0.3 or more and were censored; the third (0.15) was not and
+    # entered the maximum: a repeat of it is not new
+    x = _anomalies()
+    x[1900:1905] = 4.0
+    again = SeriesNovelty(window=1000, peak_decay=1.0, censor=0.3).update(["a"] * 3000, x)
+    assert again[1600] > 0.1
+    assert np.all(again[1900:1905] == 0.0)
+
+
+def test_a_recurring_high_is_censored_at_most_censor_runs_times_per_window() -> None:
+    # a daily high (10 every 288 rows) that first shows after 1,000 rows of 1s: censored on
+    # its first days, it would be new every day; after censor_runs of them in the window it
+    # enters the maximum and is not new any more
+    x = np.ones(4000)
+    x[1000::288] = 10.0
+    days = np.arange(1000, 4000, 288)
+    for runs in (1, 3):
+        nv = SeriesNovelty(window=2000, peak_decay=1.0, censor=0.4, censor_runs=runs)
+        out = nv.update(["a"] * len(x), x)
+        assert np.all(out[days[: runs + 1]] == pytest.approx(0.9))
+        assert np.all(out[days[runs + 1 :]] == 0.0)
+    plain = SeriesNovelty(window=2000, peak_decay=1.0).update(["a"] * len(x), x)
+    assert np.flatnonzero(plain).tolist() == [1000]
+
+
+def test_no_censoring_before_one_block_of_history() -> None:
+    # window 1,000: blocks of 100 rows. A rise at row 50 enters the maximum (too little
+    # history to call it an anomaly), so the same rise at row 500 is not new; one at row 150
+    # is censored, so the same rise at 500 is new again
+    for at, new_again in ((50, False), (150, True)):
+        x = np.ones(1000)
+        x[at] = x[500] = 10.0
+        out = SeriesNovelty(window=1000, peak_decay=1.0, censor=0.4).update(["a"] * 1000, x)
+        assert out[at] == pytest.approx(0.9)
+        assert bool(out[500] > 0.0) == new_again
+
+
 def test_rescale_keeps_the_history_in_the_new_units() -> None:
     nv = SeriesNovelty(window=100, peak_decay=1.0)
     nv.update(["a"] * 20, np.r_[np.ones(10), 5.0, np.ones(9)])
@@ -97,27 +161,37 @@ def test_rescale_keeps_the_history_in_the_new_units() -> None:
         nv.rescale(0.0)
 
 
+@pytest.mark.parametrize("censor", [0.0, 0.2])
 @pytest.mark.parametrize("split", [37, 250, 333])
-def test_a_rescaled_history_continues_like_one_run_on_the_new_scale(split: int) -> None:
+def test_a_rescaled_history_continues_like_one_run_on_the_new_scale(
+    split: int, censor: float
+) -> None:
     # novelty is scale-free: history in old units, rescaled by c, then scores c× as large,
     # must give exactly what one run on the c× scores gives (peak, open block and every block
-    # of the ring are rescaled, whatever the split's position in a block)
+    # of the ring are rescaled, whatever the split's position in a block; the censored-run
+    # counts are not scores and stay as they are)
     x = np.random.default_rng(1).gamma(2.0, 1.0, size=600)
     c = 3.0
-    whole = SeriesNovelty(window=50, peak_decay=0.999).update(["a"] * 600, c * x)
-    nv = SeriesNovelty(window=50, peak_decay=0.999)
+    whole = SeriesNovelty(50, 0.999, censor=censor).update(["a"] * 600, c * x)
+    if censor:
+        assert not np.array_equal(whole, SeriesNovelty(50, 0.999).update(["a"] * 600, c * x))
+    nv = SeriesNovelty(50, 0.999, censor=censor)
     nv.update(["a"] * split, x[:split])
-    restored = SeriesNovelty(window=50, peak_decay=0.999)
+    restored = SeriesNovelty(50, 0.999, censor=censor)
     restored.restore(nv.snapshot())
     restored.rescale(c)
     assert restored.update(["a"] * (600 - split), c * x[split:]) == pytest.approx(whole[split:])
 
 
-def test_restore_refuses_another_window() -> None:
+def test_restore_refuses_another_window_or_layout() -> None:
     nv = SeriesNovelty(window=1050)
     nv.update(["a"] * 300, np.ones(300))
     with pytest.raises(DataError):
         SeriesNovelty(window=1000).restore(nv.snapshot())
+    old = nv.snapshot()
+    old["state"] = [row[:-11] for row in old["state"]]  # the layout before censoring
+    with pytest.raises(DataError, match="values per series"):
+        SeriesNovelty(window=1050).restore(old)
 
 
 def _novelty_after_swap(

@@ -118,6 +118,12 @@ CASES = [
     ),
     Case("SeriesEMA", lambda: SeriesEMA(0.7), _score_stream, _ema_feed),
     Case("SeriesNovelty", lambda: SeriesNovelty(25, 0.99), _score_stream, _ema_feed),
+    Case(
+        "SeriesNovelty-censored",
+        lambda: SeriesNovelty(25, 0.99, censor=0.2, censor_runs=2),
+        _score_stream,
+        _ema_feed,
+    ),
     Case("EpisodeTracker", lambda: EpisodeTracker(0.8, 2, 3), _score_stream, _episode_feed),
     Case("Scorer", _scorer, _parts_stream, _scorer_feed),
 ]
