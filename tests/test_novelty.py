@@ -139,6 +139,31 @@ def test_a_recurring_high_is_censored_at_most_censor_runs_times_per_window() -> 
     assert np.flatnonzero(plain).tolist() == [1000]
 
 
+def test_inside_a_censored_excursion_each_step_is_measured_against_its_own_highs() -> None:
+    # a climb from 1 to 10 over 9 rows: only its onset is new, censored or not (each later row
+    # steps less above the excursion's previous high than the onset did above the baseline)
+    x = np.r_[np.ones(300), np.arange(2.0, 11.0), np.ones(200)]
+    for censor in (0.0, 0.05):
+        out = SeriesNovelty(window=1000, peak_decay=1.0, censor=censor).update(["a"] * len(x), x)
+        assert np.flatnonzero(out).tolist() == [300], censor
+
+
+def test_a_lasting_level_shift_enters_the_maximum_after_one_block() -> None:
+    # from 1 to 10 for good: censored at first, then (after one block, 100 rows) a new level
+    # like any other; a step up from it is new, and so is the same step after the window has
+    # forgotten it, as without censoring (a shift censored for good would keep its own
+    # maximum, 11.5, for good)
+    rng = np.random.default_rng(0)
+    x = np.r_[np.ones(500), 10.0 + 0.1 * rng.random(3000)]
+    x[2000:2005] = x[3300:3305] = 11.5
+    for censor in (0.0, 0.4):
+        out = SeriesNovelty(window=1000, peak_decay=1.0, censor=censor).update(["a"] * len(x), x)
+        assert out[500] == pytest.approx(0.9, abs=0.01), censor
+        assert out[501:2000].max() < 0.01, censor  # the noise sets a few tiny new highs
+        assert out[2000] == pytest.approx((11.5 - 10.1) / 11.5, abs=0.01), censor
+        assert out[3300] == pytest.approx((11.5 - 10.1) / 11.5, abs=0.01), censor
+
+
 def test_no_censoring_before_one_block_of_history() -> None:
     # window 1,000: blocks of 100 rows. A rise at row 50 enters the maximum (too little
     # history to call it an anomaly), so the same rise at row 500 is not new; one at row 150
@@ -161,7 +186,7 @@ def test_rescale_keeps_the_history_in_the_new_units() -> None:
         nv.rescale(0.0)
 
 
-@pytest.mark.parametrize("censor", [0.0, 0.2])
+@pytest.mark.parametrize("censor", [0.0, 0.15])
 @pytest.mark.parametrize("split", [37, 250, 333])
 def test_a_rescaled_history_continues_like_one_run_on_the_new_scale(
     split: int, censor: float
@@ -172,15 +197,30 @@ def test_a_rescaled_history_continues_like_one_run_on_the_new_scale(
     # counts are not scores and stay as they are)
     x = np.random.default_rng(1).gamma(2.0, 1.0, size=600)
     c = 3.0
-    whole = SeriesNovelty(50, 0.999, censor=censor).update(["a"] * 600, c * x)
+    whole = SeriesNovelty(50, 0.999, censor=censor, censor_runs=2).update(["a"] * 600, c * x)
     if censor:
         assert not np.array_equal(whole, SeriesNovelty(50, 0.999).update(["a"] * 600, c * x))
-    nv = SeriesNovelty(50, 0.999, censor=censor)
+    nv = SeriesNovelty(50, 0.999, censor=censor, censor_runs=2)
     nv.update(["a"] * split, x[:split])
-    restored = SeriesNovelty(50, 0.999, censor=censor)
+    restored = SeriesNovelty(50, 0.999, censor=censor, censor_runs=2)
     restored.restore(nv.snapshot())
     restored.rescale(c)
     assert restored.update(["a"] * (600 - split), c * x[split:]) == pytest.approx(whole[split:])
+
+
+def test_rescale_keeps_the_censoring_counts() -> None:
+    # one anomaly censored before a swap (the scale triples), at most 2 per window: the next
+    # one is censored too, so the third, smaller one is not hidden — as in one run on the new
+    # scale (counts are not scores: scaled, 1 would read 3 and stop the second censoring)
+    x = np.ones(800)
+    x[300:305], x[500:505], x[700:705] = 20.0, 8.0, 4.0
+    whole = SeriesNovelty(1000, 1.0, censor=0.3, censor_runs=2).update(["a"] * 800, 3 * x)
+    nv = SeriesNovelty(1000, 1.0, censor=0.3, censor_runs=2)
+    nv.update(["a"] * 400, x[:400])
+    nv.rescale(3.0)
+    out = nv.update(["a"] * 400, 3 * x[400:])
+    assert out[700 - 400] == pytest.approx((12 - 3) / 60) == whole[700]
+    assert out == pytest.approx(whole[400:])
 
 
 def test_restore_refuses_another_window_or_layout() -> None:
@@ -189,9 +229,13 @@ def test_restore_refuses_another_window_or_layout() -> None:
     with pytest.raises(DataError):
         SeriesNovelty(window=1000).restore(nv.snapshot())
     old = nv.snapshot()
-    old["state"] = [row[:-11] for row in old["state"]]  # the layout before censoring
+    old["state"] = [row[: 7 + 10] for row in old["state"]]  # before censoring: 7 + 10 blocks
     with pytest.raises(DataError, match="values per series"):
         SeriesNovelty(window=1050).restore(old)
+    bad = nv.snapshot()
+    bad["state"][0][7] = 0.5  # the censoring flag is 0 or 1
+    with pytest.raises(DataError, match="out of range"):
+        SeriesNovelty(window=1050).restore(bad)
 
 
 def _novelty_after_swap(

@@ -28,19 +28,23 @@ Examples
 Row 3 (3.0) rises further in the run row 2 opened, but by less (1/3 of its scale): not new;
 row 7 is new again against the previous 3 rows' maximum, 3.0.
 
-Censoring (``censor`` > 0): a run whose novelty reaches ``censor`` is taken for an anomaly, and
-its rows stay out of the recent maximum, so that one anomaly does not hide the next one in the
-same ``window`` (the rows still count towards the block they fall in, and the peak ``P`` still
-sees them). A recurring high is not an anomaly: at most ``censor_runs`` runs are censored per
-``window`` windows (counted where each begins), later ones enter the maximum as usual; and no
-run is censored before the series has one block of history (``⌈window / 10⌉`` windows).
-Without it, NAB's files lose the second and third of their anomalies to the first one's
-maximum (docs/results.md, "Censored novelty").
+Censoring (``censor`` > 0): where a run's novelty reaches ``censor``, the excursion is taken
+for an anomaly: from that row until the score falls back to the recent maximum, its rows stay
+out of that maximum, so that one anomaly does not hide the next one in the same ``window``
+(the rows still count towards the block they fall in, and the peak ``P`` still sees them;
+what is reported inside the excursion is still each new step above its own highest row, as
+without censoring). Three guards: an excursion that lasts ``⌈window / 10⌉`` windows (one
+block) is a new level, not an anomaly, and enters the maximum then; a recurring high is not an
+anomaly either: at most ``censor_runs`` censorings per ``window`` windows (counted in the
+block where each starts), later excursions enter the maximum as usual; and nothing is
+censored before the series has one block of history. Without it, NAB's files lose the second
+and third of their anomalies to the first one's maximum (docs/results.md, "NAB: censored
+novelty").
 
 >>> x = np.array([1.0, 1.0, 4.0, 1.0, 1.0, 3.0, 1.0, 1.0])
->>> SeriesNovelty(window=10, peak_decay=1.0).update(["a"] * 8, x).tolist()[5]  # under 4.0
+>>> SeriesNovelty(window=20, peak_decay=1.0).update(["a"] * 8, x).tolist()[5]  # under 4.0
 0.0
->>> SeriesNovelty(window=10, peak_decay=1.0, censor=0.5).update(["a"] * 8, x).tolist()[5]
+>>> SeriesNovelty(window=20, peak_decay=1.0, censor=0.5).update(["a"] * 8, x).tolist()[5]
 0.5
 """
 
@@ -62,10 +66,10 @@ F64 = npt.NDArray[np.float64]
 # The recent maximum is kept as the maxima of (at most) this many blocks of ⌈window / _BLOCKS⌉ rows.
 _BLOCKS = 10
 # per-series state: peak, best novelty of the current run, max of the open block, rows in the
-# open block, next ring slot, rows seen (up to one block), max of the ring, the current run is
-# censored (0/1), censored runs begun in the open block, censored runs in the ring; then the
-# ring of block maxima and the ring of censored-run counts
-_HEAD = 10
+# open block, next ring slot, rows seen (up to one block), max of the ring, an excursion is
+# censored (0/1), censorings begun in the open block, censorings in the ring, the censored
+# excursion's max and its rows; then the ring of block maxima and the ring of censoring counts
+_HEAD = 12
 
 
 class SeriesNovelty:
@@ -113,9 +117,14 @@ class SeriesNovelty:
                 st = self._state[k] = [0.0] * (_HEAD + 2 * n_blocks)
             peak = st[0] = max(v, pd * st[0])
             if st[5] and peak > 0.0:
-                rise = max(0.0, v - max(st[2], st[6])) / peak
+                recent = max(st[2], st[6])
+                if st[7] and v <= recent:  # the censored excursion is over
+                    st[7] = 0.0
+                # a censored excursion's rows are measured against its own maximum too, as
+                # they would be if they were in the recent maximum: each step, not the climb
+                rise = max(0.0, v - (max(recent, st[10]) if st[7] else recent)) / peak
                 if rise <= 0.0:
-                    st[1] = st[7] = 0.0
+                    st[1] = 0.0
                 elif rise > st[1]:
                     out[i] = st[1] = rise
                     if (
@@ -125,9 +134,13 @@ class SeriesNovelty:
                         and st[5] >= block
                         and st[8] + st[9] < runs
                     ):
-                        st[7], st[8] = 1.0, st[8] + 1
+                        st[7], st[8], st[10], st[11] = 1.0, st[8] + 1, 0.0, 0.0
             st[5] = min(st[5] + 1, block)
-            if not st[7]:
+            if st[7]:
+                st[10], st[11] = max(st[10], v), st[11] + 1
+                if st[11] >= block:  # it lasts: a new level, not an anomaly; it enters the max
+                    st[7], st[2] = 0.0, max(st[2], st[10])
+            else:
                 st[2] = max(st[2], v)
             st[3] += 1
             if st[3] >= block:  # the block is full: it enters the ring, a new one opens
@@ -169,7 +182,10 @@ class SeriesNovelty:
             )
         series = [str(k) for k in snapshot["series"]]
         width = _HEAD + 2 * self._n_blocks
-        state = np.asarray(snapshot["state"], dtype=np.float64)
+        try:
+            state = np.asarray(snapshot["state"], dtype=np.float64)
+        except ValueError as e:  # ragged rows
+            raise DataError(f"SeriesNovelty snapshot: unreadable state ({e})") from e
         if state.size and (state.ndim != 2 or state.shape[1] != width):
             raise DataError(
                 f"SeriesNovelty snapshot: rows of shape {state.shape[1:]}, this layout has "
@@ -180,7 +196,12 @@ class SeriesNovelty:
         if len(set(series)) != len(series) or not np.isfinite(state).all():
             raise DataError("SeriesNovelty snapshot: duplicate series ids or non-finite values")
         if len(state) and (
-            (state[:, 3] >= self._block).any() or (state[:, 4] >= self._n_blocks).any()
+            (state[:, 3] >= self._block).any()
+            or (state[:, 4] >= self._n_blocks).any()
+            or (state[:, 5] > self._block).any()
+            or (state[:, 11] >= self._block).any()
+            or not np.isin(state[:, 7], (0.0, 1.0)).all()
+            or (state < 0.0).any()
         ):
-            raise DataError("SeriesNovelty snapshot: block position out of range")
+            raise DataError("SeriesNovelty snapshot: block position or counts out of range")
         self._state = {k: row.tolist() for k, row in zip(series, state, strict=True)}
