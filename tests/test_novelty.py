@@ -223,6 +223,20 @@ def test_rescale_keeps_the_censoring_counts() -> None:
     assert out == pytest.approx(whole[400:])
 
 
+def test_a_swap_inside_a_censored_excursion_rescales_its_maximum() -> None:
+    # the excursion's own high (10) is a score: after the swap (×3) its rows (6 → 18) are
+    # still under it (30), as in one run on the new scale; unscaled, 18 would rise above 10
+    x = np.ones(400)
+    x[300], x[301:310] = 10.0, 6.0
+    whole = SeriesNovelty(1000, 1.0, censor=0.3).update(["a"] * 400, 3 * x)
+    nv = SeriesNovelty(1000, 1.0, censor=0.3)
+    nv.update(["a"] * 305, x[:305])
+    nv.rescale(3.0)
+    out = nv.update(["a"] * 95, 3 * x[305:])
+    assert whole[300] > 0.8 and np.all(whole[301:] == 0.0)
+    assert out == pytest.approx(whole[305:])
+
+
 def test_restore_refuses_another_window_or_layout() -> None:
     nv = SeriesNovelty(window=1050)
     nv.update(["a"] * 300, np.ones(300))

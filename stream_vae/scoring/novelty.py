@@ -164,6 +164,7 @@ class SeriesNovelty:
             st[0] *= factor  # peak
             st[2] *= factor  # the open block's max
             st[6] *= factor  # the ring's max
+            st[10] *= factor  # the censored excursion's max
             st[_HEAD:end] = [v * factor for v in st[_HEAD:end]]  # the block maxima
 
     def snapshot(self) -> dict[str, Any]:
