@@ -27,10 +27,10 @@ import pytest
 import torch
 
 from stream_vae import _json
-from stream_vae.config import load_settings
-from stream_vae.records import RecordBatch
 from stream_vae.artifact import Artifact
+from stream_vae.config import load_settings
 from stream_vae.pipeline import Pipeline
+from stream_vae.records import RecordBatch
 from stream_vae.scoring.alerts import Alert
 from stream_vae.scoring.scorer import ScoredBatch
 from stream_vae.synthetic import generate_fleet
