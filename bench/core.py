@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stream_vae.export import to_onnx, to_torchscript
-from stream_vae.inference import Detector, OrtBackend, TorchBackend
-from stream_vae.model import LSTMVAE, VAEConfig
-from stream_vae.scaler import Scaler
+from stream_vae.core.scaler import Scaler
+from stream_vae.model.detector import Detector, OrtBackend, TorchBackend
+from stream_vae.model.vae import LSTMVAE, VAEConfig
 from stream_vae.scoring.hybrid import HybridScore
 from stream_vae.scoring.scorer import Scorer
+from stream_vae.storage.export import to_onnx, to_torchscript
 
 BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
 

@@ -28,13 +28,13 @@ import torch
 
 from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import load_settings
-from stream_vae.kafka import ensure_topics
-from stream_vae.records import RecordBatch
-from stream_vae.replay import replay
+from stream_vae.core.records import RecordBatch
+from stream_vae.demo.synthetic import generate_fleet
 from stream_vae.service import Service, SourceBatch
-from stream_vae.synthetic import generate_fleet
-from stream_vae.tabular import Table
-from stream_vae.trainer import train_artifact
+from stream_vae.service.kafka import ensure_topics
+from stream_vae.service.replay import replay
+from stream_vae.storage.tabular import Table
+from stream_vae.training.build import train_artifact
 
 
 def _core_rate(service: Service, n: int, repeats: int = 5) -> float:

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from core import _rate as core_rate  # bench/core.py, beside this file
 
+from stream_vae.core.scaler import Scaler
 from stream_vae.errors import ConfigError
-from stream_vae.inference import Detector, TorchBackend
-from stream_vae.model import LSTMVAE, VAEConfig
-from stream_vae.scaler import Scaler
+from stream_vae.model.detector import Detector, TorchBackend
+from stream_vae.model.vae import LSTMVAE, VAEConfig
 
 BATCHES = (4096, 16384, 65536, 262144)
 QUICK_BATCHES = (256, 1024)

@@ -13,7 +13,7 @@ Transforms (all causal: row t uses rows ≤ t):
 - ``decayed recent max``: max(0, s_t − M_{t−1}) / P_t with M a geometrically decayed maximum
   (decay 0.99), every row: the first novelty stage;
 - ``sliding max, every row``: the same against the maximum of the previous 1,000 rows;
-- ``novelty, window=k``: the product's stage (``stream_vae.scoring.novelty.SeriesNovelty``):
+- ``novelty, window=k``: the product's stage (``stream_vae.evaluation.novelty.SeriesNovelty``):
   the sliding maximum, and only the rows that beat their run's best — what
   `stream-vae evaluate nab` scores for us (window 1,000 by default);
 - ``censored novelty, window=2000, censor=c, runs=k``: the same, where a rise whose novelty
@@ -39,8 +39,8 @@ import numpy as np
 from stream_vae.config import Settings, load_settings
 from stream_vae.evaluation import nab
 from stream_vae.evaluation.detectors import run_detector
+from stream_vae.evaluation.novelty import SeriesNovelty
 from stream_vae.evaluation.runner import _nab_series
-from stream_vae.scoring.novelty import SeriesNovelty
 
 
 def decayed_novelty(s: np.ndarray, decay: float = 0.99, peak_decay: float = 0.9999) -> np.ndarray:

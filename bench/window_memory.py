@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from stream_vae.records import RecordBatch
-from stream_vae.windows import WindowStore
+from stream_vae.core.records import RecordBatch
+from stream_vae.core.windows import WindowStore
 
 
 def _rss_bytes() -> int:

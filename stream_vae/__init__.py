@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .artifact import Artifact
 from .config import Settings, load_settings
-from .drift import DriftEvent, DriftMonitor
+from .core.records import Record, RecordBatch, decode, encode
+from .core.windows import ReadyWindows, WindowStore
+from .demo.synthetic import Fleet, generate_fleet
 from .errors import (
     ArtifactError,
     ConfigError,
@@ -13,20 +14,19 @@ from .errors import (
     RegistryError,
     StreamVAEError,
 )
-from .inference import Detector
-from .model import LSTMVAE, VAEConfig
-from .pipeline import Pipeline
-from .policy import RetrainPolicy
-from .records import Record, RecordBatch, decode, encode
-from .registry import Registry
-from .reservoir import CleanReservoir
-from .retrain import retrain
+from .lifecycle.drift import DriftEvent, DriftMonitor
+from .lifecycle.policy import RetrainPolicy
+from .lifecycle.reservoir import CleanReservoir
+from .model.detector import Detector
+from .model.vae import LSTMVAE, VAEConfig
+from .runtime.live import Pipeline
 from .scoring import Alert, Scorer
 from .scoring.hybrid import roc_auc
-from .synthetic import Fleet, generate_fleet
-from .trainer import train_artifact
-from .training import COLLAPSE_NATS, fit
-from .windows import ReadyWindows, WindowStore
+from .storage.artifact import Artifact
+from .storage.registry import Registry
+from .training.build import train_artifact
+from .training.fit import COLLAPSE_NATS, fit
+from .training.gate import retrain
 
 __version__ = "0.1.0"
 

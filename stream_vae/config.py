@@ -56,7 +56,7 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 class WindowSettings(BaseModel):
-    """Sliding windows per series (see :class:`stream_vae.windows.WindowStore`)."""
+    """Sliding windows per series (see :class:`stream_vae.core.windows.WindowStore`)."""
 
     model_config = _FROZEN
 
@@ -69,7 +69,7 @@ class WindowSettings(BaseModel):
     idle_ttl_s: float | None = Field(None, gt=0, description="evict series silent this long")
     max_series: int | None = Field(None, ge=1, description="LRU bound on series held")
     # Each point also carries its phase in these cycles (sin, cos): the model sees the time of
-    # day or week a shape happens at; only the values' error is scored (stream_vae.windows).
+    # day or week a shape happens at; only the values' error is scored (stream_vae.core.windows).
     calendar: tuple[Literal["day", "week"], ...] = ()
 
     @field_validator("calendar")
@@ -86,7 +86,7 @@ class WindowSettings(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    """Shape of the LSTM-VAE (see :class:`stream_vae.model.VAEConfig`)."""
+    """Shape of the LSTM-VAE (see :class:`stream_vae.model.vae.VAEConfig`)."""
 
     model_config = _FROZEN
 
@@ -98,7 +98,7 @@ class ModelSettings(BaseModel):
 
 
 class TrainSettings(BaseModel):
-    """How a model is fitted on normal windows (see :func:`stream_vae.training.fit`)."""
+    """How a model is fitted on normal windows (see :func:`stream_vae.training.fit.fit`)."""
 
     model_config = _FROZEN
 
@@ -142,7 +142,7 @@ class ScoringSettings(BaseModel):
     close_after: int = Field(3, ge=1)
     cooldown: int = Field(0, ge=0)
     top_k: int = Field(3, ge=1)
-    # Novelty (stream_vae.scoring.novelty): a per-row score that rises at the onset of a new,
+    # Novelty (stream_vae.evaluation.novelty): a per-row score that rises at the onset of a new,
     # larger-than-recent excursion; what the NAB evaluation scores for us. "Recent": the
     # series' last novelty_window windows.
     novelty_window: int = Field(1000, ge=1)
@@ -162,7 +162,7 @@ class ScoringSettings(BaseModel):
 
 
 class KafkaSettings(BaseModel):
-    """Where the service reads and writes, and how it authenticates (see stream_vae.kafka)."""
+    """Where the service reads and writes, and how it authenticates (stream_vae.service.kafka)."""
 
     model_config = _FROZEN
 
@@ -243,7 +243,7 @@ class ServiceSettings(BaseModel):
 
 
 class DriftSettings(BaseModel):
-    """The drift monitor (see stream_vae.drift): KSWIN over thinned raw scores and inputs."""
+    """The drift monitor (stream_vae.lifecycle.drift): KSWIN over thinned raw scores and inputs."""
 
     model_config = _FROZEN
 
@@ -280,7 +280,7 @@ class DriftSettings(BaseModel):
 
 
 class RetrainSettings(BaseModel):
-    """The warm-start retraining job and its validation gate (see stream_vae.retrain)."""
+    """The warm-start retraining job and its validation gate (see stream_vae.training.gate)."""
 
     model_config = _FROZEN
 
@@ -309,7 +309,7 @@ class RetrainSettings(BaseModel):
 
 
 class RegistrySettings(BaseModel):
-    """Model versions on disk (see stream_vae.registry)."""
+    """Model versions on disk (see stream_vae.storage.registry)."""
 
     model_config = _FROZEN
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stream_vae.artifact import Artifact
-from stream_vae.cli import main
+from stream_vae.cli.main import main
+from stream_vae.storage.artifact import Artifact
 
 # Tests run on the CPU with a fixed, small thread count: results must not depend on the machine.
 torch.set_num_threads(2)

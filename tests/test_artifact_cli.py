@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from stream_vae.artifact import Artifact
-from stream_vae.cli import main
+from stream_vae.cli.main import main
 from stream_vae.errors import ArtifactError
-from stream_vae.export import to_onnx, to_torchscript
-from stream_vae.inference import OrtBackend
-from stream_vae.pipeline import Pipeline
-from stream_vae.tabular import read_table
+from stream_vae.model.detector import OrtBackend
+from stream_vae.runtime.live import Pipeline
+from stream_vae.storage.artifact import Artifact
+from stream_vae.storage.export import to_onnx, to_torchscript
+from stream_vae.storage.tabular import read_table
 
 from .conftest import TinyModel
 

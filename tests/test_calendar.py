@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from stream_vae.artifact import Artifact
 from stream_vae.config import Settings, WindowSettings
+from stream_vae.core.records import RecordBatch
+from stream_vae.core.scaler import Scaler
+from stream_vae.core.windows import WindowStore, calendar_columns
 from stream_vae.errors import ArtifactError
-from stream_vae.pipeline import Pipeline
-from stream_vae.policy import RetrainPolicy
-from stream_vae.records import RecordBatch
-from stream_vae.reservoir import ReservoirSample
-from stream_vae.retrain import retrain
-from stream_vae.scaler import Scaler
-from stream_vae.trainer import train_artifact
-from stream_vae.windows import WindowStore, calendar_columns
+from stream_vae.lifecycle.policy import RetrainPolicy
+from stream_vae.lifecycle.reservoir import ReservoirSample
+from stream_vae.runtime.live import Pipeline
+from stream_vae.storage.artifact import Artifact
+from stream_vae.training.build import train_artifact
+from stream_vae.training.gate import retrain
 
 HOUR = 3600.0
 

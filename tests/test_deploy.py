@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel
 
 from stream_vae.config import KafkaSettings, ServiceSettings, Settings, load_settings
-from stream_vae.metrics import ServiceMetrics
+from stream_vae.service.metrics import ServiceMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from stream_vae.artifact import Artifact
 from stream_vae.config import load_settings
-from stream_vae.pipeline import Pipeline
-from stream_vae.records import RecordBatch
+from stream_vae.core.records import RecordBatch
+from stream_vae.demo.synthetic import Fleet, generate_fleet
+from stream_vae.runtime.live import Pipeline
 from stream_vae.scoring.hybrid import roc_auc
-from stream_vae.synthetic import Fleet, generate_fleet
-from stream_vae.trainer import train_artifact
+from stream_vae.storage.artifact import Artifact
+from stream_vae.training.build import train_artifact
 
 W = 24
 

@@ -14,8 +14,8 @@ import pytest
 from pydantic import ValidationError
 
 from stream_vae.config import DriftSettings, load_settings
-from stream_vae.drift import DriftEvent, DriftMonitor
 from stream_vae.errors import ConfigError, ShapeError
+from stream_vae.lifecycle.drift import DriftEvent, DriftMonitor
 
 N_SERIES = 50
 STEP_S = 60.0

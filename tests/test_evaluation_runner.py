@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from stream_vae import _json
-from stream_vae.cli import main
+from stream_vae.cli.main import main
+from stream_vae.demo.synthetic import generate_fleet
 from stream_vae.evaluation.datasets import read_labelled_csv, read_smd
-from stream_vae.synthetic import generate_fleet
 
 from .conftest import TINY_TOML
 

@@ -27,14 +27,14 @@ import pytest
 import torch
 
 from stream_vae import _json
-from stream_vae.artifact import Artifact
 from stream_vae.config import load_settings
-from stream_vae.pipeline import Pipeline
-from stream_vae.records import RecordBatch
+from stream_vae.core.records import RecordBatch
+from stream_vae.demo.synthetic import generate_fleet
+from stream_vae.runtime.live import Pipeline
 from stream_vae.scoring.alerts import Alert
 from stream_vae.scoring.scorer import ScoredBatch
-from stream_vae.synthetic import generate_fleet
-from stream_vae.trainer import train_artifact
+from stream_vae.storage.artifact import Artifact
+from stream_vae.training.build import train_artifact
 
 GOLDEN = Path(__file__).parent / "golden" / "fleet.json"
 COLUMNS = ("raw", "smoothed", "recon", "latent")

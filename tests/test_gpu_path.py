@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from stream_vae.artifact import Artifact
 from stream_vae.errors import ConfigError, ShapeError
-from stream_vae.inference import GraphRunner, HostStaging, TorchBackend, graph_bucket
-from stream_vae.model import LSTMVAE, VAEConfig, VAEOutput
-from stream_vae.pipeline import Pipeline
-from stream_vae.tabular import read_table
+from stream_vae.model.detector import GraphRunner, HostStaging, TorchBackend, graph_bucket
+from stream_vae.model.vae import LSTMVAE, VAEConfig, VAEOutput
+from stream_vae.runtime.live import Pipeline
+from stream_vae.storage.artifact import Artifact
+from stream_vae.storage.tabular import read_table
 
 from .conftest import TinyModel
 
@@ -200,7 +200,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(
     model = _model()
     backend = TorchBackend(model, "cpu", compile=True)
     x = _windows(8, 16, 3)
-    with caplog.at_level(logging.WARNING, logger="stream_vae.inference"):
+    with caplog.at_level(logging.WARNING, logger="stream_vae.model.detector"):
         first, second = backend(x), backend(x)
     eager = TorchBackend(model, "cpu")(x)
     for a, b, c in zip(first, second, eager, strict=True):

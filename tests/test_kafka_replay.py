@@ -12,11 +12,11 @@ from aiokafka import TopicPartition
 
 from stream_vae import _json
 from stream_vae.broker import EmbeddedBroker
-from stream_vae.cli import main
+from stream_vae.cli.main import main
 from stream_vae.config import KafkaSettings, load_settings
+from stream_vae.core.records import decode
 from stream_vae.errors import ConfigError
-from stream_vae.kafka import client_options, ensure_topics, make_consumer
-from stream_vae.records import decode
+from stream_vae.service.kafka import client_options, ensure_topics, make_consumer
 
 
 @pytest.fixture(scope="module")

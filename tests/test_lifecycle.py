@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 from stream_vae import _json
-from stream_vae.artifact import Artifact
 from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import Settings, load_settings
-from stream_vae.kafka import ensure_topics, make_producer
-from stream_vae.records import RecordBatch, encode
-from stream_vae.registry import Registry
+from stream_vae.core.records import RecordBatch, encode
+from stream_vae.demo.synthetic import Fleet, generate_fleet
 from stream_vae.service import Service
-from stream_vae.synthetic import Fleet, generate_fleet
-from stream_vae.trainer import train_artifact
+from stream_vae.service.kafka import ensure_topics, make_producer
+from stream_vae.storage.artifact import Artifact
+from stream_vae.storage.registry import Registry
+from stream_vae.training.build import train_artifact
 
 from .conftest import TinyModel
 from .test_service import _consume
@@ -220,7 +220,7 @@ def test_regime_change_is_detected_retrained_promoted_and_swapped(
 def test_retrain_on_demand_publishes_with_lineage_and_promotes_if_it_passes(
     tiny: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from stream_vae.cli import main
+    from stream_vae.cli.main import main
 
     root = tmp_path / "reg"
     cfg = tmp_path / "c.toml"
@@ -258,7 +258,7 @@ def test_retrain_on_demand_publishes_with_lineage_and_promotes_if_it_passes(
     )
     # the windows the live model held in alert episodes were not learned from: the test file
     # has injected anomalies, so fewer windows than the file holds went into the sample
-    from stream_vae.tabular import read_table
+    from stream_vae.storage.tabular import read_table
 
     table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
     w = tiny.artifact.vae_config.window
@@ -275,7 +275,7 @@ def test_every_replica_swaps_within_seconds_of_a_promotion(
     still accounted for across the swap."""
     from dataclasses import replace
 
-    from stream_vae.tabular import read_table
+    from stream_vae.storage.tabular import read_table
 
     registry = Registry(tmp_path / "reg")
     registry.publish(tiny.artifact, trigger="initial")

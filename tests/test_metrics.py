@@ -12,10 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_vae import _json
-from stream_vae import health as health_module
-from stream_vae import metrics as metrics_module
-from stream_vae.health import EventLoopLagMonitor, HealthServer
-from stream_vae.metrics import ServiceMetrics
+from stream_vae.service import health as health_module
+from stream_vae.service import metrics as metrics_module
+from stream_vae.service.health import EventLoopLagMonitor, HealthServer
+from stream_vae.service.metrics import ServiceMetrics
 
 T = TypeVar("T")
 Response = tuple[int, dict[str, str], bytes]

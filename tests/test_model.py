@@ -8,8 +8,8 @@ import torch
 
 from stream_vae.config import ModelSettings, TrainSettings
 from stream_vae.errors import ShapeError
-from stream_vae.model import LSTMVAE, VAEConfig, VAEOutput, kl_per_dim, vae_loss
-from stream_vae.training import fit
+from stream_vae.model.vae import LSTMVAE, VAEConfig, VAEOutput, kl_per_dim, vae_loss
+from stream_vae.training.fit import fit
 
 
 def test_shapes_and_deterministic_eval() -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from stream_vae.errors import ConfigError, DataError
+from stream_vae.evaluation.novelty import SeriesNovelty
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts
-from stream_vae.scoring.novelty import SeriesNovelty
 from stream_vae.scoring.scorer import Scorer
 
 

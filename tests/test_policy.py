@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from stream_vae.config import load_settings
-from stream_vae.drift import DriftEvent
-from stream_vae.policy import RetrainPolicy
+from stream_vae.lifecycle.drift import DriftEvent
+from stream_vae.lifecycle.policy import RetrainPolicy
 
 from .conftest import TinyModel
 

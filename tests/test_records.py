@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stream_vae.core.records import REASONS, Record, RecordBatch, decode, encode, parse_ts
 from stream_vae.errors import RecordError
-from stream_vae.records import REASONS, Record, RecordBatch, decode, encode, parse_ts
 
 FEATURES = ("temp", "pressure", "rpm")
 

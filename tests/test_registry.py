@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from stream_vae import registry as registry_module
-from stream_vae.artifact import Artifact
-from stream_vae.cli import main
+from stream_vae.cli.main import main
 from stream_vae.errors import RegistryError, StreamVAEError
-from stream_vae.registry import Lineage, Registry
+from stream_vae.storage import registry as registry_module
+from stream_vae.storage.artifact import Artifact
+from stream_vae.storage.registry import Lineage, Registry
 
 from .conftest import TinyModel
 

@@ -15,18 +15,18 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from stream_vae.artifact import Artifact
 from stream_vae.config import ModelSettings, Settings, load_settings
+from stream_vae.core.records import RecordBatch
+from stream_vae.core.scaler import Scaler
+from stream_vae.demo.synthetic import Fleet, generate_fleet
 from stream_vae.errors import DataError
-from stream_vae.model import LSTMVAE, kl_per_dim
-from stream_vae.pipeline import Pipeline
-from stream_vae.records import RecordBatch
-from stream_vae.reservoir import CleanReservoir, ReservoirSample, clean_mask
-from stream_vae.retrain import GateResult, _job_settings, neg_elbo, retrain, validate
-from stream_vae.scaler import Scaler
+from stream_vae.lifecycle.reservoir import CleanReservoir, ReservoirSample, clean_mask
+from stream_vae.model.vae import LSTMVAE, kl_per_dim
+from stream_vae.runtime.live import Pipeline
 from stream_vae.scoring.threshold import Calibration
-from stream_vae.synthetic import Fleet, generate_fleet
-from stream_vae.trainer import train_artifact
+from stream_vae.storage.artifact import Artifact
+from stream_vae.training.build import train_artifact
+from stream_vae.training.gate import GateResult, _job_settings, neg_elbo, retrain, validate
 
 from .conftest import TinyModel
 

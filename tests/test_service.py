@@ -18,11 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_vae import _json
 from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import KafkaSettings, load_settings
-from stream_vae.kafka import ensure_topics, make_producer
-from stream_vae.pipeline import Pipeline
-from stream_vae.records import Record, encode
+from stream_vae.core.records import Record, encode
+from stream_vae.runtime.live import Pipeline
 from stream_vae.service import Service
-from stream_vae.tabular import read_table
+from stream_vae.service.kafka import ensure_topics, make_producer
+from stream_vae.storage.tabular import read_table
 
 from .conftest import TinyModel
 

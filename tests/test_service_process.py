@@ -21,10 +21,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream_vae import _json
 from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import KafkaSettings
-from stream_vae.kafka import ensure_topics
-from stream_vae.pipeline import Pipeline
-from stream_vae.replay import replay
-from stream_vae.tabular import Table, read_table
+from stream_vae.runtime.live import Pipeline
+from stream_vae.service.kafka import ensure_topics
+from stream_vae.service.replay import replay
+from stream_vae.storage.tabular import Table, read_table
 
 from .conftest import TinyModel
 

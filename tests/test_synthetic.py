@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from stream_vae import synthetic
+from stream_vae.demo import synthetic
+from stream_vae.demo.synthetic import KINDS, MIN_GAP, Fleet, generate_fleet, window_labels
 from stream_vae.errors import ConfigError, ShapeError
-from stream_vae.synthetic import KINDS, MIN_GAP, Fleet, generate_fleet, window_labels
 
 SEED = 3
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stream_vae.errors import DataError
-from stream_vae.tabular import read_table
+from stream_vae.storage.tabular import read_table
 
 
 def test_csv_with_iso_timestamps_and_reordering(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_vae import _json
+from stream_vae.core.records import RecordBatch
+from stream_vae.core.windows import ReadyWindows, WindowStore
 from stream_vae.errors import ShapeError
-from stream_vae.records import RecordBatch
-from stream_vae.windows import ReadyWindows, WindowStore
 
 F64 = npt.NDArray[np.float64]
 Out = list[tuple[str, float, list[list[float]]]]

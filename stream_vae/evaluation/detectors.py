@@ -2,15 +2,15 @@
 rows, then score its test rows one after the other (causal: a row's score uses that row and
 the rows before it, never a later one).
 
-* ``stream-vae`` — the product: records → :class:`~stream_vae.pipeline.Pipeline`
+* ``stream-vae`` — the product: records → :class:`~stream_vae.runtime.live.Pipeline`
   (WindowStore → model → scorer → episodes), exactly the service's path; the score is the
   smoothed hybrid score and the predictions are its alert episodes (calibrated threshold, no
   labels). From the same model and pass, the ablation of the hybrid score:
   ``vae-recon`` (reconstruction term only) and ``vae-latent`` (latent term only), each
   smoothed by the same per-series EMA.
 * ``stream-vae-retrain`` — the product with drift-triggered retraining on (the service's
-  :class:`~stream_vae.policy.RetrainPolicy`, inline); its score is the smoothed score over the
-  threshold of the version live at that row.
+  :class:`~stream_vae.lifecycle.policy.RetrainPolicy`, inline); its score is the smoothed
+  score over the threshold of the version live at that row.
 * ``lstm-ae`` — the same network trained as a plain autoencoder (β = 0), scored by its
   reconstruction error through the same pipeline.
 * ``pca`` — reconstruction error of the same windows by the principal components that explain
@@ -39,16 +39,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..artifact import Artifact
 from ..config import Settings
-from ..pipeline import Pipeline
-from ..policy import RetrainPolicy
-from ..records import RecordBatch
-from ..retrain import retrain
+from ..core.records import RecordBatch
+from ..lifecycle.policy import RetrainPolicy
+from ..runtime.live import Pipeline
 from ..scoring.alerts import Alert
 from ..scoring.ema import SeriesEMA
 from ..scoring.scorer import ScoredBatch
-from ..trainer import train_artifact
+from ..storage.artifact import Artifact
+from ..training.build import train_artifact
+from ..training.gate import retrain
 from .datasets import LabelledSeries
 
 __all__ = ["DEFAULT_DETECTORS", "DETECTORS", "Output", "run_detector"]
@@ -80,7 +80,7 @@ class Output:
     predictions: npt.NDArray[np.bool_] | None = None
     top_features: npt.NDArray[np.int64] | None = None
     threshold: float | None = None  # on ``scores``, where the detector has its own
-    # the product's per-row novelty in [0, 1] (stream_vae.scoring.novelty): what NAB scores
+    # the product's per-row novelty in [0, 1] (stream_vae.evaluation.novelty): what NAB scores
     novelty: F64 | None = None
 
 
@@ -145,9 +145,10 @@ def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[s
 
 
 def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
-    """The product with its retraining policy on (:class:`~stream_vae.policy.RetrainPolicy`,
-    the service's), run inline: drift → retrain → gate → swap between chunks. The score is
-    the smoothed score over the threshold of the version live at that row (threshold 1)."""
+    """The product with its retraining policy on (the service's
+    :class:`~stream_vae.lifecycle.policy.RetrainPolicy`), run inline: drift → retrain → gate →
+    swap between chunks. The score is the smoothed score over the threshold of the version live
+    at that row (threshold 1)."""
     art = _train(series, settings, seed)
     pipe = Pipeline.from_artifact(art, settings.service.device)
     policy = RetrainPolicy(settings, art)

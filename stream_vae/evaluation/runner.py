@@ -37,11 +37,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ..config import Settings
-from ..scoring.novelty import SeriesNovelty
 from . import metrics as M
 from . import nab
 from .datasets import LabelledSeries
 from .detectors import DEFAULT_DETECTORS, Output, run_detector
+from .novelty import SeriesNovelty
 from .report import markdown_table, plot_outputs, write_report
 
 __all__ = [
@@ -194,7 +194,7 @@ def nab_unit_scores(out: Output, settings: Settings) -> F64:
     """A detector's per-row scores as NAB wants them: in [0, 1], comparable across files (one
     threshold is swept over all files) and high where an excursion starts, not all along it
     (NAB charges every flagged row outside a window). Every detector's score goes through the
-    same stage, the product's novelty (:mod:`stream_vae.scoring.novelty`, the scoring
+    same stage, the product's novelty (:mod:`stream_vae.evaluation.novelty`, the scoring
     settings' ``novelty_window``): ours computes it in its scorer, on its smoothed score; the
     baselines' scores get it here, so that the comparison is of the scores, not of the
     post-processing."""

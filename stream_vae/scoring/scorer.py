@@ -15,11 +15,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import check_shape
+from ..evaluation.novelty import SeriesNovelty
 from .alerts import Alert, alert_id, top_features
 from .ema import SeriesEMA
 from .episodes import EpisodeTracker
 from .hybrid import HybridScore, ScoreParts
-from .novelty import SeriesNovelty
 
 __all__ = ["ScoredBatch", "Scorer"]
 

@@ -31,16 +31,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from ..artifact import Artifact
 from ..config import Settings
 from ..errors import ConfigError
-from ..health import EventLoopLagMonitor, HealthServer
-from ..kafka import ensure_topics, make_consumer, make_producer
-from ..metrics import ServiceMetrics
-from ..pipeline import Pipeline
-from ..registry import Registry
+from ..runtime.live import Pipeline
 from ..scoring.alerts import Alert
+from ..storage.artifact import Artifact
+from ..storage.registry import Registry
+from .health import EventLoopLagMonitor, HealthServer
+from .kafka import ensure_topics, make_consumer, make_producer
 from .lifecycle import Lifecycle
+from .metrics import ServiceMetrics
 from .offsets import ReplayWatermark
 from .sink import KafkaSink
 from .source import KafkaSource, SourceBatch

@@ -5,7 +5,7 @@
 - A score drift event arms a retrain: the job starts once the reservoir holds
   ``retrain.min_windows`` clean windows newer than the change (the new normal, not a mix);
   ``retrain.schedule_s`` starts one on a timer (stream time). The job runs in a spawned worker
-  process with its own torch thread budget (:func:`stream_vae.retrain.job_main`), so scoring
+  process with its own torch thread budget (:func:`stream_vae.training.gate.job_main`), so scoring
   keeps its threads and the loop its GIL; one job at a time.
 - The job publishes its candidate to the registry and promotes it if the gate passed. Every
   replica polls the registry's pointer (``registry.poll_s``), loads a new version off the loop
@@ -28,16 +28,16 @@ from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
-from ..artifact import Artifact
 from ..config import Settings
-from ..drift import DriftEvent, DriftMonitor
-from ..inference import Detector
-from ..metrics import ServiceMetrics
-from ..policy import Job, RetrainPolicy
-from ..registry import Registry
-from ..retrain import job_main, save_sample
+from ..core.windows import ReadyWindows
+from ..lifecycle.drift import DriftEvent, DriftMonitor
+from ..lifecycle.policy import Job, RetrainPolicy
+from ..model.detector import Detector
 from ..scoring.scorer import ScoredBatch, Scorer
-from ..windows import ReadyWindows
+from ..storage.artifact import Artifact
+from ..storage.registry import Registry
+from ..training.gate import job_main, save_sample
+from .metrics import ServiceMetrics
 
 __all__ = ["Lifecycle", "Swap"]
 

@@ -15,8 +15,8 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from ..core.records import Record, RecordBatch, decode
 from ..errors import RecordError
-from ..records import Record, RecordBatch, decode
 
 __all__ = ["DeadLetter", "KafkaSource", "SourceBatch"]
 

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream_vae.records import RecordBatch
+from stream_vae.core.records import RecordBatch
+from stream_vae.core.windows import WindowStore
+from stream_vae.evaluation.novelty import SeriesNovelty
 from stream_vae.scoring.ema import SeriesEMA
 from stream_vae.scoring.episodes import EpisodeTracker
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts
-from stream_vae.scoring.novelty import SeriesNovelty
 from stream_vae.scoring.scorer import Scorer
-from stream_vae.windows import WindowStore
 
 Stream = dict[str, Any]
 

@@ -24,16 +24,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from . import _json
-from .config import ScoringSettings, WindowSettings
-from .errors import ArtifactError, ConfigError
-from .inference import Backend, Detector, OrtBackend, Precision, TorchBackend
-from .model import LSTMVAE, VAEConfig, pick_device
-from .scaler import Scaler
-from .scoring.hybrid import HybridScore
-from .scoring.scorer import Scorer
-from .scoring.threshold import Calibration
-from .windows import WindowStore
+from .. import _json
+from ..config import ScoringSettings, WindowSettings
+from ..core.scaler import Scaler
+from ..core.windows import WindowStore
+from ..errors import ArtifactError, ConfigError
+from ..model.detector import Backend, Detector, OrtBackend, Precision, TorchBackend
+from ..model.vae import LSTMVAE, VAEConfig, pick_device
+from ..scoring.hybrid import HybridScore
+from ..scoring.scorer import Scorer
+from ..scoring.threshold import Calibration
 
 __all__ = ["FORMAT_VERSION", "Artifact"]
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import DataError, RecordError
-from .records import RecordBatch, parse_ts
+from ..core.records import RecordBatch, parse_ts
+from ..errors import DataError, RecordError
 
 __all__ = ["Table", "read_table", "write_scores"]
 

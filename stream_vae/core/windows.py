@@ -9,14 +9,14 @@ With ``calendar`` (e.g. ``("day",)``), each point also carries the phase of its 
 those cycles, as a sine and a cosine (:func:`calendar_columns`), after its ``d`` values: the
 windows are ``(n, W, d + 2·len(calendar))``. A model then sees *when* a shape happens (a flat
 segment at the hour the series usually rises); the scorer counts only the ``d`` values' error
-(:class:`~stream_vae.inference.Detector`'s ``n_context``).
+(:class:`~stream_vae.model.detector.Detector`'s ``n_context``).
 
 The store is pure: no I/O, no asyncio, no torch.
 
 Examples
 --------
 >>> import numpy as np
->>> from stream_vae.records import RecordBatch
+>>> from stream_vae.core.records import RecordBatch
 >>> store = WindowStore(window=3, n_features=1)
 >>> batch = RecordBatch(("a",) * 4, np.arange(4.0), np.arange(4, dtype=np.float32)[:, None])
 >>> ready = store.push_many(batch)
@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from .errors import check_shape
+from ..errors import check_shape
 from .records import RecordBatch
 
 __all__ = ["CALENDAR_PERIODS", "ReadyWindows", "WindowStore", "calendar_columns"]
@@ -118,7 +118,7 @@ class WindowStore:
     Examples
     --------
     >>> import numpy as np
-    >>> from stream_vae.records import RecordBatch
+    >>> from stream_vae.core.records import RecordBatch
     >>> store = WindowStore(3, 1, max_gap_s=1.5, gap_policy="ffill", max_fill=2)
     >>> ts = np.array([0.0, 1.0, 4.0, 3.0])  # a gap of 3 steps, then a late point
     >>> ready = store.push_many(RecordBatch(("a",) * 4, ts, np.float32([[1], [2], [3], [9]])))

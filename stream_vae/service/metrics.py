@@ -1,4 +1,4 @@
-"""The service's Prometheus metrics (served by :mod:`stream_vae.health`).
+"""The service's Prometheus metrics (served by :mod:`stream_vae.service.health`).
 
 Every metric lives in the :class:`ServiceMetrics` instance's own ``CollectorRegistry``: nothing
 is registered in ``prometheus_client``'s global default registry, so several services (or tests)

@@ -19,8 +19,8 @@ The gate, on the newest ``retrain.holdout_fraction`` of the clean windows (never
     than ``max_recall_drop`` below the live model's.
 
 The threshold is calibrated on the held-out windows' raw scores (see
-:func:`stream_vae.trainer.fit_artifact` on why not the EMA), first on the older half (so that (b)
-is measured on windows it was not set on), then, once the gate passed, on all of them.
+:func:`stream_vae.training.build.fit_artifact` on why not the EMA), first on the older half (so
+that (b) is measured on windows it was not set on), then, once the gate passed, on all of them.
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ import numpy.typing as npt
 import torch
 from scipy import stats
 
-from .artifact import Artifact
-from .config import ModelSettings, RetrainSettings, Settings
-from .errors import DataError
-from .inference import TorchBackend
-from .registry import Registry
-from .reservoir import ReservoirSample
-from .scaler import Scaler
-from .scoring.threshold import calibrate
-from .trainer import fit_artifact
+from ..config import ModelSettings, RetrainSettings, Settings
+from ..core.scaler import Scaler
+from ..errors import DataError
+from ..lifecycle.reservoir import ReservoirSample
+from ..model.detector import TorchBackend
+from ..scoring.threshold import calibrate
+from ..storage.artifact import Artifact
+from ..storage.registry import Registry
+from .build import fit_artifact
 
 __all__ = [
     "GateResult",

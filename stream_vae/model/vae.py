@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .errors import ShapeError
+from ..errors import ShapeError
 
 __all__ = [
     "LSTMVAE",

@@ -26,7 +26,8 @@ promoters the last to take the lock wins, and ``history`` shows the order. Reade
 Storage: a local or mounted directory (a shared PVC; NFS only with working locks). fsspec URLs
 such as ``s3://`` are not supported: object stores have neither an atomic directory rename nor
 ``flock``, so publishing and promoting would need another commit protocol (pointer object written
-last, a lease instead of the lock), and :class:`~stream_vae.artifact.Artifact` reads local paths.
+last, a lease instead of the lock), and :class:`~stream_vae.storage.artifact.Artifact` reads
+local paths.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from . import _json
+from .. import _json
+from ..errors import ArtifactError, RegistryError
 from .artifact import Artifact
-from .errors import ArtifactError, RegistryError
 
 __all__ = ["Lineage", "Registry", "Trigger", "VersionInfo"]
 

@@ -10,15 +10,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from . import _json
-from .artifact import Artifact
-from .config import Settings
-from .kafka import client_options, ensure_topics
-from .records import RecordBatch
-from .registry import Registry
-from .replay import replay
-from .service import Service
-from .tabular import Table
+from .. import _json
+from ..config import Settings
+from ..core.records import RecordBatch
+from ..service import Service
+from ..service.kafka import client_options, ensure_topics
+from ..service.replay import replay
+from ..storage.artifact import Artifact
+from ..storage.registry import Registry
+from ..storage.tabular import Table
 
 __all__ = ["drift_cycle", "stream_through_kafka"]
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from .artifact import Artifact
-from .config import WindowSettings
-from .inference import Detector, Precision
-from .records import RecordBatch
-from .scoring.scorer import ScoredBatch, Scorer
-from .windows import WindowStore
+from ..config import WindowSettings
+from ..core.records import RecordBatch
+from ..core.windows import WindowStore
+from ..model.detector import Detector, Precision
+from ..scoring.scorer import ScoredBatch, Scorer
+from ..storage.artifact import Artifact
 
 __all__ = ["Pipeline"]
 

@@ -40,7 +40,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ConfigError, ShapeError, check_shape
+from ..errors import ConfigError, ShapeError, check_shape
 
 __all__ = ["KINDS", "MIN_GAP", "Fleet", "Injection", "generate_fleet", "window_labels"]
 

@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
-from .config import KafkaSettings
+from ..config import KafkaSettings
 
 __all__ = ["client_options", "ensure_topics", "make_consumer", "make_producer"]
 

@@ -1,4 +1,4 @@
-"""Implementations of the CLI subcommands (argument parsing lives in :mod:`stream_vae.cli`)."""
+"""Implementations of the CLI subcommands (argument parsing lives in :mod:`stream_vae.cli.main`)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from aiokafka.errors import KafkaError
 
-from . import _json
-from .artifact import Artifact
-from .config import Settings, load_settings
-from .errors import ConfigError, DataError, KafkaUnavailableError
-from .pipeline import Pipeline
-from .records import RecordBatch
-from .tabular import read_table, write_scores
-from .trainer import train_artifact
+from .. import _json
+from ..config import Settings, load_settings
+from ..core.records import RecordBatch
+from ..errors import ConfigError, DataError, KafkaUnavailableError
+from ..runtime.live import Pipeline
+from ..storage.artifact import Artifact
+from ..storage.tabular import read_table, write_scores
+from ..training.build import train_artifact
 
 __all__ = [
     "cmd_demo",
@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from .service import Service
+    from ..service import Service
 
     settings = _settings(args)
     torch.set_num_threads(settings.train.torch_threads)
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace, settings: Settings, *, required: bool) -> Any:
-    from .registry import Registry
+    from ..storage.registry import Registry
 
     root = getattr(args, "registry", None) or settings.registry.root
     if root is None:
@@ -147,8 +147,8 @@ def _registry(args: argparse.Namespace, settings: Settings, *, required: bool) -
 def cmd_retrain(args: argparse.Namespace) -> int:
     """On demand (or from a CronJob): retrain on a file of recent normal telemetry, gate, and
     promote in the registry; running services swap to it within ``registry.poll_s``."""
-    from .policy import RetrainPolicy
-    from .retrain import run_job
+    from ..lifecycle.policy import RetrainPolicy
+    from ..training.gate import run_job
 
     settings = _settings(args)
     torch.set_num_threads(settings.retrain.torch_threads)
@@ -176,7 +176,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .replay import replay
+    from ..service.replay import replay
 
     settings = _settings(args)
     if args.rate is not None and args.rate <= 0:
@@ -194,7 +194,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import to_onnx, to_torchscript
+    from ..storage.export import to_onnx, to_torchscript
 
     art = Artifact.load(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .synthetic import generate_fleet
+    from ..demo.synthetic import generate_fleet
 
     fleet = generate_fleet(args.series, args.features, args.steps, seed=args.seed)
     train, test = fleet.split(int(args.steps * 0.6))
@@ -245,11 +245,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import time
     import uuid
 
-    from .broker import EmbeddedBroker
-    from .demo import stream_through_kafka
-    from .evaluation.events import Segment, match_events
-    from .records import RecordBatch
-    from .synthetic import generate_fleet
+    from ..broker import EmbeddedBroker
+    from ..core.records import RecordBatch
+    from ..demo.fleet import stream_through_kafka
+    from ..demo.synthetic import generate_fleet
+    from ..evaluation.events import Segment, match_events
 
     if args.drift:
         return _demo_drift(args)
@@ -352,10 +352,10 @@ def _demo_drift(args: argparse.Namespace) -> int:
     import shutil
     import uuid
 
-    from .broker import EmbeddedBroker
-    from .demo import drift_cycle
-    from .registry import Registry
-    from .synthetic import generate_fleet
+    from ..broker import EmbeddedBroker
+    from ..demo.fleet import drift_cycle
+    from ..demo.synthetic import generate_fleet
+    from ..storage.registry import Registry
 
     base = _settings(args)
     torch.set_num_threads(1)  # the retraining worker gets the other core
@@ -466,7 +466,7 @@ def _demo_plot(
     except ImportError:
         print("(no plot: pip install matplotlib)")
         return
-    from .plot import plot_series
+    from ..demo.plot import plot_series
 
     # The same scores the service computed, recomputed through the same path for the picture.
     scores: dict[str, tuple[list[float], list[float]]] = {}
@@ -509,9 +509,9 @@ _QUICK = {
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import logging
 
-    from .evaluation.datasets import read_labelled_csv, read_smd
-    from .evaluation.detectors import DEFAULT_DETECTORS, DETECTORS
-    from .evaluation.runner import evaluate_nab_to, evaluate_to
+    from ..evaluation.datasets import read_labelled_csv, read_smd
+    from ..evaluation.detectors import DEFAULT_DETECTORS, DETECTORS
+    from ..evaluation.runner import evaluate_nab_to, evaluate_to
 
     settings = _settings(args)
     detectors = args.detectors or list(DEFAULT_DETECTORS)
@@ -538,8 +538,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_registry(args: argparse.Namespace) -> int:
     """``registry list|add|promote|rollback`` on --registry or the registry.root setting."""
-    from .errors import RegistryError
-    from .registry import Registry
+    from ..errors import RegistryError
+    from ..storage.registry import Registry
 
     root = args.registry or _settings(args).registry.root
     if root is None:

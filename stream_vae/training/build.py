@@ -17,18 +17,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .artifact import Artifact
-from .config import Settings
-from .errors import ArtifactError, DataError
-from .inference import Detector, TorchBackend
-from .model import pick_device
-from .records import RecordBatch
-from .scaler import Scaler
-from .scoring.alpha import choose_alpha, corrupt_windows
-from .scoring.ema import SeriesEMA
-from .scoring.hybrid import HybridScore, ScoreParts
-from .scoring.threshold import calibrate
-from .training import fit, make_windows, split_by_time
+from ..config import Settings
+from ..core.records import RecordBatch
+from ..core.scaler import Scaler
+from ..errors import ArtifactError, DataError
+from ..model.detector import Detector, TorchBackend
+from ..model.vae import pick_device
+from ..scoring.alpha import choose_alpha, corrupt_windows
+from ..scoring.ema import SeriesEMA
+from ..scoring.hybrid import HybridScore, ScoreParts
+from ..scoring.threshold import calibrate
+from ..storage.artifact import Artifact
+from .fit import fit, make_windows, split_by_time
 
 __all__ = ["fit_artifact", "train_artifact"]
 

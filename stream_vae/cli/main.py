@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import StreamVAEError
+from ..errors import StreamVAEError
 
 __all__ = ["main"]
 

@@ -2,7 +2,7 @@
 
 The exported graph maps scaled windows ``x`` (n, W, d) to ``recon`` (n, W, d), ``mu`` and
 ``logvar`` (n, k) (and ``recon_logvar`` for a Gaussian decoder); scaling and scoring stay in
-Python, shared with the eager path (:func:`stream_vae.inference.score_parts`).
+Python, shared with the eager path (:func:`stream_vae.model.detector.score_parts`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .model import LSTMVAE
+from ..model.vae import LSTMVAE
 
 __all__ = ["output_names", "to_onnx", "to_torchscript"]
 

@@ -37,14 +37,16 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from river.drift import KSWIN
 
-from .config import DriftSettings
-from .errors import check_shape
+from ..errors import check_shape
+
+if TYPE_CHECKING:  # annotations only: the settings schema is not needed to run
+    from ..config import DriftSettings
 
 __all__ = ["DriftEvent", "DriftMonitor"]
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from .config import ModelSettings, TrainSettings
-from .model import LSTMVAE, VAEConfig, vae_loss
-from .records import RecordBatch
-from .windows import ReadyWindows, WindowStore
+from ..core.records import RecordBatch
+from ..core.windows import ReadyWindows, WindowStore
+from ..model.vae import LSTMVAE, VAEConfig, vae_loss
+
+if TYPE_CHECKING:  # annotations only: the settings schema is not needed to run
+    from ..config import ModelSettings, TrainSettings
 
 __all__ = ["EpochStats", "FitResult", "fit", "make_windows", "split_by_time"]
 

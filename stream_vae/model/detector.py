@@ -17,10 +17,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .errors import ConfigError, StreamVAEError, check_shape
-from .model import LSTMVAE, VAEOutput
-from .scaler import Scaler
-from .scoring.hybrid import ScoreParts
+from ..core.scaler import Scaler
+from ..errors import ConfigError, StreamVAEError, check_shape
+from ..scoring.hybrid import ScoreParts
+from .vae import LSTMVAE, VAEOutput
 
 __all__ = [
     "Backend",
@@ -296,7 +296,7 @@ def _to_host(out: VAEOutput, device: torch.device) -> Outputs:
 
 
 class OrtBackend:
-    """ONNX Runtime on the CPU, over a model exported by :func:`stream_vae.export.to_onnx`."""
+    """ONNX Runtime on the CPU, over a model from :func:`stream_vae.storage.export.to_onnx`."""
 
     def __init__(self, onnx_path: str, threads: int = 2) -> None:
         import onnxruntime as ort  # optional extra: stream-vae[onnx]
@@ -363,7 +363,7 @@ class Detector:
         self.recon_mode = recon_mode
         self.latent_mode = latent_mode
         self.max_batch = max_batch
-        # The windows' last channels are context (the calendar: stream_vae.windows), input to
+        # The windows' last channels are context (the calendar: stream_vae.core.windows), input to
         # the model but not data: their reconstruction error is not scored.
         self.n_context = n_context
 

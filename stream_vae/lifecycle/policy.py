@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .artifact import Artifact
-from .config import Settings
+from ..config import Settings
+from ..core.windows import ReadyWindows
+from ..scoring.scorer import ScoredBatch, Scorer
+from ..storage.artifact import Artifact
 from .drift import DriftEvent, DriftMonitor
 from .reservoir import CleanReservoir, ReservoirSample, clean_mask
-from .scoring.scorer import ScoredBatch, Scorer
-from .windows import ReadyWindows
 
 __all__ = ["Job", "RetrainPolicy"]
 

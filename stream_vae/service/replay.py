@@ -6,10 +6,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from .config import KafkaSettings
+from ..config import KafkaSettings
+from ..core.records import encode
+from ..storage.tabular import Table
 from .kafka import ensure_topics, make_producer
-from .records import encode
-from .tabular import Table
 
 __all__ = ["replay"]
 

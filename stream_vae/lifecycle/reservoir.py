@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import check_shape
+from ..errors import check_shape
 
 __all__ = ["CleanReservoir", "ReservoirSample", "clean_mask"]
 

@@ -1,5 +1,6 @@
 """A tiny HTTP server for /metrics, /healthz, /readyz and /accounting, and an event-loop lag
-probe (an I/O edge of the service; the metrics themselves live in :mod:`stream_vae.metrics`)."""
+probe (an I/O edge of the service; the metrics themselves live in
+:mod:`stream_vae.service.metrics`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from types import TracebackType
 
 from prometheus_client import generate_latest
 
-from . import _json
+from .. import _json
 from .metrics import METRICS_CONTENT_TYPE, WARN_LOOP_LAG_S, ServiceMetrics
 
 __all__ = ["EventLoopLagMonitor", "HealthServer"]

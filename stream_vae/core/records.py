@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _json
-from .errors import RecordError
+from .. import _json
+from ..errors import RecordError
 
 __all__ = [
     "REASONS",

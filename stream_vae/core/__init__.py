@@ -1,0 +1,1 @@
+"""Pure building blocks: records, per-series windows, the scaler, per-series state."""

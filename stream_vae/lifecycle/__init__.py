@@ -1,0 +1,1 @@
+"""When to retrain and on what: drift, the clean reservoir, the policy, the job."""

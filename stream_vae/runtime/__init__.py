@@ -1,0 +1,1 @@
+"""One live model: windows → forward pass → scores, and its swap."""

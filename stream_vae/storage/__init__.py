@@ -1,0 +1,1 @@
+"""Model versions on disk: the artifact format, the registry, exports, data files."""

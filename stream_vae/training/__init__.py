@@ -1,0 +1,1 @@
+"""Fitting a model on normal windows, packaging it, and the retraining gate."""
