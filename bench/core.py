@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from stream_vae.core.scaler import Scaler
-from stream_vae.model.detector import Detector, OrtBackend, TorchBackend
+from stream_vae.model.backends import OrtBackend, TorchBackend
+from stream_vae.model.detector import Detector
 from stream_vae.model.vae import LSTMVAE, VAEConfig
 from stream_vae.scoring.hybrid import HybridScore
 from stream_vae.scoring.scorer import Scorer
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     backends = {
         "eager": TorchBackend(model, "cpu"),
         "torchscript": TraceBackend(str(to_torchscript(model, tmp / "m.ts"))),
-        "onnxruntime": OrtBackend(str(to_onnx(model, tmp / "m.onnx")), threads=args.threads),
+        "onnxruntime": OrtBackend(
+            to_onnx(model, tmp / "m.onnx").read_bytes(), threads=args.threads
+        ),
     }
     calib = Detector(backends["eager"], scaler, w).infer(
         rng.normal(size=(512, w, d)).astype(np.float32)

@@ -30,6 +30,7 @@ from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import load_settings
 from stream_vae.core.records import RecordBatch
 from stream_vae.demo.synthetic import generate_fleet
+from stream_vae.runtime.live import build_scorer
 from stream_vae.service import Service, SourceBatch
 from stream_vae.service.kafka import ensure_topics
 from stream_vae.service.replay import replay
@@ -39,11 +40,13 @@ from stream_vae.training.build import train_artifact
 
 def _core_rate(service: Service, n: int, repeats: int = 5) -> float:
     rng = np.random.default_rng(0)
-    w, d = service.artifact.vae_config.window, service.artifact.vae_config.n_features
+    live = service.live
+    w, d = live.artifact.vae_config.window, live.artifact.vae_config.n_features
     x = rng.normal(size=(n, w, d)).astype(np.float32)
     keys = [f"s{i}" for i in range(n)]
     ts = np.arange(n, dtype=np.float64)
-    det, scorer = service.pipeline.detector, service.artifact.scorer()
+    # the service's detector; a scorer of its own (the service's keeps its series' state)
+    det, scorer = live.detector, build_scorer(live.artifact, service.settings.alerts)
     scorer.update(keys, ts, det.infer(x))  # warm-up
     rates = []
     for _ in range(repeats):
@@ -92,6 +95,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         service={
             "metrics_port": None,
             "device": "cpu",
+            "torch_threads": args.threads,
             "max_batch_records": args.batch,
             "max_wait_ms": args.max_wait_ms,
         },

@@ -37,7 +37,8 @@ from core import _rate as core_rate  # bench/core.py, beside this file
 
 from stream_vae.core.scaler import Scaler
 from stream_vae.errors import ConfigError
-from stream_vae.model.detector import Detector, TorchBackend
+from stream_vae.model.backends import TorchBackend
+from stream_vae.model.detector import Detector
 from stream_vae.model.vae import LSTMVAE, VAEConfig
 
 BATCHES = (4096, 16384, 65536, 262144)

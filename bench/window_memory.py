@@ -81,7 +81,7 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     for name, total in (
         ("ideal W·d·4", ideal * n),
-        ("store.nbytes", store.nbytes),
+        ("store.nbytes()", store.nbytes()),
         ("RSS growth", rss),
         ("tracemalloc", traced),
     ):

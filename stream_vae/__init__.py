@@ -19,10 +19,11 @@ from .lifecycle.policy import RetrainPolicy
 from .lifecycle.reservoir import CleanReservoir
 from .model.detector import Detector
 from .model.vae import LSTMVAE, VAEConfig
-from .runtime.live import Pipeline
+from .runtime.live import LiveModel
 from .scoring import Alert, Scorer
 from .scoring.hybrid import roc_auc
 from .storage.artifact import Artifact
+from .storage.files import load_artifact, save_artifact
 from .storage.registry import Registry
 from .training.build import train_artifact
 from .training.fit import COLLAPSE_NATS, fit
@@ -43,7 +44,7 @@ __all__ = [
     "DriftEvent",
     "DriftMonitor",
     "Fleet",
-    "Pipeline",
+    "LiveModel",
     "ReadyWindows",
     "Record",
     "RecordBatch",
@@ -61,8 +62,10 @@ __all__ = [
     "encode",
     "fit",
     "generate_fleet",
+    "load_artifact",
     "load_settings",
     "retrain",
     "roc_auc",
+    "save_artifact",
     "train_artifact",
 ]

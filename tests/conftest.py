@@ -8,6 +8,7 @@ import torch
 
 from stream_vae.cli.main import main
 from stream_vae.storage.artifact import Artifact
+from stream_vae.storage.files import load_artifact
 
 # Tests run on the CPU with a fixed, small thread count: results must not depend on the machine.
 torch.set_num_threads(2)
@@ -83,5 +84,5 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
         == 0
     )
     return TinyModel(
-        model_dir, Artifact.load(model_dir), root / "train.csv", root / "test.csv", cfg
+        model_dir, load_artifact(model_dir), root / "train.csv", root / "test.csv", cfg
     )

@@ -12,26 +12,26 @@ import torch
 
 from stream_vae.cli.main import main
 from stream_vae.errors import ArtifactError
-from stream_vae.model.detector import OrtBackend
-from stream_vae.runtime.live import Pipeline
-from stream_vae.storage.artifact import Artifact
+from stream_vae.model.backends import OrtBackend
+from stream_vae.runtime.live import DetectorOptions, LiveModel, build_detector
 from stream_vae.storage.export import to_onnx, to_torchscript
+from stream_vae.storage.files import load_artifact, save_artifact
 from stream_vae.storage.tabular import read_table
 
 from .conftest import TinyModel
 
 
-def _scores(pipe: Pipeline, path: Path) -> np.ndarray:
+def _scores(live: LiveModel, path: Path) -> np.ndarray:
     table = read_table(path)
-    return np.concatenate([s.smoothed for s in pipe.stream(table.batch, 500)])
+    return np.concatenate([s.smoothed for s in live.stream(table.batch, 500)])
 
 
 def test_round_trip_gives_identical_scores(tiny: TinyModel, tmp_path: Path) -> None:
-    again = Artifact.load(tiny.artifact.save(tmp_path / "copy"))
+    again = load_artifact(save_artifact(tiny.artifact, tmp_path / "copy"))
     assert again.version == tiny.artifact.version
     assert again.feature_names == tiny.artifact.feature_names
-    a = _scores(Pipeline.from_artifact(tiny.artifact, "cpu"), tiny.test_csv)
-    b = _scores(Pipeline.from_artifact(again, "cpu"), tiny.test_csv)
+    a = _scores(LiveModel(tiny.artifact, DetectorOptions(device="cpu")), tiny.test_csv)
+    b = _scores(LiveModel(again, DetectorOptions(device="cpu")), tiny.test_csv)
     assert len(a) > 100
     assert np.array_equal(a, b)
 
@@ -52,17 +52,17 @@ def test_feature_mismatch_is_refused(tiny: TinyModel) -> None:
 
 def test_load_refuses_garbage(tmp_path: Path, tiny: TinyModel) -> None:
     with pytest.raises(ArtifactError, match="not a model directory"):
-        Artifact.load(tmp_path)
+        load_artifact(tmp_path)
     bad = tmp_path / "bad"
-    tiny.artifact.save(bad)
+    save_artifact(tiny.artifact, bad)
     (bad / "weights.pt").write_bytes(b"not a zip")
     with pytest.raises(ArtifactError):
-        Artifact.load(bad)
+        load_artifact(bad)
 
 
 def test_weights_only_refuses_pickled_code(tmp_path: Path, tiny: TinyModel) -> None:
     evil = tmp_path / "evil"
-    tiny.artifact.save(evil)
+    save_artifact(tiny.artifact, evil)
 
     class Boom:
         def __reduce__(self) -> tuple[object, tuple[str]]:
@@ -70,7 +70,7 @@ def test_weights_only_refuses_pickled_code(tmp_path: Path, tiny: TinyModel) -> N
 
     torch.save({"x": Boom()}, evil / "weights.pt")
     with pytest.raises(ArtifactError):
-        Artifact.load(evil)
+        load_artifact(evil)
 
 
 def test_export_parity(tiny: TinyModel, tmp_path: Path) -> None:
@@ -85,17 +85,21 @@ def test_export_parity(tiny: TinyModel, tmp_path: Path) -> None:
         traced = ts(x)
     for a, b in zip(traced, (eager.recon, eager.mu, eager.logvar), strict=True):
         assert float((a - b).abs().max()) <= 1e-4
-    ort = OrtBackend(str(to_onnx(model, tmp_path / "m.onnx")), threads=1)
+    ort = OrtBackend(to_onnx(model, tmp_path / "m.onnx").read_bytes(), threads=1)
     recon, _, mu, logvar = ort(x.numpy())
     for a, b in zip((recon, mu, logvar), (eager.recon, eager.mu, eager.logvar), strict=True):
         assert float(np.abs(a - b.numpy()).max()) <= 1e-4
-    # the ORT backend scores windows exactly like the eager one (same score_parts)
+    # the onnx backend (its graph exported in memory) scores windows exactly like the eager one
+    # (same score_parts)
     raw = np.random.default_rng(1).normal(size=(50, *tiny.window_shape)).astype(np.float32)
-    eager_det = tiny.artifact.detector("cpu")
-    ort_det = tiny.artifact.detector(backend="onnx", threads=1)
-    assert np.allclose(
-        eager_det.infer(raw).recon_features, ort_det.infer(raw).recon_features, atol=1e-4
+    eager_det = build_detector(tiny.artifact, DetectorOptions(device="cpu"))
+    ort_det = build_detector(
+        tiny.artifact, DetectorOptions(device="cpu", backend="onnx", threads=1)
     )
+    assert isinstance(ort_det.backend, OrtBackend)
+    eager_parts, ort_parts = eager_det.infer(raw), ort_det.infer(raw)
+    assert np.allclose(eager_parts.recon_features, ort_parts.recon_features, atol=1e-4)
+    assert np.allclose(eager_parts.latent, ort_parts.latent, rtol=1e-4, atol=1e-4)
 
 
 def test_cli_score_writes_one_row_per_window(
@@ -121,7 +125,9 @@ def test_cli_score_writes_one_row_per_window(
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["series_id", "ts", "score", "raw_score", "threshold", "is_alert"]
-    assert len(rows) == len(_scores(Pipeline.from_artifact(tiny.artifact, "cpu"), tiny.test_csv))
+    assert len(rows) == len(
+        _scores(LiveModel(tiny.artifact, DetectorOptions(device="cpu")), tiny.test_csv)
+    )
     assert {r["is_alert"] for r in rows} <= {"0", "1"}
     assert "alert episodes" in capsys.readouterr().out
 

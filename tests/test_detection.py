@@ -15,7 +15,7 @@ import pytest
 from stream_vae.config import load_settings
 from stream_vae.core.records import RecordBatch
 from stream_vae.demo.synthetic import Fleet, generate_fleet
-from stream_vae.runtime.live import Pipeline
+from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.scoring.hybrid import roc_auc
 from stream_vae.storage.artifact import Artifact
 from stream_vae.training.build import train_artifact
@@ -52,7 +52,7 @@ def trained() -> Trained:
 
 
 def _window_scores(art: Artifact, test: Fleet) -> tuple[dict[str, list[float]], np.ndarray]:
-    pipe = Pipeline.from_artifact(art, "cpu")
+    pipe = LiveModel(art, DetectorOptions(device="cpu"))
     out = list(pipe.stream(_batch(test), 1000))
     keys = [k for o in out for k in o.keys]
     raw = np.concatenate([o.raw for o in out])

@@ -30,37 +30,13 @@ from stream_vae import _json
 from stream_vae.config import load_settings
 from stream_vae.core.records import RecordBatch
 from stream_vae.demo.synthetic import generate_fleet
-from stream_vae.runtime.live import Pipeline
-from stream_vae.scoring.alerts import Alert
-from stream_vae.scoring.scorer import ScoredBatch
-from stream_vae.storage.artifact import Artifact
+from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.training.build import train_artifact
 
 GOLDEN = Path(__file__).parent / "golden" / "fleet.json"
 COLUMNS = ("raw", "smoothed", "recon", "latent")
 # Uneven chunk sizes: state must carry across batch boundaries wherever they fall.
 CHUNKS = (97, 300, 1, 512, 64)
-
-
-class LiveModel:
-    """Today's path (before the regrouping): Pipeline plus the service's swap sequence."""
-
-    def __init__(self, artifact: Artifact, device: str) -> None:
-        self._pipe = Pipeline.from_artifact(artifact, device)
-        self._device = device
-
-    def process(self, batch: RecordBatch) -> ScoredBatch:
-        return self._pipe.process(batch)
-
-    def open_series(self) -> frozenset[str]:
-        return self._pipe.scorer.open_series()
-
-    def install(self, artifact: Artifact, ts: float) -> tuple[Alert, ...]:
-        closed = self._pipe.scorer.close_all(ts, "model_swap")
-        scorer = artifact.scorer()
-        scorer.inherit_novelty(self._pipe.scorer)
-        self._pipe.detector, self._pipe.scorer = artifact.detector(self._device), scorer
-        return closed
 
 
 def _settings(seed: int) -> Any:
@@ -83,7 +59,7 @@ def golden_run() -> dict[str, Any]:
     second = train_artifact(train, fleet.feature_names, _settings(1), device="cpu", progress=False)
     sids, ts, values, _ = future.interleaved()
     stream = RecordBatch(tuple(sids), ts, values)
-    live = LiveModel(first, device="cpu")
+    live = LiveModel(first, DetectorOptions(device="cpu"))
     rows: dict[str, list[Any]] = {"keys": [], "ts": [], **{c: [] for c in COLUMNS}}
     alerts: list[dict[str, Any]] = []
     i, k, swapped = 0, 0, False

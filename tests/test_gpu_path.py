@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from stream_vae.errors import ConfigError, ShapeError
-from stream_vae.model.detector import GraphRunner, HostStaging, TorchBackend, graph_bucket
+from stream_vae.model.backends import TorchBackend
+from stream_vae.model.gpu import GraphRunner, HostStaging, graph_bucket
 from stream_vae.model.vae import LSTMVAE, VAEConfig, VAEOutput
-from stream_vae.runtime.live import Pipeline
+from stream_vae.runtime.live import DetectorOptions, LiveModel, build_detector
 from stream_vae.storage.artifact import Artifact
 from stream_vae.storage.tabular import read_table
 
@@ -53,10 +54,10 @@ def _model(w: int = 16, d: int = 3, gaussian: bool = False) -> LSTMVAE:
 
 
 def _scores(art: Artifact, path: Any, **options: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Raw and smoothed scores of every window of the test file through the Pipeline."""
-    pipe = Pipeline.from_artifact(art, "cpu", **options)
+    """Raw and smoothed scores of every window of the test file through the LiveModel."""
+    live = LiveModel(art, DetectorOptions(device="cpu", **options))
     table = read_table(path, feature_names=art.feature_names)
-    out = list(pipe.stream(table.batch, 1000))
+    out = list(live.stream(table.batch, 1000))
     return np.concatenate([o.raw for o in out]), np.concatenate([o.smoothed for o in out])
 
 
@@ -86,17 +87,19 @@ def test_fp32_default_is_bit_identical_to_the_eager_forward(gaussian: bool) -> N
 
 def test_artifact_detector_fp32_matches_default(tiny: TinyModel) -> None:
     x = _windows(300, *tiny.window_shape)
-    a = tiny.artifact.detector("cpu").infer(x)
-    b = tiny.artifact.detector("cpu", precision="fp32", compile=False).infer(x)
+    a = build_detector(tiny.artifact, DetectorOptions(device="cpu")).infer(x)
+    b = build_detector(
+        tiny.artifact, DetectorOptions(device="cpu", precision="fp32", compile=False)
+    ).infer(x)
     assert np.array_equal(a.recon_features, b.recon_features)
     assert np.array_equal(a.latent, b.latent)
 
 
-def test_pipeline_threads_the_options_to_the_backend(tiny: TinyModel) -> None:
-    pipe = Pipeline.from_artifact(tiny.artifact, "cpu", precision="bf16", max_batch=123)
-    assert isinstance(pipe.detector.backend, TorchBackend)
-    assert pipe.detector.backend.precision == "bf16" and pipe.detector.max_batch == 123
-    default = Pipeline.from_artifact(tiny.artifact, "cpu").detector.backend
+def test_live_model_threads_the_detector_options_to_the_backend(tiny: TinyModel) -> None:
+    live = LiveModel(tiny.artifact, DetectorOptions(device="cpu", precision="bf16", max_batch=123))
+    assert isinstance(live.detector.backend, TorchBackend)
+    assert live.detector.backend.precision == "bf16" and live.detector.max_batch == 123
+    default = LiveModel(tiny.artifact, DetectorOptions(device="cpu")).detector.backend
     assert isinstance(default, TorchBackend) and default.precision == "fp32"
 
 
@@ -133,7 +136,9 @@ def test_graphs_on_the_cpu_and_unknown_precision_are_refused(tiny: TinyModel) ->
     with pytest.raises(ConfigError, match="precision must be"):
         TorchBackend(_model(), "cpu", precision="int8")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="torch backend only"):
-        tiny.artifact.detector("cpu", backend="onnx", precision="bf16")
+        build_detector(
+            tiny.artifact, DetectorOptions(device="cpu", backend="onnx", precision="bf16")
+        )
 
 
 # -- pinned staging and graph padding (logic, on the CPU) -------------------------------------
@@ -200,7 +205,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(
     model = _model()
     backend = TorchBackend(model, "cpu", compile=True)
     x = _windows(8, 16, 3)
-    with caplog.at_level(logging.WARNING, logger="stream_vae.model.detector"):
+    with caplog.at_level(logging.WARNING, logger="stream_vae.model.backends"):
         first, second = backend(x), backend(x)
     eager = TorchBackend(model, "cpu")(x)
     for a, b, c in zip(first, second, eager, strict=True):
@@ -236,9 +241,10 @@ def test_shape_errors_are_not_taken_for_compile_failures(monkeypatch: pytest.Mon
 def test_cuda_scores_match_the_cpu_reference(tiny: TinyModel, precision: str) -> None:
     x = _windows(5000, *tiny.window_shape)
     hybrid = tiny.artifact.hybrid
-    ref = hybrid.raw(tiny.artifact.detector("cpu").infer(x)).raw
+    ref = hybrid.raw(build_detector(tiny.artifact, DetectorOptions(device="cpu")).infer(x)).raw
     for graphs in (False, True):
-        det = tiny.artifact.detector("cuda", precision=precision, cuda_graphs=graphs)  # type: ignore[arg-type]
+        options = DetectorOptions(device="cuda", precision=precision, cuda_graphs=graphs)  # type: ignore[arg-type]
+        det = build_detector(tiny.artifact, options)
         raw = hybrid.raw(det.infer(x)).raw
         rel = np.abs(raw - ref) / np.abs(ref)
         # fp32 on CUDA may use TF32 inside cuDNN's LSTM: bounded by the half-precision bound.

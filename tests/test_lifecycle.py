@@ -18,6 +18,7 @@ from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import Settings, load_settings
 from stream_vae.core.records import RecordBatch, encode
 from stream_vae.demo.synthetic import Fleet, generate_fleet
+from stream_vae.runtime.live import DetectorOptions, build_detector
 from stream_vae.service import Service
 from stream_vae.service.kafka import ensure_topics, make_producer
 from stream_vae.storage.artifact import Artifact
@@ -142,7 +143,7 @@ def test_regime_change_is_detected_retrained_promoted_and_swapped(
 
         def observe(_batch: object, done: float) -> None:
             done_at.append(done)
-            if not at_swap and service.artifact.version != live.version:
+            if not at_swap and service.live.version != live.version:
                 at_swap.update(service.accounting())
             elif at_swap and not after:
                 acc = service.accounting()
@@ -325,10 +326,10 @@ def test_every_replica_swaps_within_seconds_of_a_promotion(
                     k.input_topics[0], encode(r, table.feature_names), key=r.series_id.encode()
                 )
                 await asyncio.sleep(0.002)
-                if all(s.artifact.version == newer.version for s in replicas):
+                if all(s.live.version == newer.version for s in replicas):
                     break
             async with asyncio.timeout(30):
-                while not all(s.artifact.version == newer.version for s in replicas):
+                while not all(s.live.version == newer.version for s in replicas):
                     await asyncio.sleep(0.05)
             switched_s = time.monotonic() - t0
         finally:
@@ -359,11 +360,12 @@ def test_a_version_with_other_inputs_is_refused_once_and_not_reloaded(
     if change == "features":
         other = replace(tiny.artifact, feature_names=("x", "y", "z"), version="")
     else:
-        window = tiny.artifact.window.model_copy(update={"calendar": ("day",)})
-        other = replace(tiny.artifact, window=window, version="v-with-calendar")
-    service.lifecycle._swap = Swap(other, other.detector("cpu"), other.scorer())
+        window = tiny.artifact.spec.window.model_copy(update={"calendar": ("day",)})
+        spec = tiny.artifact.spec.model_copy(update={"window": window})
+        other = replace(tiny.artifact, spec=spec, version="v-with-calendar")
+    service.lifecycle._swap = Swap(other, build_detector(other, DetectorOptions(device="cpu")))
     assert service._swap_model() == ()
-    assert service.artifact.version == tiny.artifact.version
+    assert service.live.version == tiny.artifact.version
     assert service.lifecycle._refused == {other.version}
     assert [e["event"] for e in service.lifecycle.take_events()] == ["refused"]
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from stream_vae.errors import ConfigError, DataError
-from stream_vae.evaluation.novelty import SeriesNovelty
-from stream_vae.scoring.hybrid import HybridScore, ScoreParts
-from stream_vae.scoring.scorer import Scorer
+from stream_vae.config import EvaluationSettings
+from stream_vae.errors import ConfigError
+from stream_vae.evaluation.novelty import SeriesNovelty, carry_novelty, novelty_stage
 
 
 def test_onset_scores_persistence_does_not() -> None:
@@ -202,10 +203,8 @@ def test_a_rescaled_history_continues_like_one_run_on_the_new_scale(
         assert not np.array_equal(whole, SeriesNovelty(50, 0.999).update(["a"] * 600, c * x))
     nv = SeriesNovelty(50, 0.999, censor=censor, censor_runs=2)
     nv.update(["a"] * split, x[:split])
-    restored = SeriesNovelty(50, 0.999, censor=censor, censor_runs=2)
-    restored.restore(nv.snapshot())
-    restored.rescale(c)
-    assert restored.update(["a"] * (600 - split), c * x[split:]) == pytest.approx(whole[split:])
+    nv.rescale(c)
+    assert nv.update(["a"] * (600 - split), c * x[split:]) == pytest.approx(whole[split:])
 
 
 def test_rescale_keeps_the_censoring_counts() -> None:
@@ -237,53 +236,91 @@ def test_a_swap_inside_a_censored_excursion_rescales_its_maximum() -> None:
     assert out == pytest.approx(whole[305:])
 
 
-def test_restore_refuses_another_window_or_layout() -> None:
-    nv = SeriesNovelty(window=1050)
-    nv.update(["a"] * 300, np.ones(300))
-    with pytest.raises(DataError):
-        SeriesNovelty(window=1000).restore(nv.snapshot())
-    old = nv.snapshot()
-    old["state"] = [row[: 7 + 10] for row in old["state"]]  # before censoring: 7 + 10 blocks
-    with pytest.raises(DataError, match="values per series"):
-        SeriesNovelty(window=1050).restore(old)
-    bad = nv.snapshot()
-    bad["state"][0][7] = 0.5  # the censoring flag is 0 or 1
-    with pytest.raises(DataError, match="out of range"):
-        SeriesNovelty(window=1050).restore(bad)
+def _history(nv: SeriesNovelty, n: int = 300) -> np.ndarray:
+    """Feed series "a" n rows of smoothed-like scores under the old model; return the scores."""
+    x = np.random.default_rng(0).gamma(2.0, 1.0, size=n)
+    nv.update(["a"] * n, x)
+    return x
 
 
-def _novelty_after_swap(
-    threshold: float, *, inherit: bool = True, ema_beta: float = 0.5, **kw: int
-) -> np.ndarray:
-    """A series' novelty over 50 rows it has already shown, scored by a scorer swapped in
-    (threshold ``threshold``) after one with threshold 1 scored 300 rows of it."""
-    rng = np.random.default_rng(0)
-    parts = ScoreParts(
-        rng.gamma(1.0, 1.0, size=(300, 2)).astype(np.float32),
-        rng.gamma(2.0, 1.0, size=300).astype(np.float32),
+def test_the_history_carries_over_a_swap_rescaled_by_the_ratio_of_thresholds() -> None:
+    # the new model's threshold is c× the old one, so are its scores: the rows the series has
+    # already shown, on the new scale, are nothing new against the carried history
+    c = 2.5
+    nv = SeriesNovelty(window=1000, peak_decay=1.0)
+    x = _history(nv)
+    carried = carry_novelty(nv, c)
+    assert len(carried) == 1  # the history is kept, not started afresh
+    assert np.all(carried.update(["a"] * 50, c * x[:50]) == 0.0)
+    # without the rescale, the same rows rise above a history in the old units: new
+    unscaled = SeriesNovelty(window=1000, peak_decay=1.0)
+    _history(unscaled)
+    assert np.any(unscaled.update(["a"] * 50, c * x[:50]) > 0.0)
+    # afresh, too: the first row has nothing to be new against, the next ones do
+    fresh = SeriesNovelty(window=1000, peak_decay=1.0)
+    assert np.any(fresh.update(["a"] * 50, c * x[:50]) > 0.0)
+
+
+@pytest.mark.parametrize("c", [0.5, 4.0])
+def test_a_carried_history_continues_like_one_run_on_the_new_scale(c: float) -> None:
+    # the swap at row 300 of one series: with the history carried (× c) the rest of the stream
+    # on the new scale gives exactly what one run on the new scale gives
+    x = np.random.default_rng(2).gamma(2.0, 1.0, size=600)
+    x[450:455] = 30.0  # an onset after the swap, new against the history in any units
+    stage = EvaluationSettings(novelty_window=200, novelty_peak_decay=0.999, novelty_censor=0.2)
+    whole = novelty_stage(stage).update(["a"] * 600, c * x)
+    nv = novelty_stage(stage)
+    nv.update(["a"] * 300, x[:300])
+    out = carry_novelty(nv, c).update(["a"] * 300, c * x[300:])
+    assert out == pytest.approx(whole[300:])
+    assert out[150] > 0.5
+
+
+@pytest.mark.parametrize("ratio", [0.0, -2.0, math.nan, math.inf, -math.inf])
+def test_a_ratio_that_is_not_finite_and_positive_starts_afresh(ratio: float) -> None:
+    nv = SeriesNovelty(window=500, peak_decay=0.99, censor=0.3, censor_runs=2)
+    x = _history(nv)
+    carried = carry_novelty(nv, ratio)
+    assert len(carried) == 0
+    assert (carried.window, carried.peak_decay, carried.censor, carried.censor_runs) == (
+        500,
+        0.99,
+        0.3,
+        2,
     )
-    hybrid = HybridScore(0.7).fit(parts)
-    keys, ts = ["a"] * 300, np.arange(300.0)
-    old = Scorer(hybrid, 1.0, ("x", "y"), "v1", ema_beta=ema_beta)
-    old.update(keys, ts, parts)
-    new = Scorer(hybrid, threshold, ("x", "y"), "v2", ema_beta=ema_beta, **kw)
-    if inherit:
-        new.inherit_novelty(old)
-    return new.update(keys[:50], ts[:50] + 300, parts.take(np.arange(50))).novelty
+    # the series is new to it: the same as a fresh stage with the same parameters gives
+    fresh = SeriesNovelty(window=500, peak_decay=0.99, censor=0.3, censor_runs=2)
+    rows = np.r_[x[:50], 9.0, x[50:60]]
+    want = fresh.update(["a"] * 61, rows)
+    got = carried.update(["a"] * 61, rows)
+    assert np.array_equal(got, want)
+    assert np.any(got > 0.0)  # a history would have hidden these rows (see above)
 
 
-def test_a_swapped_in_scorer_inherits_the_novelty_history() -> None:
-    # another model, another threshold: rows the series has already shown, under the new
-    # scale, are nothing new with the history carried over; a fresh history flags some
-    assert np.all(_novelty_after_swap(2.0) == 0.0)
-    assert np.any(_novelty_after_swap(2.0, inherit=False) > 0.0)
+def test_novelty_stage_passes_every_setting_through() -> None:
+    s = EvaluationSettings(
+        novelty_window=321, novelty_peak_decay=0.97, novelty_censor=0.45, novelty_censor_runs=7
+    )
+    nv = novelty_stage(s)
+    assert (nv.window, nv.peak_decay, nv.censor, nv.censor_runs) == (321, 0.97, 0.45, 7)
 
 
-def test_inherited_history_is_rescaled_by_the_ratio_of_the_thresholds() -> None:
-    # no smoothing: both scorers see the same raw scores. Against a history read as half as
-    # large (the new threshold is half the old), some rows the series has shown rise above it
-    assert np.any(_novelty_after_swap(0.5, ema_beta=0.0) > 0.0)
-    assert np.all(_novelty_after_swap(1.0, ema_beta=0.0) == 0.0)
-    # another novelty window, or no usable threshold: the history starts afresh
-    assert np.any(_novelty_after_swap(1.0, ema_beta=0.0, novelty_window=500) > 0.0)
-    assert np.any(_novelty_after_swap(0.0, ema_beta=0.0) > 0.0)
+def test_a_censored_excursion_that_lasts_a_block_enters_the_maximum_and_carries_over() -> None:
+    # a censored excursion that lasts one block (100 rows) enters the maximum: a later, higher
+    # spike is new against it (10), not against the baseline (1) as after a short excursion
+    # that stays censored; fed in two calls cut where the excursion ends (its row count at one
+    # block), the rest continues like one run
+    def with_excursion(rows: int) -> np.ndarray:
+        x = np.ones(600)
+        x[300 : 300 + rows], x[550:555] = 10.0, 20.0
+        return x
+
+    x = with_excursion(150)
+    whole = SeriesNovelty(1000, 1.0, censor=0.4).update(["a"] * len(x), x)
+    assert whole[300] == pytest.approx(0.9) and whole[550] == pytest.approx((20 - 10) / 20)
+    short = with_excursion(50)
+    out = SeriesNovelty(1000, 1.0, censor=0.4).update(["a"] * len(short), short)
+    assert out[550] == pytest.approx((20 - 1) / 20)
+    nv = SeriesNovelty(1000, 1.0, censor=0.4)
+    nv.update(["a"] * 450, x[:450])
+    assert np.array_equal(nv.update(["a"] * 150, x[450:]), whole[450:])

@@ -12,11 +12,15 @@ import torch
 
 from stream_vae.cli.main import main
 from stream_vae.errors import RegistryError, StreamVAEError
+from stream_vae.runtime.live import DetectorOptions, build_detector
 from stream_vae.storage import registry as registry_module
 from stream_vae.storage.artifact import Artifact
+from stream_vae.storage.files import save_artifact
 from stream_vae.storage.registry import Lineage, Registry
 
 from .conftest import TinyModel
+
+CPU = DetectorOptions(device="cpu")
 
 
 def _variant(art: Artifact, i: int) -> Artifact:
@@ -117,7 +121,7 @@ def test_promote_rollback_is_a_stack(
 ) -> None:
     reg = Registry(tmp_path)
     a, b, c = (reg.publish(x) for x in arts)
-    reference = arts[0].detector("cpu").infer(windows)
+    reference = build_detector(arts[0], CPU).infer(windows)
     reg.promote(a, reason="first")
     reg.promote(b)
     reg.promote(b)  # already current: no history line
@@ -126,7 +130,7 @@ def test_promote_rollback_is_a_stack(
     assert [i.version for i in reg.versions() if i.is_current] == [c]
     assert reg.rollback(reason="bad alerts") == b and reg.current() == b
     assert reg.rollback() == a and reg.current() == a  # a second rollback goes one further
-    restored = reg.load().detector("cpu").infer(windows)
+    restored = build_detector(reg.load(), CPU).infer(windows)
     np.testing.assert_array_equal(restored.recon_features, reference.recon_features)
     np.testing.assert_array_equal(restored.latent, reference.latent)
     with pytest.raises(RegistryError, match=f"nothing to roll back to .*{a} is the first"):
@@ -225,7 +229,7 @@ def test_cli(
 ) -> None:
     root = tmp_path / "reg"
     other = tmp_path / "other"
-    arts[1].save(other)
+    save_artifact(arts[1], other)
 
     def run(*argv: str) -> tuple[int, str, str]:
         rc = main(["registry", *argv])

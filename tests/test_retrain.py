@@ -15,20 +15,18 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from stream_vae.config import ModelSettings, Settings, load_settings
+from stream_vae.config import ModelSettings, ModelSpec, Settings, load_settings
 from stream_vae.core.records import RecordBatch
 from stream_vae.core.scaler import Scaler
 from stream_vae.demo.synthetic import Fleet, generate_fleet
 from stream_vae.errors import DataError
 from stream_vae.lifecycle.reservoir import CleanReservoir, ReservoirSample, clean_mask
 from stream_vae.model.vae import LSTMVAE, kl_per_dim
-from stream_vae.runtime.live import Pipeline
+from stream_vae.runtime.live import DetectorOptions, LiveModel, build_detector
 from stream_vae.scoring.threshold import Calibration
 from stream_vae.storage.artifact import Artifact
 from stream_vae.training.build import train_artifact
-from stream_vae.training.gate import GateResult, _job_settings, neg_elbo, retrain, validate
-
-from .conftest import TinyModel
+from stream_vae.training.gate import GateResult, neg_elbo, retrain, validate
 
 F32 = npt.NDArray[np.float32]
 
@@ -217,7 +215,7 @@ def scenario() -> Scenario:
     r = settings.retrain
     # strata of 250 steps, 1,000 windows each; the stream spans 7 (the oldest, 17 steps, goes)
     reservoirs = [CleanReservoir(6000, 6, 250 * 60.0, seed=0) for _ in range(2)]
-    pipeline = Pipeline.from_artifact(live, "cpu")
+    pipeline = LiveModel(live, DetectorOptions(device="cpu"))
     scorer = pipeline.scorer
     stream = _batch(fleet, values, TRAIN_END, STREAM_END)
     max_open = 0
@@ -243,7 +241,7 @@ def scenario() -> Scenario:
 
 
 def _recall(artifact: Artifact, windows: F32) -> float:
-    parts = artifact.detector("cpu").infer(windows)
+    parts = build_detector(artifact, DetectorOptions(device="cpu")).infer(windows)
     return float((artifact.hybrid.raw(parts).raw >= artifact.threshold).mean())
 
 
@@ -387,11 +385,101 @@ def test_retrain_refuses_too_few_windows(scenario: Scenario) -> None:
         retrain(scenario.live, empty, _settings())
 
 
-def test_retraining_keeps_the_live_architecture(tiny: TinyModel) -> None:
-    """Every architecture setting of the live model reaches the retraining job (a field left
-    out would silently train another architecture)."""
-    cfg = replace(tiny.artifact.vae_config, layers=2, gaussian_output=True, dropout=0.1)
-    live = replace(tiny.artifact, vae_config=cfg)
-    job = _job_settings(live, Settings())
+# Every field of a live model's spec, each away from the default the job's settings hold.
+LIVE_SPEC = ModelSpec.model_validate(
+    {
+        "window": {
+            "size": 12,
+            "stride": 2,
+            "max_gap_s": 600.0,
+            "gap_policy": "ffill",
+            "max_fill": 3,
+            "calendar": ["day"],
+        },
+        "model": {"hidden": 8, "latent": 3, "layers": 2, "gaussian_output": True, "dropout": 0.1},
+        "scoring": {
+            "recon_mode": "last",
+            "latent_mode": "prior_nll",
+            "normaliser": "standard",
+            "transform": "sigmoid",
+            "combine": "product",
+            "alpha": 0.3,
+            "ema_beta": 0.7,
+            "target_fpr": 0.02,
+            "threshold_method": "quantile",
+        },
+    }
+)
+
+
+def test_retraining_keeps_the_live_architecture() -> None:
+    """A retrained candidate keeps every window, architecture and scoring field of the live
+    model, whatever the job's own settings say (a field left out of the live model's spec
+    would silently train, score or calibrate another model)."""
+    settings = load_settings(
+        env={},
+        train={"epochs": 1, "batch_size": 64, "torch_threads": 1},
+        retrain={"min_windows": 100, "epochs": 1},
+    )
+    for section in ModelSpec.model_fields:  # the job's settings disagree on every field
+        ours, live_part = getattr(settings, section), getattr(LIVE_SPEC, section)
+        for name in type(live_part).model_fields:
+            assert getattr(ours, name) != getattr(live_part, name), f"{section}.{name}"
+    fleet = generate_fleet(4, 2, 400, seed=5, n_anomalies_per_series=0)
+    live = train_artifact(
+        _batch(fleet, fleet.values, 0, 250),
+        fleet.feature_names,
+        settings.with_spec(LIVE_SPEC),
+        device="cpu",
+        progress=False,
+    )
+    assert live.spec == LIVE_SPEC
+    ready = LiveModel(live, DetectorOptions(device="cpu")).prepare(
+        _batch(fleet, fleet.values, 250, 400)
+    )
+    assert len(ready) >= 100
+    result = retrain(live, ReservoirSample(ready.values, ready.keys, ready.ts), settings)
+    cand = result.candidate
+    assert cand.parent == live.version
+    # windows, architecture and scoring, as stored
+    assert cand.spec == live.spec
+    # the weights: the live architecture (layers, Gaussian decoder, ...) over its window
+    assert cand.vae_config == live.vae_config
+    assert cand.vae_config.window == LIVE_SPEC.window.size
+    assert cand.vae_config.n_features == 2 + LIVE_SPEC.window.n_context
     for name in ModelSettings.model_fields:
-        assert getattr(job.model, name) == getattr(live.vae_config, name), name
+        assert getattr(cand.vae_config, name) == getattr(LIVE_SPEC.model, name), name
+    assert {k: v.shape for k, v in cand.state_dict.items()} == {
+        k: v.shape for k, v in live.state_dict.items()
+    }
+    # the score was formed and calibrated the live model's way
+    sc = LIVE_SPEC.scoring
+    h = cand.hybrid
+    assert (h.alpha, h.normaliser, h.transform, h.combine) == (
+        sc.alpha,
+        sc.normaliser,
+        sc.transform,
+        sc.combine,
+    )
+    assert cand.calibration.method == sc.threshold_method
+    assert cand.calibration.target_fpr == sc.target_fpr
+    # and the candidate serves like the live model: same windows, score components, smoothing
+    assert cand.serves_like(live) is None
+    candidate_live = LiveModel(cand, DetectorOptions(device="cpu"))
+    det = candidate_live.detector
+    assert (det.window, det.recon_mode, det.latent_mode, det.n_context) == (
+        LIVE_SPEC.window.size,
+        sc.recon_mode,
+        sc.latent_mode,
+        LIVE_SPEC.window.n_context,
+    )
+    store = candidate_live.store
+    w = LIVE_SPEC.window
+    assert (store.stride, store.max_gap_s, store.gap_policy, store.max_fill, store.calendar) == (
+        w.stride,
+        w.max_gap_s,
+        w.gap_policy,
+        w.max_fill,
+        w.calendar,
+    )
+    assert candidate_live.scorer.ema_beta == sc.ema_beta

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream_vae import _json
 from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import KafkaSettings
-from stream_vae.runtime.live import Pipeline
+from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.service.kafka import ensure_topics
 from stream_vae.service.replay import replay
 from stream_vae.storage.tabular import Table, read_table
@@ -195,7 +195,9 @@ def _kill_row(tiny: TinyModel, table: Table) -> int:
     window = tiny.artifact.vae_config.window
     batch = table.batch
     alerts = [
-        a for s in Pipeline.from_artifact(tiny.artifact, "cpu").stream(batch, 500) for a in s.alerts
+        a
+        for s in LiveModel(tiny.artifact, DetectorOptions(device="cpu")).stream(batch, 500)
+        for a in s.alerts
     ]
     sids = np.asarray(batch.series_ids)
     for a in alerts:
@@ -237,7 +239,7 @@ def test_sigkill_mid_stream_loses_no_alert(
     got = asyncio.run(_alerts(k))
     expected = {
         (a.alert_id, a.event)
-        for s in Pipeline.from_artifact(tiny.artifact, "cpu").stream(table.batch, 500)
+        for s in LiveModel(tiny.artifact, DetectorOptions(device="cpu")).stream(table.batch, 500)
         for a in s.alerts
     }
     seen = {(str(a["alert_id"]), str(a["event"])) for a in got}

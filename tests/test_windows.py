@@ -1,8 +1,7 @@
-"""WindowStore: exact windows on hand-made streams, gaps, eviction, snapshots, properties."""
+"""WindowStore: exact windows on hand-made streams, gaps, eviction, properties."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -14,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_vae import _json
 from stream_vae.core.records import RecordBatch
 from stream_vae.core.windows import ReadyWindows, WindowStore
 from stream_vae.errors import ShapeError
@@ -190,19 +188,25 @@ def test_lru_eviction_at_max_series() -> None:
 def test_drop_removes_given_series_only() -> None:
     store = WindowStore(2, 1)
     store.push_many(make_batch("abc", [0, 0, 0]))
-    assert store.drop(["a", "c", "zz"]) == 2
-    assert store.n_series == 1 and "b" in store and store.buffered("a") == 0
+    assert store.series() == {"a", "b", "c"}
+    store.drop(["a", "c", "zz"])
+    assert (
+        store.series() == {"b"}
+        and store.n_series == 1
+        and "b" in store
+        and store.buffered("a") == 0
+    )
     assert idx(store.push_many(make_batch("aa", [-1, 0]))) == [("a", 0.0, [0, 1])]  # fresh
 
 
 def test_freed_slots_are_reused() -> None:
     store = WindowStore(4, 2)
     store.push_many(make_batch([f"s{i}" for i in range(64)], [0.0] * 64, d=2))
-    held = store.nbytes
+    held = store.nbytes()
     assert held >= 64 * 4 * 2 * 4
     store.drop([f"s{i}" for i in range(64)])
     store.push_many(make_batch([f"t{i}" for i in range(64)], [0.0] * 64, d=2))
-    assert store.nbytes == held and store.n_series == 64
+    assert store.nbytes() == held and store.n_series == 64
 
 
 def test_many_series_survive_pool_growth() -> None:
@@ -216,77 +220,29 @@ def test_many_series_survive_pool_growth() -> None:
         assert (sid, t, win) == (f"s{i}", float(r), [i + n * j for j in range(r - w + 1, r + 1)])
 
 
-# ---------------------------------------------------------------- snapshot / restore
+def test_lru_order_is_the_order_of_last_updates_across_calls() -> None:
+    store = WindowStore(2, 1, max_series=3)
+    store.push_many(make_batch("abca", [0, 0, 0, 1]))  # LRU: b, c, a (a updated last)
+    evicted: list[str] = []
+    for sid in "def":  # each new series, in its own call, evicts the least recently updated
+        before = store.series()
+        store.push_many(make_batch(sid, [0]))
+        evicted.extend(before - store.series())
+    assert evicted == ["b", "c", "a"]  # by first arrival it would be a, b, c
+    assert store.series() == {"d", "e", "f"} and store.counters["evicted_lru"] == 3
 
 
-def _restart(a: WindowStore, **kw: Any) -> WindowStore:
-    b = WindowStore(a.window, a.n_features, **kw)
-    b.restore(_json.loads(_json.dumps(a.snapshot())))  # through JSON, as it would travel
-    return b
-
-
-def test_snapshot_restore_continues_identically() -> None:
-    kw: dict[str, Any] = {"stride": 2, "max_gap_s": 2.5, "gap_policy": "ffill", "max_fill": 1}
-    first = make_batch("abcabcaabb", [0, 0, 0, 1, 1, 3, 2, 4, 2, 3])
-    rest = make_batch("aabbccabca", [5, 6, 5, 5, 1, 9, 7, 6, 10, 8])
-    a = WindowStore(3, 1, **kw)
-    a.push_many(first)
-    b = _restart(a, **kw)
-    c = WindowStore(3, 1, **kw)
-    c.restore(copy.deepcopy(a.snapshot()))
-    out_a = rows(a.push_many(rest))
-    assert out_a, "the continuation must emit windows, or this proves nothing"
-    assert rows(b.push_many(rest)) == out_a == rows(c.push_many(rest))
-
-
-def test_snapshot_keeps_lru_order() -> None:
-    a = WindowStore(2, 1, max_series=3)
-    a.push_many(make_batch("abca", [0, 0, 0, 1]))  # LRU: b, c, a
-    b = _restart(a, max_series=3)
-    assert a.snapshot()["series_ids"] == ["b", "c", "a"] == b.snapshot()["series_ids"]
-    a.push_many(make_batch("d", [0]))
-    b.push_many(make_batch("d", [0]))
-    assert "b" not in a and "b" not in b and a.snapshot()["series_ids"] == ["c", "a", "d"]
-
-
-def test_partial_snapshot_merges_into_another_store() -> None:
-    a = WindowStore(2, 1)
-    a.push_many(make_batch("aabb", [0, 1, 0, 1]))
-    snap = a.snapshot(["b", "nope"])
-    assert snap["series_ids"] == ["b"] and snap["count"] == [2]
-    other = WindowStore(2, 1)
-    other.push_many(make_batch("bbz", [7, 8, 0]))  # b is overwritten, z is kept
-    other.restore(snap)
-    assert other.n_series == 2 and other.buffered("z") == 1
-    # b continues from a's state (last ts 1, values 2 and 3): ts 0, 1 and the second 2 are late
-    assert idx(other.push_many(make_batch("bbbb", [0, 1, 2, 2]))) == [("b", 2.0, [3, 2])]
-    assert other.counters["late"] == 3
-
-
-def test_snapshot_of_partial_buffer_has_zeros_before_the_points() -> None:
-    a = WindowStore(3, 1)
-    a.push_many(
-        RecordBatch(("a", "a"), np.array([0.0, 2.0]), np.array([[7], [8]], dtype=np.float32))
-    )
-    a.push_many(RecordBatch(("b",), np.array([0.0]), np.array([[9]], dtype=np.float32)))
-    snap = a.snapshot()
-    assert snap["series_ids"] == ["a", "b"] and snap["count"] == [2, 1]
-    assert snap["values"].tolist() == [[[0.0], [7.0], [8.0]], [[0.0], [0.0], [9.0]]]
-    assert snap["last_ts"] == [2.0, 0.0] and snap["last_step"] == [2.0, None]
-    assert snap["since_emit"] == [3, 2]  # never emitted: first window as soon as full
-
-
-def test_snapshot_hides_stale_points_of_a_reset_series() -> None:
-    a = WindowStore(3, 1, max_gap_s=1.5)
-    ts = np.array([0.0, 1.0, 2.0, 9.0])  # the gap before ts 9 resets: 5, 6, 7 are gone
-    a.push_many(RecordBatch(("a",) * 4, ts, np.array([[5], [6], [7], [8]], dtype=np.float32)))
-    assert a.snapshot()["values"].tolist() == [[[0.0], [0.0], [8.0]]]
-
-
-def test_restore_rejects_another_shape() -> None:
-    snap = WindowStore(3, 2).snapshot()
-    with pytest.raises(ValueError, match="window=3"):
-        WindowStore(4, 2).restore(snap)
+def test_a_reset_series_shows_none_of_its_stale_points() -> None:
+    store = WindowStore(3, 1, max_gap_s=1.5)
+    ts = np.array([0.0, 1.0, 2.0, 3.0, 9.0])  # the gap before ts 9 resets: 4, 5, 6, 7 are gone
+    values = np.array([[4], [5], [6], [7], [8]], dtype=np.float32)
+    ready = store.push_many(RecordBatch(("a",) * 5, ts, values))
+    assert ready.ts.tolist() == [2.0, 3.0] and store.buffered("a") == 1
+    # older points still sit in the ring next to 8: the next window waits for two new ones
+    more = RecordBatch(("a",) * 2, np.array([10.0, 11.0]), np.array([[9], [10]], np.float32))
+    ready = store.push_many(more)
+    assert ready.ts.tolist() == [11.0]
+    assert ready.values[..., 0].tolist() == [[8.0, 9.0, 10.0]]
 
 
 # ---------------------------------------------------------------- contract
@@ -421,6 +377,30 @@ def _chunks(store: WindowStore, batch: RecordBatch, cuts: list[int]) -> Out:
     return out
 
 
+def _reference(kw: dict[str, Any], batch: RecordBatch) -> tuple[Reference, Out]:
+    ref = Reference(kw["window"], kw["stride"], kw["max_gap_s"], kw["gap_policy"], kw["max_fill"],
+                    kw["max_series"])  # fmt: skip
+    want: Out = []
+    for sid, t, v in zip(batch.series_ids, batch.ts.tolist(), batch.values.tolist(), strict=True):
+        win = ref.push(sid, t, v)
+        if win is not None:
+            want.append((sid, t, win))
+    return ref, want
+
+
+def _eviction_order(store: WindowStore) -> list[str]:
+    """The series held, least recently updated first, as ``max_series`` evicts them: new
+    series, one a call, until every series held before is gone."""
+    assert store.max_series is not None
+    held, order = store.series(), list[str]()
+    for k in range(store.max_series):
+        before = store.series()
+        store.push_many(make_batch([f"new{k}"], [0.0], d=2))
+        order.extend(sorted(before - store.series()))
+    assert set(order) == held
+    return order
+
+
 @settings(max_examples=100, deadline=None)
 @given(scenarios())
 def test_property_matches_reference_model(
@@ -429,13 +409,7 @@ def test_property_matches_reference_model(
     kw, batch, cuts = case
     store = WindowStore(n_features=2, **kw)
     got = rows(store.push_many(batch))
-    ref = Reference(kw["window"], kw["stride"], kw["max_gap_s"], kw["gap_policy"], kw["max_fill"],
-                    kw["max_series"])  # fmt: skip
-    want: Out = []
-    for sid, t, v in zip(batch.series_ids, batch.ts.tolist(), batch.values.tolist(), strict=True):
-        win = ref.push(sid, t, v)
-        if win is not None:
-            want.append((sid, t, win))
+    ref, want = _reference(kw, batch)
     assert got == want
     assert store.counters["late"] == ref.late and store.counters["windows"] == len(want)
     assert {s: store.buffered(s) for s in "abc"} == {
@@ -447,13 +421,20 @@ def test_property_matches_reference_model(
 
 @settings(max_examples=100, deadline=None)
 @given(scenarios())
-def test_property_snapshot_restore(case: tuple[dict[str, Any], RecordBatch, list[int]]) -> None:
+def test_property_a_split_stream_continues_identically_in_the_same_lru_order(
+    case: tuple[dict[str, Any], RecordBatch, list[int]],
+) -> None:
+    # the state one call leaves (rings, steps, strides, LRU order) is all the next call needs:
+    # fed in two calls, the store gives what one call gives and holds the series in the
+    # reference's order of last updates (seen through what max_series evicts next)
     kw, batch, cuts = case
     mid = cuts[len(cuts) // 2]
-    a = WindowStore(n_features=2, **kw)
-    a.push_many(batch.slice(0, mid))
-    b = WindowStore(n_features=2, **kw)
-    b.restore(_json.loads(_json.dumps(a.snapshot())))
-    tail = batch.slice(mid, len(batch))
-    assert rows(a.push_many(tail)) == rows(b.push_many(tail))
-    assert a.snapshot()["series_ids"] == b.snapshot()["series_ids"]
+    split = WindowStore(n_features=2, **kw)
+    got = rows(split.push_many(batch.slice(0, mid)))
+    got += rows(split.push_many(batch.slice(mid, len(batch))))
+    whole = WindowStore(n_features=2, **kw)
+    ref, want = _reference(kw, batch)
+    assert got == rows(whole.push_many(batch)) == want
+    assert split.series() == whole.series() == set(ref.series)
+    if kw["max_series"] is not None:
+        assert _eviction_order(split) == _eviction_order(whole) == list(ref.series)

@@ -35,6 +35,7 @@ __all__ = [
     "REASONS",
     "Record",
     "RecordBatch",
+    "RecordDecoder",
     "decode",
     "encode",
     "parse_ts",
@@ -99,6 +100,14 @@ class RecordBatch:
             self.series_ids[start:stop], self.ts[start:stop], self.values[start:stop]
         )
 
+    def in_time_order(self) -> RecordBatch:
+        """The rows sorted by ``ts`` (stable: ties keep their order), as a stream replays a file
+        whose rows need not be in time order."""
+        order = np.argsort(self.ts, kind="stable")
+        return RecordBatch(
+            tuple(self.series_ids[i] for i in order), self.ts[order], self.values[order]
+        )
+
     def records(self) -> Iterator[Record]:
         for i, sid in enumerate(self.series_ids):
             yield Record(sid, float(self.ts[i]), self.values[i])
@@ -159,48 +168,62 @@ def _values(raw: Any, feature_names: Sequence[str], index: dict[str, int]) -> Fl
     return arr.astype(np.float32)
 
 
+class RecordDecoder:
+    """Decodes messages for one model's feature names (the name → column index built once)."""
+
+    def __init__(self, feature_names: Sequence[str], *, max_bytes: int = 1 << 20) -> None:
+        self.feature_names = tuple(feature_names)
+        self.max_bytes = max_bytes
+        self._index = {f: i for i, f in enumerate(self.feature_names)}
+
+    def __call__(self, key: bytes | None, value: bytes | None) -> Record:
+        """Decode one message into a :class:`Record` or raise :class:`RecordError`."""
+        if value is None:
+            raise RecordError("bad_json", "empty message value (tombstone)")
+        if len(value) > self.max_bytes:
+            raise RecordError("oversized", f"{len(value)} bytes > limit {self.max_bytes}")
+        try:
+            body = _json.loads(value)
+        except _json.JSONDecodeError as exc:
+            # Python's json module writes NaN and Infinity as bare words, which are not JSON: say
+            # what the producer sent rather than just "bad JSON".
+            if _NON_FINITE_LITERAL.search(value):
+                raise RecordError(
+                    "nan_value", "NaN or Infinity in the message (not valid JSON)"
+                ) from None
+            raise RecordError("bad_json", str(exc)) from None
+        if not isinstance(body, dict):
+            raise RecordError("bad_json", f"expected a JSON object, got {type(body).__name__}")
+        sid = body.get("series_id")
+        if sid is None:
+            if not key:
+                raise RecordError("missing_field", "no series_id in the body and no message key")
+            try:
+                sid = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RecordError("bad_series_id", "message key is not UTF-8") from None
+        if not isinstance(sid, str) or not sid or len(sid.encode()) > MAX_SERIES_ID_BYTES:
+            raise RecordError(
+                "bad_series_id", f"series_id must be a non-empty string ≤ 256 bytes: {sid!r}"
+            )
+        for name in ("ts", "values"):
+            if name not in body:
+                raise RecordError("missing_field", f"no {name!r} field")
+        return Record(
+            sid, parse_ts(body["ts"]), _values(body["values"], self.feature_names, self._index)
+        )
+
+
 def decode(
     key: bytes | None,
     value: bytes | None,
     feature_names: Sequence[str],
     *,
     max_bytes: int = 1 << 20,
-    _index: dict[str, int] | None = None,
 ) -> Record:
-    """Decode one message into a :class:`Record` or raise :class:`RecordError`."""
-    if value is None:
-        raise RecordError("bad_json", "empty message value (tombstone)")
-    if len(value) > max_bytes:
-        raise RecordError("oversized", f"{len(value)} bytes > limit {max_bytes}")
-    try:
-        body = _json.loads(value)
-    except _json.JSONDecodeError as exc:
-        # Python's json module writes NaN and Infinity as bare words, which are not JSON: say
-        # what the producer sent rather than just "bad JSON".
-        if _NON_FINITE_LITERAL.search(value):
-            raise RecordError(
-                "nan_value", "NaN or Infinity in the message (not valid JSON)"
-            ) from None
-        raise RecordError("bad_json", str(exc)) from None
-    if not isinstance(body, dict):
-        raise RecordError("bad_json", f"expected a JSON object, got {type(body).__name__}")
-    sid = body.get("series_id")
-    if sid is None:
-        if not key:
-            raise RecordError("missing_field", "no series_id in the body and no message key")
-        try:
-            sid = key.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RecordError("bad_series_id", "message key is not UTF-8") from None
-    if not isinstance(sid, str) or not sid or len(sid.encode()) > MAX_SERIES_ID_BYTES:
-        raise RecordError(
-            "bad_series_id", f"series_id must be a non-empty string ≤ 256 bytes: {sid!r}"
-        )
-    for name in ("ts", "values"):
-        if name not in body:
-            raise RecordError("missing_field", f"no {name!r} field")
-    index = _index if _index is not None else {f: i for i, f in enumerate(feature_names)}
-    return Record(sid, parse_ts(body["ts"]), _values(body["values"], feature_names, index))
+    """Decode one message into a :class:`Record` or raise :class:`RecordError` (for many
+    messages, build one :class:`RecordDecoder`)."""
+    return RecordDecoder(feature_names, max_bytes=max_bytes)(key, value)
 
 
 def encode(record: Record, feature_names: Sequence[str] | None = None) -> bytes:

@@ -41,7 +41,7 @@ class Scaler:
 
     def passing(self, n: int) -> Scaler:
         """This scaler with ``n`` more features passed through as they are (mean 0, std 1): the
-        calendar channels (:func:`stream_vae.core.windows.calendar_columns`), already in [-1, 1].
+        calendar channels (:func:`stream_vae.core.calendar.calendar_columns`), already in [-1, 1].
 
         >>> Scaler(np.float32([3.0]), np.float32([2.0])).passing(2).std.tolist()
         [2.0, 1.0, 1.0]

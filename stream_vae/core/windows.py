@@ -30,15 +30,17 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import check_shape
+from .calendar import CALENDAR_PERIODS, calendar_columns
 from .records import RecordBatch
+from .state import KEY_BYTES
 
-__all__ = ["CALENDAR_PERIODS", "ReadyWindows", "WindowStore", "calendar_columns"]
+__all__ = ["ReadyWindows", "WindowStore"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -49,24 +51,7 @@ I64 = npt.NDArray[np.int64]
 # slots nobody uses yet) under ~25%.
 _GROWTH = 1.25
 _MIN_CAPACITY = 64
-_SNAPSHOT_FORMAT = 1
 _COUNTERS = ("points", "late", "gap_resets", "filled", "evicted_lru", "evicted_idle", "windows")
-# The cycles a point's timestamp can be placed in (seconds per cycle).
-CALENDAR_PERIODS = {"day": 86_400.0, "week": 7 * 86_400.0}
-
-
-def calendar_columns(ts: npt.ArrayLike, calendar: Iterable[str]) -> F32:
-    """(n,) epoch seconds → (n, 2·len(calendar)): sin and cos of each cycle's phase.
-
-    >>> calendar_columns([0.0, 21_600.0], ["day"]).round(6).tolist()
-    [[0.0, 1.0], [1.0, 0.0]]
-    """
-    t = np.asarray(ts, dtype=np.float64)
-    cols = []
-    for kind in calendar:
-        phase = (2.0 * math.pi / CALENDAR_PERIODS[kind]) * np.mod(t, CALENDAR_PERIODS[kind])
-        cols += [np.sin(phase), np.cos(phase)]
-    return np.stack(cols, axis=-1).astype(np.float32) if cols else np.empty((len(t), 0), np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +186,6 @@ class WindowStore:
     def n_series(self) -> int:
         """Series currently held."""
         return len(self._slots)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the pooled buffers and their metadata (capacity, not only used slots)."""
-        arrays = (self._pool, self._head, self._count, self._last_ts, self._last_step, self._since)
-        return sum(a.nbytes for a in arrays)
 
     def __contains__(self, series_id: object) -> bool:
         return series_id in self._slots
@@ -366,78 +345,18 @@ class WindowStore:
         self._counts["evicted_idle"] += n_idle
         return n_idle
 
-    def drop(self, series_ids: Iterable[str]) -> int:
-        """Remove the given series (unknown ids are ignored); return how many were removed."""
-        n = 0
+    def series(self) -> frozenset[str]:
+        """The series held (:class:`~stream_vae.core.state.SeriesState`)."""
+        return frozenset(self._slots)
+
+    def nbytes(self) -> int:
+        """Bytes of the pooled buffers and their metadata (capacity, not only used slots), plus
+        the id index."""
+        arrays = (self._pool, self._head, self._count, self._last_ts, self._last_step, self._since)
+        return sum(a.nbytes for a in arrays) + KEY_BYTES * len(self._slots)
+
+    def drop(self, series_ids: Iterable[str]) -> None:
+        """Remove the given series (unknown ids are ignored)."""
         for sid in series_ids:
             if sid in self._slots:
                 self._remove(sid)
-                n += 1
-        return n
-
-    # ------------------------------------------------------------------ snapshot / restore
-
-    def snapshot(self, series_ids: Iterable[str] | None = None) -> dict[str, Any]:
-        """State of all (or the given, known) series, enough to continue exactly as before.
-
-        Everything is plain Python (str, int, float, None, lists) except ``values``, a float32
-        array ``(n, W, c)`` (values, then calendar channels) oldest -> newest whose last
-        ``count[i]`` rows are the points held (the rest are zero). Series are listed least
-        recently updated first. orjson with ``OPT_SERIALIZE_NUMPY`` (``stream_vae._json``)
-        writes it as is; :meth:`restore` also accepts ``values`` as nested lists. Global
-        :attr:`counters` are not part of it.
-        """
-        if series_ids is None:
-            ids = list(self._slots)
-        else:
-            wanted = set(series_ids)
-            ids = [s for s in self._slots if s in wanted]
-        slots = np.array([self._slots[s] for s in ids], dtype=np.intp)
-        w = self.window
-        order = (self._head[slots, None] + self._ar[None, :]) % w  # (n, W)
-        values = self._pool[slots[:, None], order]  # (n, W, c), a copy
-        count = self._count[slots]
-        values[self._ar[None, :] < (w - count)[:, None]] = 0.0  # no stale rows in a snapshot
-        steps = self._last_step[slots].tolist()
-        return {
-            "format": _SNAPSHOT_FORMAT,
-            "window": w,
-            "n_features": self.n_features,
-            "calendar": list(self.calendar),
-            "series_ids": ids,
-            "values": values,
-            "count": count.tolist(),
-            "last_ts": self._last_ts[slots].tolist(),
-            "last_step": [None if math.isnan(s) else s for s in steps],
-            "since_emit": self._since[slots].tolist(),
-        }
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        """Merge a :meth:`snapshot` in: its series overwrite ours and become the most recent."""
-        if snapshot.get("format") != _SNAPSHOT_FORMAT:
-            raise ValueError(f"unknown snapshot format {snapshot.get('format')!r}")
-        w, d = self.window, self.n_channels
-        theirs = (snapshot["window"], snapshot["n_features"], tuple(snapshot.get("calendar", ())))
-        if theirs != (w, self.n_features, self.calendar):
-            raise ValueError(
-                "snapshot is for window={}, n_features={}, calendar={}; ".format(*theirs)
-                + f"this store has window={w}, n_features={self.n_features}, "
-                f"calendar={self.calendar}"
-            )
-        ids: list[str] = list(snapshot["series_ids"])
-        values = np.asarray(snapshot["values"], dtype=np.float32).reshape(len(ids), w, d)
-        columns = ("count", "last_ts", "last_step", "since_emit")
-        rows = zip(ids, *(snapshot[c] for c in columns), strict=True)
-        for i, (sid, count, last_ts, last_step, since) in enumerate(rows):
-            if not 1 <= count <= w:
-                raise ValueError(f"snapshot count of {sid!r} must be in 1..{w}, got {count}")
-            slot = self._slots.get(sid)
-            if slot is None:
-                slot = self._allocate(sid)
-            self._slots.move_to_end(sid)
-            self._pool[slot] = values[i]  # newest at W-1, so the next write goes to 0
-            self._head[slot] = 0
-            self._count[slot] = count
-            self._last_ts[slot] = last_ts
-            self._last_step[slot] = math.nan if last_step is None else last_step
-            self._since[slot] = since

@@ -27,12 +27,20 @@ import numpy.typing as npt
 from ..errors import DataError
 from .metrics import read_interpretation
 
-__all__ = ["LabelledSeries", "read_labelled_csv", "read_smd"]
+__all__ = ["QUICK_SERIES", "LabelledSeries", "read_labelled_csv", "read_smd"]
 
 F64 = npt.NDArray[np.float64]
 
 # SMD and ASD rows are 5 minutes apart; the files carry no timestamps.
 SMD_STEP_S = 300.0
+
+
+# --quick: the series a CI run evaluates (small, with labelled anomalies of different kinds)
+QUICK_SERIES = {
+    "smd": ["omi-1", "omi-3"],
+    "nab": ["art_daily_jumpsup", "art_daily_no_noise", "ec2_request_latency_system_failure"],
+    "csv": [],
+}
 
 
 @dataclass(frozen=True, slots=True)

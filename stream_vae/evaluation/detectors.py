@@ -2,7 +2,7 @@
 rows, then score its test rows one after the other (causal: a row's score uses that row and
 the rows before it, never a later one).
 
-* ``stream-vae`` — the product: records → :class:`~stream_vae.runtime.live.Pipeline`
+* ``stream-vae`` — the product: records → :class:`~stream_vae.runtime.live.LiveModel`
   (WindowStore → model → scorer → episodes), exactly the service's path; the score is the
   smoothed hybrid score and the predictions are its alert episodes (calibrated threshold, no
   labels). From the same model and pass, the ablation of the hybrid score:
@@ -31,7 +31,8 @@ Examples
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +43,14 @@ import torch
 from ..config import Settings
 from ..core.records import RecordBatch
 from ..lifecycle.policy import RetrainPolicy
-from ..runtime.live import Pipeline
+from ..runtime.live import DetectorOptions, LiveModel
 from ..scoring.alerts import Alert
 from ..scoring.ema import SeriesEMA
-from ..scoring.scorer import ScoredBatch
 from ..storage.artifact import Artifact
 from ..training.build import train_artifact
 from ..training.gate import retrain
 from .datasets import LabelledSeries
+from .novelty import carry_novelty, novelty_stage
 
 __all__ = ["DEFAULT_DETECTORS", "DETECTORS", "Output", "run_detector"]
 
@@ -68,6 +69,9 @@ _PCA_MAX_WINDOWS = 20_000
 _HST_HEIGHT = 10
 _HST_WINDOW = 250
 _HST_WARMUP = 4 * _HST_WINDOW
+# The test rows are fed in chunks of this many (the contract suite checks that chunking does not
+# change a score): one forward pass per chunk.
+_CHUNK = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +126,18 @@ def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[s
     art = _train(series, settings, seed)
     n = len(series.test)
     cols = {k: np.full(n, np.nan) for k in ("smoothed", "recon", "latent", "novelty")}
-    episodes = _Episodes(series, art.scoring.top_k)
-    for rows, out in _scored(art, series, settings):
+    live = _live(art, settings)
+    novelty = novelty_stage(settings.evaluation)
+    episodes = _Episodes(series, settings.alerts.top_k)
+    for out in live.stream(_as_batch(series, "test"), _CHUNK):
+        rows = series.test_rows(out.ts)
         cols["smoothed"][rows] = out.smoothed
         cols["recon"][rows] = out.recon
         cols["latent"][rows] = out.latent
-        cols["novelty"][rows] = out.novelty
+        cols["novelty"][rows] = novelty.update(out.keys, out.smoothed)
         episodes.feed(out.alerts)
     episodes.finish()
-    beta = art.scoring.ema_beta
+    beta = art.spec.scoring.ema_beta
     return {
         "stream-vae": Output(
             _fill(cols["smoothed"]),
@@ -147,46 +154,46 @@ def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[s
 def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
     """The product with its retraining policy on (the service's
     :class:`~stream_vae.lifecycle.policy.RetrainPolicy`), run inline: drift → retrain → gate →
-    swap between chunks. The score is the smoothed score over the threshold of the version live
-    at that row (threshold 1)."""
+    swap between chunks (:meth:`LiveModel.install`, the service's swap). The score is the
+    smoothed score over the threshold of the version live at that row (threshold 1); the
+    novelty history carries over a swap, rescaled to the new threshold."""
     art = _train(series, settings, seed)
-    pipe = Pipeline.from_artifact(art, settings.service.device)
-    policy = RetrainPolicy(settings, art)
+    live = _live(art, settings)
+    policy = RetrainPolicy.for_model(art, settings.drift, settings.retrain, seed=seed)
+    novelty = novelty_stage(settings.evaluation)
     ratio = np.full(len(series.test), np.nan)
-    novelty = np.zeros(len(series.test))
-    episodes = _Episodes(series, art.scoring.top_k)
+    novelty_rows = np.zeros(len(series.test))
+    episodes = _Episodes(series, settings.alerts.top_k)
     n_swaps = 0
-    test = _as_batch(series, "test")
-    for i in range(0, len(test), 512):
-        ready = pipe.store.push_many(test.slice(i, i + 512))
-        out = pipe.scorer.update(ready.keys, ready.ts, pipe.detector.infer(ready.values))
+    for ready, out in live.steps(_as_batch(series, "test"), _CHUNK):
         rows = series.test_rows(out.ts)
-        ratio[rows] = out.smoothed / pipe.scorer.threshold
-        novelty[rows] = out.novelty
+        ratio[rows] = out.smoothed / live.scorer.threshold
+        novelty_rows[rows] = novelty.update(out.keys, out.smoothed)
         episodes.feed(out.alerts)
-        policy.offer(ready, out, pipe.scorer, 1)
+        policy.offer(ready, out, live.scorer, 1)
         policy.watch(ready, out)
         job = policy.due(float(out.ts.max())) if len(out) else None
         if job is None:
             continue
         threads = torch.get_num_threads()
-        result = retrain(art, job.sample, settings, trigger=job.trigger)
+        result = retrain(live.artifact, job.sample, settings, trigger=job.trigger)
         torch.set_num_threads(threads)  # the job sets its own budget (retrain.torch_threads)
         if not result.gate.passed:
             log.info("%s: candidate rejected: %s", series.name, "; ".join(result.gate.reasons))
             policy.rejected(job)
             continue
-        episodes.feed(pipe.scorer.close_all(float(out.ts.max()), "model_swap"))
-        art = result.candidate
-        scorer = art.scorer()
-        scorer.inherit_novelty(pipe.scorer)
-        pipe.detector, pipe.scorer = art.detector(settings.service.device), scorer
+        old_threshold = live.scorer.threshold
+        episodes.feed(live.install(result.candidate, float(out.ts.max())))
+        ratio_new = live.scorer.threshold / old_threshold if old_threshold > 0 else math.nan
+        novelty = carry_novelty(novelty, ratio_new)
         policy.swapped()
         n_swaps += 1
     episodes.finish()
     log.info("%s: %d model swaps with retraining on", series.name, n_swaps)
     return {
-        "stream-vae-retrain": Output(_fill(ratio), episodes.predictions, episodes.top, 1.0, novelty)
+        "stream-vae-retrain": Output(
+            _fill(ratio), episodes.predictions, episodes.top, 1.0, novelty_rows
+        )
     }
 
 
@@ -199,8 +206,8 @@ def _lstm_ae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str,
     )
     art = _train(series, ae, seed)
     scores = np.full(len(series.test), np.nan)
-    for rows, out in _scored(art, series, ae):
-        scores[rows] = out.smoothed
+    for out in _live(art, ae).stream(_as_batch(series, "test"), _CHUNK):
+        scores[series.test_rows(out.ts)] = out.smoothed
     return {"lstm-ae": Output(_fill(scores))}
 
 
@@ -284,14 +291,9 @@ def _train(series: LabelledSeries, settings: Settings, seed: int) -> Artifact:
     )
 
 
-def _scored(
-    art: Artifact, series: LabelledSeries, settings: Settings
-) -> Iterator[tuple[npt.NDArray[np.int64], ScoredBatch]]:
-    """The test rows through the service's path, in order: (test-row index of each scored
-    window, the scored batch)."""
-    pipe = Pipeline.from_artifact(art, settings.service.device)
-    for out in pipe.stream(_as_batch(series, "test"), 512):
-        yield series.test_rows(out.ts), out
+def _live(art: Artifact, settings: Settings) -> LiveModel:
+    """The service's path for one series: its device, its episode shaping."""
+    return LiveModel(art, DetectorOptions(device=settings.service.device), alerts=settings.alerts)
 
 
 def _windows(x: F64, w: int) -> F64:

@@ -52,24 +52,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ConfigError, DataError, check_shape
+from ..errors import ConfigError, check_shape
 
-__all__ = ["SeriesNovelty"]
+if TYPE_CHECKING:  # annotations only
+    from ..config import EvaluationSettings
+
+__all__ = ["SeriesNovelty", "carry_novelty", "novelty_stage"]
 
 F64 = npt.NDArray[np.float64]
 
 # The recent maximum is kept as the maxima of (at most) this many blocks of ⌈window / _BLOCKS⌉ rows.
 _BLOCKS = 10
-# per-series state: peak, best novelty of the current run, max of the open block, rows in the
-# open block, next ring slot, rows seen (up to one block), max of the ring, an excursion is
-# censored (0/1), censorings begun in the open block, censorings in the ring, the censored
-# excursion's max and its rows; then the ring of block maxima and the ring of censoring counts
-_HEAD = 12
+
+
+@dataclass(slots=True)
+class _Series:
+    """One series' state."""
+
+    ring_maxima: list[float]  # the maxima of the last closed blocks, a ring
+    ring_censors: list[int]  # censorings begun in each of those blocks
+    peak: float = 0.0  # P, the slowly forgotten peak
+    run_best: float = 0.0  # the best novelty of the current run (0: no run)
+    block_max: float = 0.0  # the open block's max (a censored excursion's rows stay out)
+    block_rows: int = 0  # rows in the open block
+    slot: int = 0  # the ring slot the open block goes to
+    rows_seen: int = 0  # up to one block
+    ring_max: float = 0.0  # max(ring_maxima)
+    censoring: bool = False  # an excursion is censored
+    censors_in_block: int = 0  # censorings begun in the open block
+    censors_in_ring: int = 0  # sum(ring_censors)
+    excursion_max: float = 0.0  # the censored excursion's max
+    excursion_rows: int = 0  # and its rows (it ends at one block; the count stays)
 
 
 class SeriesNovelty:
@@ -98,7 +117,7 @@ class SeriesNovelty:
         self.censor_runs = censor_runs
         self._block = math.ceil(window / _BLOCKS)
         self._n_blocks = math.ceil(window / self._block)
-        self._state: dict[str, list[float]] = {}
+        self._state: dict[str, _Series] = {}
 
     def __len__(self) -> int:
         return len(self._state)
@@ -110,44 +129,49 @@ class SeriesNovelty:
         out = np.zeros(len(keys))
         pd, block, n_blocks = self.peak_decay, self._block, self._n_blocks
         censor, runs = self.censor, self.censor_runs
-        maxima, counts = slice(_HEAD, _HEAD + n_blocks), slice(_HEAD + n_blocks, None)
         for i, (k, v) in enumerate(zip(keys, np.maximum(xs, 0.0).tolist(), strict=True)):
             st = self._state.get(k)
             if st is None:
-                st = self._state[k] = [0.0] * (_HEAD + 2 * n_blocks)
-            peak = st[0] = max(v, pd * st[0])
-            if st[5] and peak > 0.0:
-                recent = max(st[2], st[6])
-                if st[7] and v <= recent:  # the censored excursion is over
-                    st[7] = 0.0
+                st = self._state[k] = _Series([0.0] * n_blocks, [0] * n_blocks)
+            peak = st.peak = max(v, pd * st.peak)
+            if st.rows_seen and peak > 0.0:
+                recent = max(st.block_max, st.ring_max)
+                if st.censoring and v <= recent:  # the censored excursion is over
+                    st.censoring = False
                 # a censored excursion's rows are measured against its own maximum too, as
                 # they would be if they were in the recent maximum: each step, not the climb
-                rise = max(0.0, v - (max(recent, st[10]) if st[7] else recent)) / peak
+                high = max(recent, st.excursion_max) if st.censoring else recent
+                rise = max(0.0, v - high) / peak
                 if rise <= 0.0:
-                    st[1] = 0.0
-                elif rise > st[1]:
-                    out[i] = st[1] = rise
+                    st.run_best = 0.0
+                elif rise > st.run_best:
+                    out[i] = st.run_best = rise
                     if (
                         censor
                         and rise >= censor
-                        and not st[7]
-                        and st[5] >= block
-                        and st[8] + st[9] < runs
+                        and not st.censoring
+                        and st.rows_seen >= block
+                        and st.censors_in_block + st.censors_in_ring < runs
                     ):
-                        st[7], st[8], st[10], st[11] = 1.0, st[8] + 1, 0.0, 0.0
-            st[5] = min(st[5] + 1, block)
-            if st[7]:
-                st[10], st[11] = max(st[10], v), st[11] + 1
-                if st[11] >= block:  # it lasts: a new level, not an anomaly; it enters the max
-                    st[7], st[2] = 0.0, max(st[2], st[10])
+                        st.censoring, st.excursion_max, st.excursion_rows = True, 0.0, 0
+                        st.censors_in_block += 1
+            st.rows_seen = min(st.rows_seen + 1, block)
+            if st.censoring:
+                st.excursion_max = max(st.excursion_max, v)
+                st.excursion_rows += 1
+                # it lasts: a new level, not an anomaly; it enters the max
+                if st.excursion_rows >= block:
+                    st.censoring = False
+                    st.block_max = max(st.block_max, st.excursion_max)
             else:
-                st[2] = max(st[2], v)
-            st[3] += 1
-            if st[3] >= block:  # the block is full: it enters the ring, a new one opens
-                slot = int(st[4])
-                st[_HEAD + slot], st[_HEAD + n_blocks + slot] = st[2], st[8]
-                st[6], st[9] = max(st[maxima]), sum(st[counts])
-                st[2], st[3], st[4], st[8] = 0.0, 0, (slot + 1) % n_blocks, 0.0
+                st.block_max = max(st.block_max, v)
+            st.block_rows += 1
+            if st.block_rows >= block:  # the block is full: it enters the ring, a new one opens
+                slot = st.slot
+                st.ring_maxima[slot], st.ring_censors[slot] = st.block_max, st.censors_in_block
+                st.ring_max, st.censors_in_ring = max(st.ring_maxima), sum(st.ring_censors)
+                st.block_max, st.block_rows, st.censors_in_block = 0.0, 0, 0
+                st.slot = (slot + 1) % n_blocks
         return out
 
     def drop(self, keys: Iterable[str]) -> None:
@@ -159,50 +183,29 @@ class SeriesNovelty:
         swap: the new model's scores have another scale); novelty itself is scale-free."""
         if not (math.isfinite(factor) and factor > 0.0):
             raise ConfigError(f"SeriesNovelty.rescale: need a finite factor > 0, got {factor!r}")
-        end = _HEAD + self._n_blocks
-        for st in self._state.values():
-            st[0] *= factor  # peak
-            st[2] *= factor  # the open block's max
-            st[6] *= factor  # the ring's max
-            st[10] *= factor  # the censored excursion's max
-            st[_HEAD:end] = [v * factor for v in st[_HEAD:end]]  # the block maxima
+        for st in self._state.values():  # the scores; counts and flags stay
+            st.peak *= factor
+            st.block_max *= factor
+            st.ring_max *= factor
+            st.excursion_max *= factor
+            st.ring_maxima = [v * factor for v in st.ring_maxima]
 
-    def snapshot(self) -> dict[str, Any]:
-        """``{"window": w, "series": [...], "state": [[...], ...]}`` (plain types)."""
-        return {
-            "window": self.window,
-            "series": list(self._state),
-            "state": [list(v) for v in self._state.values()],
-        }
 
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        if snapshot.get("window") != self.window:
-            raise DataError(
-                f"SeriesNovelty snapshot: window {snapshot.get('window')!r}, this one has "
-                f"{self.window}: the block layout differs"
-            )
-        series = [str(k) for k in snapshot["series"]]
-        width = _HEAD + 2 * self._n_blocks
-        try:
-            state = np.asarray(snapshot["state"], dtype=np.float64)
-        except ValueError as e:  # ragged rows
-            raise DataError(f"SeriesNovelty snapshot: unreadable state ({e})") from e
-        if state.size and (state.ndim != 2 or state.shape[1] != width):
-            raise DataError(
-                f"SeriesNovelty snapshot: rows of shape {state.shape[1:]}, this layout has "
-                f"{width} values per series"
-            )
-        state = state.reshape(-1, width)
-        check_shape("SeriesNovelty snapshot state", state.shape, (len(series), width))
-        if len(set(series)) != len(series) or not np.isfinite(state).all():
-            raise DataError("SeriesNovelty snapshot: duplicate series ids or non-finite values")
-        if len(state) and (
-            (state[:, 3] >= self._block).any()
-            or (state[:, 4] >= self._n_blocks).any()
-            or (state[:, 5] > self._block).any()
-            or (state[:, 11] >= self._block).any()
-            or not np.isin(state[:, 7], (0.0, 1.0)).all()
-            or (state < 0.0).any()
-        ):
-            raise DataError("SeriesNovelty snapshot: block position or counts out of range")
-        self._state = {k: row.tolist() for k, row in zip(series, state, strict=True)}
+def novelty_stage(settings: EvaluationSettings) -> SeriesNovelty:
+    """The per-row stage NAB scores, as the evaluation settings configure it."""
+    return SeriesNovelty(
+        settings.novelty_window,
+        settings.novelty_peak_decay,
+        settings.novelty_censor,
+        settings.novelty_censor_runs,
+    )
+
+
+def carry_novelty(novelty: SeriesNovelty, ratio: float) -> SeriesNovelty:
+    """The history across a model swap, in the new model's units: scores rescaled by ``ratio``
+    (new threshold / old). Without it every series' history starts empty, and any rise soon
+    after the swap counts as new. A ratio that is not a finite positive number starts afresh."""
+    if math.isfinite(ratio) and ratio > 0:
+        novelty.rescale(ratio)
+        return novelty
+    return SeriesNovelty(novelty.window, novelty.peak_decay, novelty.censor, novelty.censor_runs)

@@ -70,7 +70,7 @@ def plot_outputs(
         import matplotlib  # noqa: F401
     except ImportError:
         return None
-    from ..demo.plot import plot_series
+    from .plot import plot_series
 
     shown = sorted((s for s in series if s.name in outputs), key=lambda s: -int(s.labels.sum()))[:n]
     if not shown:

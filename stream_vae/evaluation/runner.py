@@ -41,7 +41,7 @@ from . import metrics as M
 from . import nab
 from .datasets import LabelledSeries
 from .detectors import DEFAULT_DETECTORS, Output, run_detector
-from .novelty import SeriesNovelty
+from .novelty import novelty_stage
 from .report import markdown_table, plot_outputs, write_report
 
 __all__ = [
@@ -194,17 +194,15 @@ def nab_unit_scores(out: Output, settings: Settings) -> F64:
     """A detector's per-row scores as NAB wants them: in [0, 1], comparable across files (one
     threshold is swept over all files) and high where an excursion starts, not all along it
     (NAB charges every flagged row outside a window). Every detector's score goes through the
-    same stage, the product's novelty (:mod:`stream_vae.evaluation.novelty`, the scoring
-    settings' ``novelty_window``): ours computes it in its scorer, on its smoothed score; the
-    baselines' scores get it here, so that the comparison is of the scores, not of the
+    same stage, the product's novelty (:mod:`stream_vae.evaluation.novelty`, the evaluation
+    settings): ours computes it on its smoothed score as it streams (carried over a model swap);
+    the baselines' scores get it here, so that the comparison is of the scores, not of the
     post-processing."""
     if out.novelty is not None:
         return np.clip(out.novelty, 0.0, 1.0)
-    sc = settings.scoring
-    nv = SeriesNovelty(
-        sc.novelty_window, sc.novelty_peak_decay, sc.novelty_censor, sc.novelty_censor_runs
+    return novelty_stage(settings.evaluation).update(
+        ["s"] * len(out.scores), np.nan_to_num(out.scores, nan=0.0)
     )
-    return nv.update(["s"] * len(out.scores), np.nan_to_num(out.scores, nan=0.0))
 
 
 def evaluate_nab_to(

@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 from river.drift import KSWIN
 
+from ..core.state import KEY_BYTES
 from ..errors import check_shape
 
 if TYPE_CHECKING:  # annotations only: the settings schema is not needed to run
@@ -260,6 +261,13 @@ class DriftMonitor:
         self._score._restart()
         for ch in self._inputs:
             ch._restart()
+
+    def series(self) -> frozenset[str]:
+        return frozenset(self._seen)
+
+    def nbytes(self) -> int:
+        """The per-series thinning counters (the KS windows are bounded by the settings)."""
+        return KEY_BYTES * len(self._seen)
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget the thinning counters of these series (evicted, or partition revoked)."""

@@ -19,16 +19,19 @@ benchmark is the service's policy, not a copy of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from ..config import Settings
 from ..core.windows import ReadyWindows
 from ..scoring.scorer import ScoredBatch, Scorer
-from ..storage.artifact import Artifact
 from .drift import DriftEvent, DriftMonitor
 from .reservoir import CleanReservoir, ReservoirSample, clean_mask
+
+if TYPE_CHECKING:  # annotations only
+    from ..config import DriftSettings, RetrainSettings
+    from ..storage.artifact import Artifact
 
 __all__ = ["Job", "RetrainPolicy"]
 
@@ -48,26 +51,55 @@ class Job:
 
 
 class RetrainPolicy:
-    def __init__(self, settings: Settings, artifact: Artifact) -> None:
-        d, r = settings.drift, settings.retrain
-        self.settings = settings
-        self.monitor = (
-            DriftMonitor.from_settings(
-                d,
-                window=artifact.vae_config.window,
-                stride=artifact.window.stride,
-                feature_names=artifact.feature_names,
-                seed=settings.train.seed,
-            )
-            if d.enabled
-            else None
-        )
+    """The retraining decisions of one deployment.
+
+    Parameters
+    ----------
+    retrain
+        The triggers, the reservoir's size and the fleet rule.
+    monitor
+        The drift monitor whose events arm a retrain (None: drift off; ``retrain.schedule_s``
+        may still start jobs).
+    seed
+        Seeds the reservoir's sampling.
+    """
+
+    def __init__(
+        self, retrain: RetrainSettings, monitor: DriftMonitor | None = None, *, seed: int = 0
+    ) -> None:
+        r = retrain
+        self.settings = retrain
+        self.monitor = monitor
         self.reservoir = CleanReservoir(
-            r.reservoir_windows, r.reservoir_buckets, r.bucket_s, seed=settings.train.seed
+            r.reservoir_windows, r.reservoir_buckets, r.bucket_s, seed=seed
         )
         self._armed: DriftEvent | None = None
         self._retry: tuple[float, int] | None = None  # (stream ts of the failed try, tries)
         self._last_job_ts: float | None = None  # stream time of the last job (or first batch)
+
+    @classmethod
+    def for_model(
+        cls,
+        artifact: Artifact,
+        drift: DriftSettings,
+        retrain: RetrainSettings,
+        *,
+        seed: int = 0,
+    ) -> RetrainPolicy:
+        """The policy of a deployment serving ``artifact``: its drift monitor thins by the
+        model's window and stride and watches its features."""
+        monitor = (
+            DriftMonitor.from_settings(
+                drift,
+                window=artifact.vae_config.window,
+                stride=artifact.spec.window.stride,
+                feature_names=artifact.feature_names,
+                seed=seed,
+            )
+            if drift.enabled
+            else None
+        )
+        return cls(retrain, monitor, seed=seed)
 
     @property
     def armed(self) -> DriftEvent | None:
@@ -80,7 +112,7 @@ class RetrainPolicy:
         """Keep the clean windows of one scored batch (``ready`` and ``scored`` row-aligned)."""
         if not len(scored):
             return
-        r = self.settings.retrain
+        r = self.settings
         clean = clean_mask(
             scored.keys,
             scored.smoothed,
@@ -112,13 +144,13 @@ class RetrainPolicy:
         return events
 
     def on_drift(self, event: DriftEvent) -> None:
-        r = self.settings.retrain
+        r = self.settings
         if (event.kind == "score" and r.on_drift) or (event.kind == "input" and r.on_input_drift):
             self._armed = event
 
     def due(self, now_ts: float) -> Job | None:
         """A job to start now, or None; ``now_ts`` is the stream time of the newest window."""
-        r = self.settings.retrain
+        r = self.settings
         if self._armed is not None:
             since = self._armed.since_ts
             # a retry waits for min_windows windows newer than the failed try

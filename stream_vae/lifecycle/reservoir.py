@@ -23,38 +23,18 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ..core.sample import ReservoirSample
 from ..errors import check_shape
 
 __all__ = ["CleanReservoir", "ReservoirSample", "clean_mask"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True, slots=True)
-class ReservoirSample:
-    """Windows (n, W, d) with their series and end times, in time order."""
-
-    windows: F32
-    keys: tuple[str, ...]
-    ts: F64
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def split(self, newest_fraction: float) -> tuple[ReservoirSample, ReservoirSample]:
-        """(older part, newest ``newest_fraction``), by time."""
-        cut = len(self) - max(1, round(len(self) * newest_fraction))
-        return self._take(slice(0, cut)), self._take(slice(cut, len(self)))
-
-    def _take(self, s: slice) -> ReservoirSample:
-        return ReservoirSample(self.windows[s], self.keys[s], self.ts[s])
 
 
 class _Stratum:

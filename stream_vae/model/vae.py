@@ -16,12 +16,16 @@ Examples
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
 from ..errors import ShapeError
+
+A = TypeVar("A", Tensor, npt.NDArray[np.float32])
 
 __all__ = [
     "LSTMVAE",
@@ -30,6 +34,7 @@ __all__ = [
     "VAEOutput",
     "kl_per_dim",
     "pick_device",
+    "point_error",
     "vae_loss",
 ]
 
@@ -111,9 +116,32 @@ class LSTMVAE(nn.Module):
         return VAEOutput(recon, recon_logvar, mu, logvar)
 
 
-def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+# The ELBO's two terms, written once for the training loss (torch), the scores and the retrain
+# gate (numpy).
+
+
+def kl_per_dim(mu: A, logvar: A) -> A:
     """KL(q(z|x) ‖ N(0, I)) per window and latent dim, in nats: (n, k)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+    exp = torch.exp if isinstance(logvar, Tensor) else np.exp
+    return 0.5 * (mu**2 + exp(logvar) - 1.0 - logvar)
+
+
+def point_error(x: A, recon: A, recon_logvar: A | None = None) -> A:
+    """The reconstruction term per point and feature (n, W, d): the squared error, or with a
+    Gaussian decoder the negative log-likelihood without its constant. On numpy arrays it works
+    in place on one temporary (it runs on every window of the stream)."""
+    if isinstance(x, Tensor):
+        err = (x - recon).pow(2)
+        return (
+            err if recon_logvar is None else 0.5 * (recon_logvar + err * torch.exp(-recon_logvar))
+        )
+    out = np.subtract(x, recon)
+    np.square(out, out=out)
+    if recon_logvar is not None:
+        out *= np.exp(-recon_logvar)
+        out += recon_logvar
+        out *= 0.5
+    return out
 
 
 def vae_loss(out: VAEOutput, x: Tensor, *, beta: float, free_bits: float = 0.0) -> LossParts:
@@ -125,11 +153,7 @@ def vae_loss(out: VAEOutput, x: Tensor, *, beta: float, free_bits: float = 0.0) 
     the optimiser gains nothing by pushing a dim under it) and divided by W·d to sit on the same
     per-point scale as the reconstruction.
     """
-    if out.recon_logvar is None:
-        recon = (out.recon - x).pow(2).mean()
-    else:
-        lv = out.recon_logvar
-        recon = 0.5 * (lv + (x - out.recon).pow(2) * torch.exp(-lv)).mean()
+    recon = point_error(x, out.recon, out.recon_logvar).mean()
     kl_dims = kl_per_dim(out.mu, out.logvar).mean(0)  # (k,)
     kl = kl_dims.sum()
     kl_term = torch.clamp(kl_dims, min=free_bits).sum() if free_bits > 0 else kl

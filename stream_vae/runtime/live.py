@@ -1,70 +1,242 @@
-"""The one path a record travels to become a score: WindowStore → Detector → Scorer.
+"""One live model: the window store, the detector, the scorer and the version they serve.
 
-The Kafka service, offline scoring and evaluation all go through :class:`Pipeline`; the service
-calls the three steps itself so that the forward pass runs off the event loop.
+The one path a record travels to become a score, written once::
+
+    records → prepare (WindowStore) → infer (Detector: the forward pass) → score (Scorer)
+
+The Kafka service, offline scoring, evaluation and the demo all go through :class:`LiveModel`;
+the service calls the three steps itself so that :meth:`LiveModel.infer` runs in a worker thread
+off the event loop. :meth:`LiveModel.install` is the one swap sequence.
 
 Examples
 --------
-The CLI builds one from a model directory: ``Pipeline.from_artifact(Artifact.load(path))``.
+The CLI's ``score`` builds one from a model directory,
+``LiveModel(load_artifact(path), DetectorOptions(device="cpu"))``, then reads
+``for scored in live.stream(batch): ...``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import WindowSettings
+from ..config import AlertSettings, ServiceSettings
 from ..core.records import RecordBatch
-from ..core.windows import WindowStore
-from ..model.detector import Detector, Precision
+from ..core.windows import ReadyWindows, WindowStore
+from ..errors import ArtifactError, ConfigError
+from ..model.backends import Backend, OrtBackend, Precision, TorchBackend, onnx_graph
+from ..model.detector import MAX_BATCH, Detector
+from ..model.vae import pick_device
+from ..scoring.alerts import Alert
+from ..scoring.hybrid import ScoreParts
 from ..scoring.scorer import ScoredBatch, Scorer
 from ..storage.artifact import Artifact
 
-__all__ = ["Pipeline"]
+__all__ = ["DetectorOptions", "LiveModel", "build_detector", "build_scorer"]
 
 
-@dataclass(slots=True)
-class Pipeline:
-    store: WindowStore
-    detector: Detector
-    scorer: Scorer
+@dataclass(frozen=True, slots=True)
+class DetectorOptions:
+    """How a deployment runs the forward pass (docs/operations.md, "GPU inference")."""
+
+    device: str = "auto"
+    backend: Literal["torch", "onnx"] = "torch"
+    precision: Precision = "fp32"
+    compile: bool = False
+    cuda_graphs: bool = False
+    max_batch: int = MAX_BATCH  # most windows per forward pass
+    threads: int = 2  # ONNX Runtime's intra-op threads (torch's are set process-wide)
 
     @classmethod
-    def from_artifact(
-        cls,
-        artifact: Artifact,
-        device: str = "auto",
-        backend: Literal["torch", "onnx"] = "torch",
-        window: WindowSettings | None = None,
-        *,
-        precision: Precision = "fp32",
-        compile: bool = False,
-        cuda_graphs: bool = False,
-        max_batch: int = 4096,
-    ) -> Pipeline:
-        """``window`` replaces the artifact's window settings (same size as the model's).
-
-        The keywords go to :meth:`Artifact.detector`: the GPU options (docs/operations.md, "GPU
-        inference") and ``max_batch``, the most windows per forward pass.
-        """
-        detector = artifact.detector(
-            device,
-            backend=backend,
-            precision=precision,
-            compile=compile,
-            cuda_graphs=cuda_graphs,
-            max_batch=max_batch,
+    def from_settings(cls, service: ServiceSettings) -> DetectorOptions:
+        return cls(
+            device=service.device,
+            backend=service.backend,
+            precision=service.precision,
+            compile=service.compile,
+            # a forward pass per batch: chunks no smaller than a batch
+            max_batch=max(MAX_BATCH, service.max_batch_records),
+            threads=service.torch_threads,
         )
-        return cls(artifact.window_store(window), detector, artifact.scorer())
+
+
+def build_detector(artifact: Artifact, options: DetectorOptions | None = None) -> Detector:
+    """The forward pass of ``artifact`` on torch (CPU or CUDA), or on the CPU under ONNX Runtime.
+
+    ``precision``, ``compile`` and ``cuda_graphs`` are :class:`TorchBackend`'s options; the onnx
+    backend refuses them.
+    """
+    o = options or DetectorOptions()
+    impl: Backend
+    if o.backend == "onnx":
+        if o.precision != "fp32" or o.compile or o.cuda_graphs:
+            raise ConfigError("precision, compile and cuda_graphs apply to the torch backend only")
+        buf = io.BytesIO()
+        onnx_graph(artifact.model(), buf)
+        try:
+            impl = OrtBackend(buf.getvalue(), o.threads)
+        except ImportError:
+            raise ArtifactError(
+                "the onnx backend needs onnxruntime: pip install 'stream-vae[onnx]'"
+            ) from None
+    else:
+        impl = TorchBackend(
+            artifact.model(),
+            pick_device(o.device),
+            precision=o.precision,
+            compile=o.compile,
+            cuda_graphs=o.cuda_graphs,
+        )
+    return Detector.from_spec(impl, artifact.scaler, artifact.spec, o.max_batch)
+
+
+def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Scorer:
+    """A fresh per-series scorer for ``artifact``: its score and threshold, the deployment's
+    episode shaping."""
+    a = alerts or AlertSettings()
+    return Scorer(
+        artifact.hybrid,
+        artifact.threshold,
+        artifact.feature_names,
+        artifact.version,
+        ema_beta=artifact.spec.scoring.ema_beta,
+        hysteresis=a.hysteresis,
+        close_after=a.close_after,
+        cooldown=a.cooldown,
+        top_k=a.top_k,
+    )
+
+
+class LiveModel:
+    """The state and the model that score a stream for one deployment.
+
+    Parameters
+    ----------
+    artifact
+        The version to serve first.
+    options
+        How the forward pass runs (default: torch on the best device, float32).
+    alerts
+        The deployment's episode shaping (default: :class:`~stream_vae.config.AlertSettings`).
+    idle_ttl_s, max_series
+        The deployment's bounds on the series held (see :class:`WindowStore`).
+    """
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        options: DetectorOptions | None = None,
+        *,
+        alerts: AlertSettings | None = None,
+        idle_ttl_s: float | None = None,
+        max_series: int | None = None,
+    ) -> None:
+        self.options = options or DetectorOptions()
+        self.alerts = alerts or AlertSettings()
+        w = artifact.spec.window
+        self.store = WindowStore(
+            artifact.vae_config.window,
+            len(artifact.feature_names),
+            stride=w.stride,
+            max_gap_s=w.max_gap_s,
+            gap_policy=w.gap_policy,
+            max_fill=w.max_fill,
+            idle_ttl_s=idle_ttl_s,
+            max_series=max_series,
+            calendar=w.calendar,
+        )
+        self.artifact = artifact
+        self.detector = build_detector(artifact, self.options)
+        self.scorer = build_scorer(artifact, self.alerts)
+
+    @classmethod
+    def from_settings(
+        cls, artifact: Artifact, service: ServiceSettings, alerts: AlertSettings
+    ) -> LiveModel:
+        """As a deployment configures it: its device and backend, bounds and episodes."""
+        return cls(
+            artifact,
+            DetectorOptions.from_settings(service),
+            alerts=alerts,
+            idle_ttl_s=service.idle_ttl_s,
+            max_series=service.max_series,
+        )
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+    # -- the path --------------------------------------------------------------------------
+    def prepare(self, batch: RecordBatch) -> ReadyWindows:
+        """Records in arrival order → the windows they completed (n, W, c)."""
+        return self.store.push_many(batch)
+
+    def infer(self, ready: ReadyWindows) -> ScoreParts:
+        """The forward pass (the part a service runs in a worker thread)."""
+        return self.detector.infer(ready.values)  # (n, W, c) → ScoreParts
+
+    def score(self, ready: ReadyWindows, parts: ScoreParts) -> ScoredBatch:
+        """Scores of the windows, and the alert events they caused."""
+        return self.scorer.update(ready.keys, ready.ts, parts)
+
+    def step(self, batch: RecordBatch) -> tuple[ReadyWindows, ScoredBatch]:
+        """:meth:`prepare`, :meth:`infer` and :meth:`score` in one call: the windows and their
+        scores (row-aligned; the retraining policy learns from both)."""
+        ready = self.prepare(batch)
+        return ready, self.score(ready, self.infer(ready))
 
     def process(self, batch: RecordBatch) -> ScoredBatch:
-        """Records in arrival order → scores of the windows they completed, and alert events."""
-        ready = self.store.push_many(batch)
-        parts = self.detector.infer(ready.values)  # (n, W, d) → ScoreParts
-        return self.scorer.update(ready.keys, ready.ts, parts)
+        """Records → the scores of the windows they completed, and the alert events."""
+        return self.step(batch)[1]
+
+    def steps(
+        self, batch: RecordBatch, chunk: int = 2048
+    ) -> Iterator[tuple[ReadyWindows, ScoredBatch]]:
+        """:meth:`step` over a long batch in arrival-order chunks (one forward pass each)."""
+        for i in range(0, len(batch), chunk):
+            yield self.step(batch.slice(i, i + chunk))
 
     def stream(self, batch: RecordBatch, chunk: int = 2048) -> Iterator[ScoredBatch]:
         """Process a long batch in arrival-order chunks (one forward pass each)."""
-        for i in range(0, len(batch), chunk):
-            yield self.process(batch.slice(i, i + chunk))
+        for _, scored in self.steps(batch, chunk):
+            yield scored
+
+    # -- a new version ---------------------------------------------------------------------
+    def install(
+        self, artifact: Artifact, ts: float, detector: Detector | None = None
+    ) -> tuple[Alert, ...]:
+        """Serve ``artifact`` from now on (between two batches); returns the alerts that close
+        the old version's episodes at stream time ``ts``.
+
+        An episode and its ``alert_id`` belong to the version that opened it, so open episodes
+        close with reason ``model_swap``; the EMA restarts, because the new model's scores are
+        on its own scale; the windows carry over, so features, window size and calendar must
+        match (:class:`ArtifactError` otherwise, and nothing changes). ``detector`` is one
+        already built for ``artifact`` (a service builds it off its event loop).
+        """
+        why = artifact.serves_like(self.artifact)
+        if why is not None:
+            raise ArtifactError(f"cannot swap {self.version} → {artifact.version}: {why}")
+        new_detector = detector or build_detector(artifact, self.options)
+        closed = self.scorer.close_all(ts, "model_swap")
+        self.artifact, self.detector = artifact, new_detector
+        self.scorer = build_scorer(artifact, self.alerts)
+        return closed
+
+    # -- per-series state (stream_vae.core.state.SeriesState) ------------------------------
+    def open_series(self) -> frozenset[str]:
+        """Series in an alert episode now."""
+        return self.scorer.open_series()
+
+    def series(self) -> frozenset[str]:
+        return self.store.series() | self.scorer.series()
+
+    def drop(self, series: Iterable[str]) -> None:
+        series = list(series)
+        self.store.drop(series)
+        self.scorer.drop(series)
+
+    def nbytes(self) -> int:
+        return self.store.nbytes() + self.scorer.nbytes()

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ..core.state import KEY_BYTES
 from ..errors import ConfigError, DataError, check_shape
 
 __all__ = ["SeriesEMA"]
@@ -155,6 +155,12 @@ class SeriesEMA:
             self._slot[key] = s
         return s
 
+    def series(self) -> frozenset[str]:
+        return frozenset(self._slot)
+
+    def nbytes(self) -> int:
+        return int(self._value.nbytes) + KEY_BYTES * len(self._slot)
+
     def drop(self, keys: Iterable[str]) -> None:
         """Forget these series (unknown ids are ignored); their next value starts afresh.
 
@@ -175,38 +181,3 @@ class SeriesEMA:
     def _set_state(self, series: list[str], value: F64) -> None:
         self._slot = {k: i for i, k in enumerate(series)}
         self._value = np.array(value, dtype=np.float64)  # a copy, never a view
-
-    def snapshot(self) -> dict[str, Any]:
-        """State as plain types: ``{"series": [id, ...], "value": ndarray (m,)}``.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> ema = SeriesEMA(0.5)
-        >>> _ = ema.update(["a"], np.array([3.0]))
-        >>> snap = ema.snapshot()
-        >>> snap["series"], snap["value"].tolist()
-        (['a'], [3.0])
-        """
-        n = len(self._slot)
-        return {"series": list(self._slot), "value": self._value[:n].copy()}
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        """Replace the state with one taken by :meth:`snapshot`.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> a = SeriesEMA(0.5)
-        >>> _ = a.update(["s"], np.array([4.0]))
-        >>> b = SeriesEMA(0.5)
-        >>> b.restore(a.snapshot())
-        >>> b.update(["s"], np.array([0.0])).tolist()
-        [2.0]
-        """
-        series = [str(k) for k in snapshot["series"]]
-        value = np.asarray(snapshot["value"], dtype=np.float64)
-        check_shape("SeriesEMA snapshot value", value.shape, (len(series),))
-        if len(set(series)) != len(series) or not np.isfinite(value).all():
-            raise DataError("SeriesEMA snapshot: duplicate series ids or non-finite values")
-        self._set_state(series, value)

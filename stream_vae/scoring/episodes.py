@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from ..core.state import KEY_BYTES
 from ..errors import ConfigError, DataError, check_shape
 
 __all__ = ["EpisodeEvent", "EpisodeTracker"]
@@ -63,6 +64,10 @@ class _State:
     peak: float
     n_below: int  # consecutive rows below the close level (open only)
     cooldown_left: int  # rows that still cannot open an episode (closed only)
+
+
+# A _State of five slots: the object and its boxed floats and ints (measured ~180 B).
+_STATE_BYTES = 200
 
 
 class EpisodeTracker:
@@ -225,6 +230,12 @@ class EpisodeTracker:
             del self._state[k]
         return closed
 
+    def series(self) -> frozenset[str]:
+        return frozenset(self._state)
+
+    def nbytes(self) -> int:
+        return (KEY_BYTES + _STATE_BYTES) * len(self._state)
+
     def drop(self, keys: Iterable[str]) -> None:
         """Forget these series, open episodes and cooldowns included (unknown ids are ignored).
 
@@ -239,51 +250,3 @@ class EpisodeTracker:
         """
         for k in keys:
             self._state.pop(k, None)
-
-    def snapshot(self) -> dict[str, Any]:
-        """State as plain types: ``{"series": {id: {"open", "start_ts", "peak", ...}}}``.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> t = EpisodeTracker()
-        >>> _ = t.update(["a"], np.array([7.0]), np.array([2.0]), 1.0)
-        >>> t.snapshot()["series"]["a"]["start_ts"]
-        7.0
-        """
-        return {
-            "series": {
-                k: {
-                    "open": st.open,
-                    "start_ts": st.start_ts,
-                    "peak": st.peak,
-                    "n_below": st.n_below,
-                    "cooldown_left": st.cooldown_left,
-                }
-                for k, st in self._state.items()
-            }
-        }
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        """Replace the state with one taken by :meth:`snapshot`.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> a = EpisodeTracker(close_after=1)
-        >>> _ = a.update(["s"], np.array([1.0]), np.array([2.0]), 1.0)
-        >>> b = EpisodeTracker(close_after=1)
-        >>> b.restore(a.snapshot())
-        >>> [(e.event, e.episode_start_ts) for e in b.update(["s"], [2.0], [0.0], 1.0)]
-        [('close', 1.0)]
-        """
-        self._state = {
-            str(k): _State(
-                bool(d["open"]),
-                float(d["start_ts"]),
-                float(d["peak"]),
-                int(d["n_below"]),
-                int(d["cooldown_left"]),
-            )
-            for k, d in snapshot["series"].items()
-        }

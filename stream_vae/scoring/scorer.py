@@ -6,16 +6,13 @@ Pure and stateful per series; the service, the offline CLI and evaluation all ca
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import check_shape
-from ..evaluation.novelty import SeriesNovelty
 from .alerts import Alert, alert_id, top_features
 from .ema import SeriesEMA
 from .episodes import EpisodeTracker
@@ -38,7 +35,6 @@ class ScoredBatch:
     latent: F64  # (n,) normalised latent component
     threshold: float
     alerts: tuple[Alert, ...]
-    novelty: F64  # (n,) in [0, 1]: rise of the smoothed score above its recent peaks
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -63,10 +59,6 @@ class Scorer:
         close_after: int = 3,
         cooldown: int = 0,
         top_k: int = 3,
-        novelty_window: int = 1000,
-        novelty_peak_decay: float = 0.9999,
-        novelty_censor: float = 0.0,
-        novelty_censor_runs: int = 4,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -79,9 +71,6 @@ class Scorer:
         self.top_k = top_k
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
-        self._novelty = SeriesNovelty(
-            novelty_window, novelty_peak_decay, novelty_censor, novelty_censor_runs
-        )
 
     def update(self, keys: Sequence[str], ts: npt.ArrayLike, parts: ScoreParts) -> ScoredBatch:
         """Score n windows in arrival order; returns scores and the open/close events caused."""
@@ -115,10 +104,7 @@ class Scorer:
             )
             for i, e in enumerate(events)
         )
-        novelty = self._novelty.update(keys, smoothed)
-        return ScoredBatch(
-            keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts, novelty
-        )
+        return ScoredBatch(keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts)
 
     def open_series(self) -> frozenset[str]:
         """Series in an alert episode now."""
@@ -147,34 +133,14 @@ class Scorer:
             for series, start, peak in self._episodes.close_all()
         )
 
-    def inherit_novelty(self, old: Scorer) -> None:
-        """Carry over the per-series novelty history of the scorer this one replaces (a model
-        swap), in this scorer's units: scores are rescaled by the ratio of the two calibrated
-        thresholds. Without it every series' history starts empty, and any rise soon after
-        the swap counts as new. A different ``novelty_window``, or a threshold that is not a
-        finite positive number, starts afresh."""
-        ratio = self.threshold / old.threshold if old.threshold > 0.0 else math.nan
-        if old._novelty.window != self._novelty.window or not (math.isfinite(ratio) and ratio > 0):
-            return
-        self._novelty.restore(old._novelty.snapshot())
-        self._novelty.rescale(ratio)
+    def series(self) -> frozenset[str]:
+        return self._ema.series() | self._episodes.series()
+
+    def nbytes(self) -> int:
+        return self._ema.nbytes() + self._episodes.nbytes()
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget the state of these series (e.g. their partition was revoked)."""
         keys = list(keys)
         self._ema.drop(keys)
         self._episodes.drop(keys)
-        self._novelty.drop(keys)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "ema": self._ema.snapshot(),
-            "episodes": self._episodes.snapshot(),
-            "novelty": self._novelty.snapshot(),
-        }
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        self._ema.restore(snapshot["ema"])
-        self._episodes.restore(snapshot["episodes"])
-        if "novelty" in snapshot:  # snapshots from before the novelty stage: it starts afresh
-            self._novelty.restore(snapshot["novelty"])

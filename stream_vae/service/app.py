@@ -32,8 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from ..config import Settings
-from ..errors import ConfigError
-from ..runtime.live import Pipeline
+from ..core.state import StateRegistry
+from ..errors import ArtifactError, ConfigError
+from ..runtime.live import LiveModel
 from ..scoring.alerts import Alert
 from ..storage.artifact import Artifact
 from ..storage.registry import Registry
@@ -49,6 +50,9 @@ __all__ = ["Service"]
 
 log = logging.getLogger(__name__)
 
+# The weight below which the EMA's starting value no longer matters for a replayed rebuild
+_EMA_FORGOTTEN = 1e-6
+
 
 class Service:
     """Kafka in, alerts out, for one model version. No I/O until :meth:`run`."""
@@ -61,18 +65,9 @@ class Service:
         registry: Registry | None = None,
     ) -> None:
         self.settings = settings
-        self.artifact = artifact
-        # The model fixes how windows are cut (size, stride, gaps: what it was calibrated on);
-        # how many series to hold and for how long is the deployment's choice.
-        window = artifact.window.model_copy(
-            update={
-                "idle_ttl_s": settings.window.idle_ttl_s,
-                "max_series": settings.window.max_series,
-            }
-        )
-        self.pipeline = Pipeline.from_artifact(
-            artifact, settings.service.device, window=window, **settings.service.detector_options()
-        )
+        # The model fixes how windows are cut and scored (its spec); the deployment chooses the
+        # device, the bounds on the series held and the episode shaping.
+        self.live = LiveModel.from_settings(artifact, settings.service, settings.alerts)
         self.metrics = metrics or ServiceMetrics()
         self.metrics.set_model_version(artifact.version)
         self.health: HealthServer | None = None
@@ -84,6 +79,10 @@ class Service:
         self.lifecycle = Lifecycle(settings, artifact, self.metrics, registry)
         self._last_ts = 0.0  # stream time of the newest record processed
         self._watermark = ReplayWatermark(_replay_keep(artifact))
+        # Every part that keeps state per series: an eviction or a revoke is one call.
+        self.state = StateRegistry(
+            {"live": self.live, "watermark": self._watermark, "drift": self.lifecycle.drift_state}
+        )
         self._lock = asyncio.Lock()
         self._source: KafkaSource | None = None
         self._sink: KafkaSink | None = None
@@ -133,7 +132,7 @@ class Service:
             await consumer.start()
             self._source = KafkaSource(
                 consumer,
-                self.artifact.feature_names,
+                self.live.artifact.feature_names,
                 max_records=svc.max_batch_records,
                 max_wait_ms=svc.max_wait_ms,
                 max_message_bytes=k.max_message_bytes,
@@ -141,7 +140,7 @@ class Service:
             self._sink = KafkaSink(producer, k.alert_topic, k.dead_letter_topic)
             log.info(
                 "stream-vae %s consuming %s",
-                self.artifact.version,
+                self.live.version,
                 k.input_pattern or list(k.input_topics),
             )
             self.metrics.set_ready(True)
@@ -195,17 +194,16 @@ class Service:
         assert self._source is not None and self._sink is not None
         async with self._lock:  # a revoke waits for this batch to be published and committed
             closed = self._swap_model()  # between batches: this batch is the new model's
-            late_before = self.pipeline.store.counters["late"]
-            ready = self.pipeline.store.push_many(batch.records)
+            live = self.live
+            late_before = live.store.counters["late"]
+            ready = live.prepare(batch.records)
             t0 = time.perf_counter()
             parts = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.pipeline.detector.infer, ready.values
+                self._executor, live.infer, ready
             )
             inference_s = time.perf_counter() - t0
-            scored = self.pipeline.scorer.update(ready.keys, ready.ts, parts)
-            self.lifecycle.observe(
-                ready, scored, self.pipeline.scorer, self.pipeline.store.n_series
-            )
+            scored = live.score(ready, parts)
+            self.lifecycle.observe(ready, scored, live.scorer, live.store.n_series)
             alerts = closed + scored.alerts
             await self._sink.publish(alerts, batch.rejected)
             self._watermark.observe(batch.records.series_ids, batch.partitions, batch.offsets)
@@ -214,14 +212,14 @@ class Service:
                     self._watermark.episode_opened(a.series_id)
                 else:
                     self._watermark.episode_closed(a.series_id)
-            store = self.pipeline.store
+            store = live.store
             if store.idle_ttl_s is not None and len(batch.records):
                 store.evict_idle(float(batch.records.ts.max()))
-            # series the store evicted (idle, or over window.max_series) leave every part of
+            # series the store evicted (idle, or over service.max_series) leave every part of
             # the state, so that memory stays bounded by the store's bounds
-            self.pipeline.scorer.drop(self._watermark.forget(store.__contains__))
+            self.state.drop(self._watermark.series() - store.series())
             await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
-            late = self.pipeline.store.counters["late"] - late_before
+            late = store.counters["late"] - late_before
             self._record(batch, len(ready), late, alerts, inference_s)
             self.metrics.add_windows_scored(len(scored), int(scored.is_alert.sum()))
             if len(batch.records):
@@ -254,32 +252,21 @@ class Service:
             log.error("could not publish %d model events to %s: %s", len(events), topic, exc)
 
     def _swap_model(self) -> tuple[Alert, ...]:
-        """Install a promoted version, if one is loaded. Its episodes end with the old model
-        (``close`` with reason ``model_swap``: an episode and its ``alert_id`` belong to the
-        version that opened it); the EMA restarts, because the new model's scores are on its
-        own scale; the novelty history carries over, rescaled to it; the windows carry over
-        (same size, features and calendar, or no swap)."""
+        """Install a promoted version, if one is loaded (:meth:`LiveModel.install`: its
+        episodes end with the old model, the EMA restarts, the windows carry over)."""
         swap = self.lifecycle.take_swap()
         if swap is None:
             return ()
-        old = self.artifact
-        new = swap.artifact
-        if (
-            new.feature_names != old.feature_names
-            or new.vae_config.window != old.vae_config.window
-            or new.window.calendar != old.window.calendar
-        ):
-            reason = f"features, window size or calendar differ from {old.version}: restart instead"
-            log.error("not swapping to %s: %s", new.version, reason)
-            self.lifecycle.refused(new.version, reason)
+        old = self.live.version
+        try:
+            closed = self.live.install(swap.artifact, self._last_ts, swap.detector)
+        except ArtifactError as exc:
+            log.error("not swapping: %s; restart instead", exc)
+            self.lifecycle.refused(swap.artifact.version, str(exc))
             return ()
-        closed = self.pipeline.scorer.close_all(self._last_ts, "model_swap")
-        swap.scorer.inherit_novelty(self.pipeline.scorer)
-        self.pipeline.detector, self.pipeline.scorer = swap.detector, swap.scorer
-        self.artifact = new
-        self.metrics.set_model_version(new.version)
-        self.lifecycle.swapped(old.version, new.version, len(closed))
-        log.info("model %s → %s (%d episodes closed)", old.version, new.version, len(closed))
+        self.metrics.set_model_version(swap.artifact.version)
+        self.lifecycle.swapped(old, swap.artifact.version, len(closed))
+        log.info("model %s → %s (%d episodes closed)", old, swap.artifact.version, len(closed))
         return closed
 
     def _record(
@@ -335,9 +322,7 @@ class Service:
         gone = set(revoked)
         async with self._lock:
             series = self._watermark.series_on(gone)
-            self.pipeline.store.drop(series)
-            self.pipeline.scorer.drop(series)
-            self._watermark.drop(series)
+            self.state.drop(series)
             for tp in gone:
                 self.metrics.remove_consumer_lag(tp.topic, tp.partition)
         log.info(
@@ -347,11 +332,12 @@ class Service:
 
 def _replay_keep(artifact: Artifact) -> int:
     """Records per series a restart must re-read: a window's W − 1, plus EMA warm-up windows."""
-    beta = artifact.scoring.ema_beta
+    beta = artifact.spec.scoring.ema_beta
     # After n windows the EMA's starting value weighs beta**n; 1e-6 is far below any margin
-    # between a score and its threshold.
-    warmup = 0 if beta == 0 else min(math.ceil(math.log(1e-6) / math.log(beta)), 256)
-    stride = artifact.window.stride
+    # between a score and its threshold. No cap: a cap would break the exact rebuild for a β
+    # close to 1 (β 0.99: 1,375 windows).
+    warmup = 0 if beta == 0 else math.ceil(math.log(_EMA_FORGOTTEN) / math.log(beta))
+    stride = artifact.spec.window.stride
     return artifact.vae_config.window - 1 + warmup * stride
 
 

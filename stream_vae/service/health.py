@@ -1,6 +1,21 @@
 """A tiny HTTP server for /metrics, /healthz, /readyz and /accounting, and an event-loop lag
 probe (an I/O edge of the service; the metrics themselves live in
-:mod:`stream_vae.service.metrics`)."""
+:mod:`stream_vae.service.metrics`).
+
+:class:`HealthServer` serves, on 127.0.0.1 by default, with plain ``asyncio.start_server`` and
+one request per connection (``Connection: close``)::
+
+    GET /metrics      Prometheus text format (0.0.4)
+    GET /healthz      200 "ok" while the event loop runs
+    GET /readyz       200 once ServiceMetrics.set_ready(True), else 503
+    GET /accounting   JSON of ServiceMetrics.accounting()
+
+Typical wiring in the service's entry point::
+
+    metrics = ServiceMetrics()
+    async with HealthServer(metrics, port=9308), EventLoopLagMonitor(metrics):
+        ...                       # run the service; it calls metrics.add_records_in(...), ...
+"""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 - A score drift event arms a retrain: the job starts once the reservoir holds
   ``retrain.min_windows`` clean windows newer than the change (the new normal, not a mix);
   ``retrain.schedule_s`` starts one on a timer (stream time). The job runs in a spawned worker
-  process with its own torch thread budget (:func:`stream_vae.training.gate.job_main`), so scoring
+  process with its own torch thread budget (:func:`stream_vae.lifecycle.job.job_main`), so scoring
   keeps its threads and the loop its GIL; one job at a time.
 - The job publishes its candidate to the registry and promotes it if the gate passed. Every
   replica polls the registry's pointer (``registry.poll_s``), loads a new version off the loop
@@ -22,6 +22,7 @@ import multiprocessing
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.pool import Pool
@@ -31,12 +32,13 @@ from typing import Any
 from ..config import Settings
 from ..core.windows import ReadyWindows
 from ..lifecycle.drift import DriftEvent, DriftMonitor
+from ..lifecycle.job import job_main, save_sample
 from ..lifecycle.policy import Job, RetrainPolicy
 from ..model.detector import Detector
+from ..runtime.live import DetectorOptions, build_detector
 from ..scoring.scorer import ScoredBatch, Scorer
 from ..storage.artifact import Artifact
 from ..storage.registry import Registry
-from ..training.gate import job_main, save_sample
 from .metrics import ServiceMetrics
 
 __all__ = ["Lifecycle", "Swap"]
@@ -52,8 +54,7 @@ class Swap:
     """A promoted version, loaded and ready: the service installs it between two batches."""
 
     artifact: Artifact
-    detector: Detector
-    scorer: Scorer
+    detector: Detector  # built off the event loop
 
 
 class Lifecycle:
@@ -71,7 +72,11 @@ class Lifecycle:
         self.registry = registry
         self.live_version = artifact.version
         self._artifact = artifact  # published at start if the registry lacks it (see __aenter__)
-        self.policy = RetrainPolicy(settings, artifact)
+        self.policy = RetrainPolicy.for_model(
+            artifact, settings.drift, settings.retrain, seed=settings.service.seed
+        )
+        # The drift monitor's per-series state, reached through the drift thread.
+        self.drift_state = _DriftState(self)
         self._drift_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-drift")
         self._drift_futures: deque[Future[list[DriftEvent]]] = deque()
         self._events: list[dict[str, Any]] = []
@@ -201,8 +206,7 @@ class Lifecycle:
     def _load(self, version: str) -> Swap:
         assert self.registry is not None
         art = self.registry.load(version)
-        svc = self.settings.service
-        return Swap(art, art.detector(svc.device, **svc.detector_options()), art.scorer())
+        return Swap(art, build_detector(art, DetectorOptions.from_settings(self.settings.service)))
 
     def take_swap(self) -> Swap | None:
         """The loaded promoted version, once; None when there is nothing to swap to."""
@@ -254,6 +258,33 @@ class Lifecycle:
             self._pool.terminate()  # an unfinished job is abandoned: it never promoted
             self._pool.join()
         self._drift_exec.shutdown(wait=True)
+
+
+class _DriftState:
+    """The drift monitor as a :class:`~stream_vae.core.state.SeriesState`: it is updated in the
+    drift thread, so a drop is queued there too (after the updates already queued)."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    def drop(self, series: Iterable[str]) -> None:
+        lc = self._lifecycle
+        if lc.policy.monitor is not None:
+            fut = lc._drift_exec.submit(_drop, lc.policy.monitor, list(series))
+            lc._drift_futures.append(fut)
+
+    def series(self) -> frozenset[str]:
+        m = self._lifecycle.policy.monitor
+        return frozenset() if m is None else m.series()
+
+    def nbytes(self) -> int:
+        m = self._lifecycle.policy.monitor
+        return 0 if m is None else m.nbytes()
+
+
+def _drop(monitor: DriftMonitor, series: list[str]) -> list[DriftEvent]:
+    monitor.drop(series)
+    return []
 
 
 def _reset(monitor: DriftMonitor) -> list[DriftEvent]:

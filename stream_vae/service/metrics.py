@@ -4,20 +4,6 @@ Every metric lives in the :class:`ServiceMetrics` instance's own ``CollectorRegi
 is registered in ``prometheus_client``'s global default registry, so several services (or tests)
 can run in one process without sharing values or colliding on names. Call sites record through
 small typed methods and never touch a prometheus object.
-
-:class:`HealthServer` serves, on 127.0.0.1 by default, with plain ``asyncio.start_server`` and
-one request per connection (``Connection: close``)::
-
-    GET /metrics      Prometheus text format (0.0.4)
-    GET /healthz      200 "ok" while the event loop runs
-    GET /readyz       200 once ServiceMetrics.set_ready(True), else 503
-    GET /accounting   JSON of ServiceMetrics.accounting()
-
-Typical wiring in the service's entry point::
-
-    metrics = ServiceMetrics()
-    async with HealthServer(metrics, port=9308), EventLoopLagMonitor(metrics):
-        ...                       # run the service; it calls metrics.add_records_in(...), ...
 """
 
 from __future__ import annotations

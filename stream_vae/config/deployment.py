@@ -1,0 +1,155 @@
+"""The deployment's settings: what changes without a new model (devices, threads, bounds,
+episode shaping, topics, drift watching, the registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+
+from .model import FROZEN
+
+__all__ = [
+    "AlertSettings",
+    "DriftSettings",
+    "KafkaSettings",
+    "RegistrySettings",
+    "ServiceSettings",
+]
+
+
+class ServiceSettings(BaseModel):
+    """The streaming loop (see stream_vae.service)."""
+
+    model_config = FROZEN
+
+    max_batch_records: int = Field(2048, ge=1, le=1_000_000, description="records per batch")
+    max_wait_ms: int = Field(50, ge=0, le=60_000, description="longest wait to fill a batch")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on the final drain")
+    device: str = "auto"
+    backend: Literal["torch", "onnx"] = "torch"
+    # the scoring process's torch threads (training and the retrain job have their own)
+    torch_threads: int = Field(2, ge=1, le=256)
+    # Series held: evict one silent this long (stream time), and hold at most this many (least
+    # recently seen evicted first). What a held series costs: docs/operations.md.
+    idle_ttl_s: float | None = Field(None, gt=0, description="evict series silent this long")
+    max_series: int | None = Field(None, ge=1, description="LRU bound on series held")
+    seed: int = Field(0, description="seeds the drift monitor's and the reservoir's sampling")
+    # /metrics, /healthz, /readyz, /accounting; loopback unless exposed on purpose. None: off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(9108, ge=0, le=65535, description="0: any free port")
+    # Autocast dtype of the forward pass (bf16 also runs on the CPU; fp16 needs CUDA) and
+    # optional torch.compile. fp32 is the reference of the parity bound (docs/operations.md).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+
+
+class AlertSettings(BaseModel):
+    """How crossings of the threshold become alert episodes (see
+    :class:`stream_vae.scoring.episodes.EpisodeTracker`): the deployment's choice, applied to
+    every model it serves."""
+
+    model_config = FROZEN
+
+    hysteresis: float = Field(0.9, gt=0, le=1, description="close below this × threshold")
+    close_after: int = Field(3, ge=1, description="windows below before an episode closes")
+    cooldown: int = Field(0, ge=0, description="windows after a close before a new open")
+    top_k: int = Field(3, ge=1, description="features named in an alert")
+
+
+class KafkaSettings(BaseModel):
+    """Where the service reads and writes, and how it authenticates (stream_vae.service.kafka)."""
+
+    model_config = FROZEN
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "stream-vae"
+    group_id: str = "stream-vae"
+    input_topics: tuple[str, ...] = ("telemetry",)
+    input_pattern: str | None = Field(None, description="regex; replaces input_topics")
+    alert_topic: str = "telemetry.alerts"
+    dead_letter_topic: str = "telemetry.dead-letter"
+    model_events_topic: str = "stream-vae.model-events"  # drift, retrain, promote, reject
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    # Create missing topics at start-up (off by default: production topics are provisioned).
+    auto_create_topics: bool = False
+    topic_partitions: int = Field(8, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    # Idempotent produce needs InitProducerId, which some Kafka-compatible brokers lack.
+    enable_idempotence: bool = False
+    max_message_bytes: int = Field(1 << 20, ge=1024, description="larger values: dead letter")
+    # A member silent this long leaves the group. Some brokers hold a join for half of it.
+    session_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
+    # Bound what the consumer buffers ahead of the service (it fetches a partition again only
+    # once the service took its buffered records): at most fetch_max_bytes in flight per broker
+    # and max_partition_fetch_bytes held per assigned partition.
+    fetch_max_bytes: int = Field(16 << 20, ge=1024, description="one fetch response, at most")
+    max_partition_fetch_bytes: int = Field(1 << 20, ge=1024, description="per partition fetch")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                n
+                for n in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, n) is None
+            ]
+            if missing:
+                raise ValueError(f"{self.security_protocol} needs {', '.join(missing)}")
+        if not self.input_topics and self.input_pattern is None:
+            raise ValueError("set input_topics or input_pattern")
+        return self
+
+
+class DriftSettings(BaseModel):
+    """The drift monitor (stream_vae.lifecycle.drift): KSWIN over thinned raw scores and inputs."""
+
+    model_config = FROZEN
+
+    enabled: bool = True
+    # Per test. The KS test runs at every sample once the window is full, so the per-sample
+    # alpha is spent ~window_size/stat_size times per independent window. 1e-4 with the
+    # 2-of-3-within-100 rule below: ≤ 1 event per 100k stationary scores in every one of 100
+    # seeds (within 300 samples: 3 events in 1 seed of 100); tests/test_drift.py.
+    alpha: float = Field(1e-4, gt=0, lt=1)
+    window_size: int = Field(100, ge=4, le=100_000)
+    stat_size: int = Field(30, ge=2)
+    n_detectors: int = Field(3, ge=1, le=16, description="KSWINs fed round-robin")
+    min_detections: int = Field(2, ge=1, description="distinct detectors that must agree")
+    within_samples: int = Field(100, ge=1, description="... within this many samples")
+    thin_every: int | None = Field(
+        None, ge=1, description="one sample per series every k windows; None: W / stride"
+    )
+    max_samples_per_batch: int = Field(64, ge=1, description="bound on KS tests per batch")
+    input_drift: bool = Field(True, description="also watch each feature's window mean")
+    min_interval_s: float = Field(3600.0, ge=0, description="stream seconds between events")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DriftSettings:
+        # river only raises at the first full window, hours into a run: check it here.
+        if self.stat_size >= self.window_size / 2:
+            raise ValueError(
+                f"stat_size ({self.stat_size}) must be < window_size / 2 ({self.window_size / 2:g})"
+            )
+        if self.min_detections > self.n_detectors:
+            raise ValueError(
+                f"min_detections ({self.min_detections}) > n_detectors ({self.n_detectors})"
+            )
+        return self
+
+
+class RegistrySettings(BaseModel):
+    """Model versions on disk (see stream_vae.storage.registry)."""
+
+    model_config = FROZEN
+
+    root: Path | None = Field(None, description="registry directory; None: no hot swap")
+    poll_s: float = Field(2.0, gt=0, description="how often the service checks for a promotion")

@@ -1,0 +1,88 @@
+"""The model's settings: fixed at training, stored in the artifact (:class:`ModelSpec`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["FROZEN", "ModelSettings", "ModelSpec", "ScoringSettings", "WindowSettings"]
+
+FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class WindowSettings(BaseModel):
+    """How a model's windows are cut (see :class:`stream_vae.core.windows.WindowStore`); how many
+    series a deployment holds, and for how long, are ``service`` settings."""
+
+    model_config = FROZEN
+
+    size: int = Field(32, ge=2, le=4096, description="points per window (W)")
+    stride: int = Field(1, ge=1, description="new points between two scored windows")
+    # A gap longer than this (event time) breaks a series: reset, or forward-fill a few points.
+    max_gap_s: float | None = Field(None, gt=0)
+    gap_policy: Literal["reset", "ffill"] = "reset"
+    max_fill: int = Field(0, ge=0, le=1024)
+    # Each point also carries its phase in these cycles (sin, cos): the model sees the time of
+    # day or week a shape happens at; only the values' error is scored (stream_vae.core.windows).
+    calendar: tuple[Literal["day", "week"], ...] = ()
+
+    @field_validator("calendar")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"calendar: each cycle once, got {list(v)}")
+        return v
+
+    @property
+    def n_context(self) -> int:
+        """Channels a point carries besides its values: two per calendar cycle."""
+        return 2 * len(self.calendar)
+
+
+class ModelSettings(BaseModel):
+    """Shape of the LSTM-VAE (see :class:`stream_vae.model.vae.VAEConfig`)."""
+
+    model_config = FROZEN
+
+    hidden: int = Field(64, ge=1, le=4096)
+    latent: int = Field(16, ge=1, le=1024)
+    layers: int = Field(1, ge=1, le=8)
+    gaussian_output: bool = Field(False, description="decoder also predicts a log-variance")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ScoringSettings(BaseModel):
+    """How the score is formed, smoothed and calibrated (see :mod:`stream_vae.scoring`): the
+    calibrated threshold depends on every field here, so they are fixed with the model."""
+
+    model_config = FROZEN
+
+    recon_mode: Literal["window", "last"] = "window"
+    latent_mode: Literal["kl", "prior_nll"] = "kl"
+    normaliser: Literal["robust", "standard"] = "robust"
+    transform: Literal["softplus", "sigmoid"] = "softplus"
+    combine: Literal["sum", "product"] = "sum"
+    # α weighs reconstruction against the latent term; "auto" picks it on validation windows
+    # against synthetic corruptions of the same windows (see docs/scoring.md).
+    alpha: float | Literal["auto"] = "auto"
+    ema_beta: float = Field(0.5, ge=0, lt=1)
+    target_fpr: float = Field(1e-3, gt=0, lt=0.5)
+    threshold_method: Literal["quantile", "pot", "auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _alpha_range(self) -> ScoringSettings:
+        if self.alpha != "auto" and not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError("alpha must be in [0, 1] or 'auto'")
+        return self
+
+
+class ModelSpec(BaseModel):
+    """What a trained model fixes, stored in its artifact: the windows it was trained on, its
+    architecture, and how its score is formed and calibrated."""
+
+    model_config = FROZEN
+
+    window: WindowSettings = WindowSettings()
+    model: ModelSettings = ModelSettings()
+    scoring: ScoringSettings = ScoringSettings()

@@ -1,0 +1,108 @@
+"""The retraining job: what runs in a worker process when the service retrains.
+
+:func:`run_job` retrains from the registry's live version (:func:`stream_vae.training.gate.
+retrain`), publishes the candidate with its lineage and promotes it if the gate passed;
+:func:`job_main` is its entry point in a spawned process, with the sample passed as an ``.npz``
+file (:func:`save_sample`), not through a pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ..config import Settings
+from ..storage.registry import Registry
+from ..training.gate import retrain
+from .reservoir import ReservoirSample
+
+__all__ = ["job_main", "run_job", "save_sample"]
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+
+
+def run_job(
+    registry: Registry,
+    sample: ReservoirSample,
+    settings: Settings,
+    *,
+    trigger: str = "manual",
+    live_version: str | None = None,
+) -> dict[str, Any]:
+    """Retrain from the registry's current (or ``live_version``) model; publish the candidate
+    with its lineage; promote it if it passed. Returns a ``model-events`` message."""
+    live = registry.load(live_version)
+    shadow = _load_shadow(settings.retrain.shadow_path)
+    result = retrain(live, sample, settings, trigger=trigger, shadow=shadow)
+    cand = result.candidate
+    gate = {
+        "passed": result.gate.passed,
+        "reasons": list(result.gate.reasons),
+        **result.gate.metrics,
+    }
+    registry.publish(
+        cand,
+        trigger=trigger,
+        data_from_ts=result.data_from_ts,
+        data_to_ts=result.data_to_ts,
+        n_windows=result.n_windows,
+        gate=gate,
+    )
+    if result.gate.passed:
+        registry.promote(cand.version, reason=f"{trigger}: gate passed")
+    log.info(
+        "retrain (%s) from %s: candidate %s %s %s",
+        trigger,
+        live.version,
+        cand.version,
+        "promoted" if result.gate.passed else "rejected",
+        "; ".join(result.gate.reasons) or "",
+    )
+    return {
+        "event": "promoted" if result.gate.passed else "rejected",
+        "version": cand.version,
+        "parent": live.version,
+        "trigger": trigger,
+        "data_from_ts": result.data_from_ts,
+        "data_to_ts": result.data_to_ts,
+        "n_windows": result.n_windows,
+        "train_seconds": result.train_seconds,
+        "threshold": cand.threshold,
+        "gate": gate,
+    }
+
+
+def _load_shadow(path: Path | None) -> F32 | None:
+    if path is None:
+        return None
+    with np.load(path) as f:
+        return np.asarray(f["windows"], dtype=np.float32)
+
+
+def job_main(spec: dict[str, Any]) -> dict[str, Any]:
+    """Entry point in a worker process: ``spec`` names the registry, the sample file and the
+    settings (a JSON-able dict); the sample travels as an ``.npz`` file, not through a pipe."""
+    settings = Settings.model_validate(spec["settings"])
+    torch.set_num_threads(settings.retrain.torch_threads)
+    with np.load(spec["sample_path"]) as f:
+        sample = ReservoirSample(f["windows"], tuple(str(k) for k in f["keys"].tolist()), f["ts"])
+    return run_job(
+        Registry(spec["registry_root"]),
+        sample,
+        settings,
+        trigger=spec["trigger"],
+        live_version=spec.get("live_version"),
+    )
+
+
+def save_sample(sample: ReservoirSample, path: Path) -> Path:
+    """Write a reservoir sample for :func:`job_main` (uncompressed: it is read once, soon)."""
+    np.savez(path, windows=sample.windows, keys=np.array(sample.keys), ts=sample.ts)
+    return path
