@@ -17,16 +17,28 @@ PKG = Path(stream_vae.__file__).parent
 CORE = [
     "stream_vae.core.records",
     "stream_vae.core.windows",
+    "stream_vae.core.calendar",
     "stream_vae.core.scaler",
+    "stream_vae.core.sample",
+    "stream_vae.core.state",
+    "stream_vae.config.model",
     "stream_vae.model.vae",
+    "stream_vae.model.backends",
+    "stream_vae.model.gpu",
     "stream_vae.model.detector",
+    "stream_vae.scoring",
     "stream_vae.scoring.scorer",
     "stream_vae.scoring.threshold",
     "stream_vae.scoring.alpha",
+    "stream_vae.storage.artifact",
     "stream_vae.training.fit",
+    "stream_vae.training.build",
+    "stream_vae.training.gate",
+    "stream_vae.runtime.live",
     "stream_vae.demo.synthetic",
     "stream_vae.lifecycle.drift",
     "stream_vae.lifecycle.reservoir",
+    "stream_vae.lifecycle.policy",
     "stream_vae.evaluation.novelty",
     "stream_vae.errors",
     "stream_vae._json",
@@ -54,6 +66,11 @@ def _module_path(name: str) -> Path:
     return pkg if pkg.exists() else (PKG / rel).with_suffix(".py")
 
 
+# The settings schema types path fields with pathlib.Path; reading files is the loader's
+# (stream_vae.config's __init__), which the pure modules never import at run time.
+SCHEMA = {"stream_vae.config.deployment", "stream_vae.config.training"}
+
+
 def _imports(name: str) -> tuple[set[str], set[str]]:
     """(package modules, outside top-level names) that module ``name`` imports anywhere in it,
     function bodies included (a lazy import is still an import)."""
@@ -64,7 +81,8 @@ def _imports(name: str) -> tuple[set[str], set[str]]:
 
     def add(target: str) -> None:
         if target.split(".")[0] != "stream_vae":
-            outside.add(target.split(".")[0])
+            if not (name in SCHEMA and target == "pathlib"):
+                outside.add(target.split(".")[0])
             return
         # the longest prefix that is a module of the package
         parts = target.split(".")

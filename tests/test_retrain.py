@@ -483,3 +483,31 @@ def test_retraining_keeps_the_live_architecture() -> None:
         w.calendar,
     )
     assert candidate_live.scorer.ema_beta == sc.ema_beta
+
+
+def test_neg_elbo_of_a_gaussian_decoder_is_its_training_nll(scenario: Scenario) -> None:
+    """With ``gaussian_output`` the gate measures what training minimised (the Gaussian NLL,
+    :func:`stream_vae.model.vae.vae_loss`), not the MSE of the mean; in another scaler's units
+    the variance is rescaled with the error."""
+    from stream_vae.model.vae import VAEConfig, vae_loss
+
+    a = scenario.live
+    cfg = VAEConfig(**{**a.vae_config.to_dict(), "gaussian_output": True})
+    torch.manual_seed(0)
+    g = replace(a, vae_config=cfg, state_dict=LSTMVAE(cfg).state_dict(), version="")
+    windows = scenario.clean_windows(TRAIN_END + W, TRAIN_END + 10 * W)
+    x = torch.from_numpy(g.scaler.transform(windows))
+    with torch.no_grad():
+        out = g.model()(x, sample=False)
+        loss = vae_loss(out, x, beta=0.05)
+    assert out.recon_logvar is not None
+    assert neg_elbo(g, windows, g.scaler, 0.05) == pytest.approx(float(loss.total), rel=1e-5)
+    mse = float((out.recon - x).pow(2).mean())
+    assert neg_elbo(g, windows, g.scaler, 0.0) != pytest.approx(mse, rel=1e-2)
+    # a reference twice as wide: the squared error quarters and log σ² drops by 2·log 2
+    wide = Scaler(g.scaler.mean, 2.0 * g.scaler.std)
+    lv = out.recon_logvar
+    nll_wide = 0.5 * (
+        lv - 2 * np.log(2.0) + (x - out.recon).pow(2) / 4 * torch.exp(-lv + 2 * np.log(2.0))
+    )
+    assert neg_elbo(g, windows, wide, 0.0) == pytest.approx(float(nll_wide.mean()), rel=1e-4)

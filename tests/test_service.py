@@ -21,6 +21,7 @@ from stream_vae.config import KafkaSettings, load_settings
 from stream_vae.core.records import Record, encode
 from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.service import Service
+from stream_vae.service.app import _replay_keep
 from stream_vae.service.kafka import ensure_topics, make_producer
 from stream_vae.storage.tabular import read_table
 
@@ -410,3 +411,37 @@ def test_evicted_series_leave_all_state(broker: EmbeddedBroker, tiny: TinyModel)
         # thinning counters were never dropped before the state registry)
         assert series <= stored, (part, sorted(series - stored))
     assert held["scorer"] and held["drift"]  # they did hold state: the check is not vacuous
+
+
+def test_run_takes_the_deployments_episodes_bounds_and_threads(tiny: TinyModel) -> None:
+    """The model fixes the windows and the score; the deployment's alerts, series bounds and
+    forward-pass options apply to whatever model it serves (issue 15: run ignored them)."""
+    settings = load_settings(
+        env={},
+        alerts={"hysteresis": 0.5, "close_after": 7, "cooldown": 11, "top_k": 1},
+        service={"device": "cpu", "idle_ttl_s": 60.0, "max_series": 5, "torch_threads": 3},
+        window={"size": 99},  # a deployment's window settings do not change the model's
+    )
+    live = Service(settings, tiny.artifact).live
+    s = live.scorer
+    assert (s.hysteresis, s.close_after, s.cooldown, s.top_k) == (0.5, 7, 11, 1)
+    assert (live.store.idle_ttl_s, live.store.max_series) == (60.0, 5)
+    assert live.store.window == tiny.artifact.vae_config.window != 99
+    assert live.options.threads == 3 and live.options.device == "cpu"
+    # and a swapped-in version keeps them
+    live.install(dataclasses.replace(tiny.artifact, version="v-other"), 0.0)
+    assert (live.scorer.close_after, live.scorer.cooldown, live.scorer.model_version) == (
+        7,
+        11,
+        "v-other",
+    )
+
+
+def test_replay_keeps_the_whole_ema_warm_up(tiny: TinyModel) -> None:
+    """A restart rebuilds the EMA exactly: β 0.99 needs 1,375 windows (was capped at 256)."""
+    spec = tiny.artifact.spec
+    scoring = spec.scoring.model_copy(update={"ema_beta": 0.99})
+    art = dataclasses.replace(tiny.artifact, spec=spec.model_copy(update={"scoring": scoring}))
+    w = art.vae_config.window
+    assert _replay_keep(art) == w - 1 + 1375 * spec.window.stride
+    assert 0.99**1375 < 1e-6 < 0.99**1374

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import AlertSettings, ServiceSettings
+from ..config.deployment import AlertSettings, ServiceSettings
 from ..core.records import RecordBatch
 from ..core.windows import ReadyWindows, WindowStore
 from ..errors import ArtifactError, ConfigError

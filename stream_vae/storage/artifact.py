@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import _json
-from ..config import ModelSpec, ScoringSettings
+from ..config.model import ModelSpec, ScoringSettings
 from ..core.scaler import Scaler
 from ..errors import ArtifactError
 from ..model.vae import LSTMVAE, VAEConfig

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import Settings
 from ..core.records import RecordBatch
 from ..core.scaler import Scaler
 from ..errors import ArtifactError, DataError
@@ -30,6 +30,9 @@ from ..scoring.hybrid import HybridScore, ScoreParts
 from ..scoring.threshold import calibrate
 from ..storage.artifact import Artifact
 from .fit import fit, make_windows, split_by_time
+
+if TYPE_CHECKING:  # annotations only: the loader is the entry point's
+    from ..config import Settings
 
 __all__ = ["fit_artifact", "train_artifact"]
 

@@ -28,13 +28,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from ..config import RetrainSettings, Settings
 from ..core.sample import ReservoirSample
 from ..core.scaler import Scaler
 from ..errors import DataError
@@ -44,6 +43,9 @@ from ..model.vae import kl_per_dim, point_error
 from ..scoring.threshold import calibrate
 from ..storage.artifact import Artifact
 from .build import fit_artifact
+
+if TYPE_CHECKING:  # annotations only: the loader is the entry point's
+    from ..config import RetrainSettings, Settings
 
 __all__ = ["GateResult", "RetrainResult", "neg_elbo", "retrain", "validate"]
 
