@@ -36,6 +36,21 @@ __all__ = ["EventLoopLagMonitor", "HealthServer"]
 log = logging.getLogger(__name__)
 
 
+class _StopsOnExit:
+    """``async with`` stops it on the way out, whatever happened inside."""
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
 @dataclass(frozen=True, slots=True)
 class _Response:
     status: int
@@ -70,7 +85,7 @@ def _parse_head(head: bytes) -> tuple[str, str] | None:
     return method, target.split("?", 1)[0]
 
 
-class HealthServer:
+class HealthServer(_StopsOnExit):
     """``/metrics``, ``/healthz``, ``/readyz`` and ``/accounting`` over minimal HTTP/1.1.
 
     No I/O until :meth:`start`. One request per connection; GET only.
@@ -137,14 +152,6 @@ class HealthServer:
     async def __aenter__(self) -> HealthServer:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -229,7 +236,7 @@ class HealthServer:
             return
 
 
-class EventLoopLagMonitor:
+class EventLoopLagMonitor(_StopsOnExit):
     """Measures how late ``asyncio.sleep(interval_s)`` wakes up; sets ``event_loop_lag_seconds``.
 
     A lag well above zero means something blocks the loop (a forward pass not moved to the
@@ -267,14 +274,6 @@ class EventLoopLagMonitor:
     async def __aenter__(self) -> EventLoopLagMonitor:
         self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
