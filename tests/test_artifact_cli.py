@@ -248,3 +248,41 @@ def test_cli_score_reports_skipped_late_rows(
     out = tmp_path / "o.csv"
     assert main(["score", "--model", str(tiny.model_dir), "--data", str(f), "--out", str(out)]) == 0
     assert "1 late or duplicate rows were skipped" in capsys.readouterr().out
+
+
+def _as_format_1(manifest: dict[str, object], scoring_extra: dict[str, object]) -> bytes:
+    """The manifest as 0.1 wrote it: "window" and "scoring" with the deployment's keys."""
+    m = dict(manifest)
+    spec = m.pop("spec")
+    assert isinstance(spec, dict)
+    m["format_version"] = 1
+    m["window"] = {**spec["window"], "idle_ttl_s": None, "max_series": None}
+    m["scoring"] = {**spec["scoring"], "novelty_window": 1000, **scoring_extra}
+    return json.dumps(m).encode()
+
+
+def test_a_format_1_model_loads_with_its_id_and_scores_and_says_what_moved(
+    tiny: TinyModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = tmp_path / "old"
+    save_artifact(tiny.artifact, old)
+    manifest = json.loads((old / "manifest.json").read_bytes())
+    (old / "manifest.json").write_bytes(_as_format_1(manifest, {"hysteresis": 0.6, "top_k": 3}))
+    with caplog.at_level("WARNING", logger="stream_vae.storage.artifact"):
+        art = load_artifact(old)
+    assert art.version == tiny.artifact.version and art.spec == tiny.artifact.spec
+    assert "'hysteresis': 0.6" in caplog.text and "top_k" not in caplog.text  # defaults unsaid
+    assert art.manifest()["format_version"] == 2  # saved again, it is format 2
+    a = LiveModel(art, DetectorOptions(device="cpu"))
+    b = LiveModel(tiny.artifact, DetectorOptions(device="cpu"))
+    np.testing.assert_array_equal(_scores(a, tiny.test_csv), _scores(b, tiny.test_csv))
+
+
+def test_a_spec_that_does_not_match_the_network_is_refused(tiny: TinyModel, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    save_artifact(tiny.artifact, bad)
+    manifest = json.loads((bad / "manifest.json").read_bytes())
+    manifest["spec"]["window"]["size"] += 1  # the store would cut windows the model cannot read
+    (bad / "manifest.json").write_bytes(json.dumps(manifest).encode())
+    with pytest.raises(ArtifactError, match="the spec"):
+        load_artifact(bad)

@@ -69,3 +69,23 @@ def test_missing_and_malformed_toml(tmp_path: Path) -> None:
     bad.write_text("[window\nsize=")
     with pytest.raises(ConfigError):
         load_settings(bad)
+
+
+@pytest.mark.parametrize(
+    ("env", "where"),
+    [
+        ({"STREAM_VAE_WINDOW__IDLE_TTL_S": "60"}, "service.idle_ttl_s"),
+        ({"STREAM_VAE_WINDOW__MAX_SERIES": "9"}, "service.max_series"),
+        ({"STREAM_VAE_SCORING__COOLDOWN": "5"}, "alerts.cooldown"),
+        ({"STREAM_VAE_SCORING__NOVELTY_CENSOR": "0.4"}, "evaluation.novelty_censor"),
+    ],
+)
+def test_a_moved_setting_says_where_it_went(env: dict[str, str], where: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(env=env)
+    env_name = "STREAM_VAE_" + where.upper().replace(".", "__")
+    assert f"moved to {where} ({env_name})" in str(err.value)
+    section, key = where.split(".")
+    value = next(iter(env.values()))
+    moved = load_settings(env={env_name: value})  # and the new key takes the value
+    assert float(getattr(getattr(moved, section), key)) == float(value)

@@ -118,11 +118,29 @@ class Settings(BaseSettings):
         return (*sources, file_secret_settings)
 
 
+# Keys that moved when the settings were split by who decides them (0.2): old → new section.
+MOVED = {
+    "window.idle_ttl_s": "service.idle_ttl_s",
+    "window.max_series": "service.max_series",
+    **{f"scoring.{k}": f"alerts.{k}" for k in ("hysteresis", "close_after", "cooldown", "top_k")},
+    **{
+        f"scoring.{k}": f"evaluation.{k}"
+        for k in ("novelty_window", "novelty_peak_decay", "novelty_censor", "novelty_censor_runs")
+    },
+}
+
+
 def format_validation_error(exc: ValidationError) -> str:
-    """One readable line per problem: ``window.size: Input should be ≥ 2 (got 0)``."""
+    """One readable line per problem: ``window.size: Input should be ≥ 2 (got 0)``; a key that
+    moved says where to (``window.idle_ttl_s: moved to service.idle_ttl_s ...``)."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "settings"
+        if where in MOVED:
+            new = MOVED[where]
+            env = "STREAM_VAE_" + new.upper().replace(".", "__")
+            parts.append(f"{where}: moved to {new} ({env})")
+            continue
         got = (
             f" (got {err['input']!r})"
             if "input" in err and not isinstance(err["input"], dict)

@@ -159,7 +159,9 @@ def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -
     novelty history carries over a swap, rescaled to the new threshold."""
     art = _train(series, settings, seed)
     live = _live(art, settings)
-    policy = RetrainPolicy.for_model(art, settings.drift, settings.retrain, seed=seed)
+    policy = RetrainPolicy.for_model(
+        art, settings.drift, settings.retrain, seed=settings.service.seed
+    )
     novelty = novelty_stage(settings.evaluation)
     ratio = np.full(len(series.test), np.nan)
     novelty_rows = np.zeros(len(series.test))

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from ..config import Settings
 from ..core.state import StateRegistry
+from ..core.windows import WindowStore
 from ..errors import ArtifactError, ConfigError
 from ..runtime.live import LiveModel
 from ..scoring.alerts import Alert
@@ -196,6 +197,7 @@ class Service:
             closed = self._swap_model()  # between batches: this batch is the new model's
             live = self.live
             late_before = live.store.counters["late"]
+            evicted_before = _evictions(live.store)
             ready = live.prepare(batch.records)
             t0 = time.perf_counter()
             parts = await asyncio.get_running_loop().run_in_executor(
@@ -216,8 +218,10 @@ class Service:
             if store.idle_ttl_s is not None and len(batch.records):
                 store.evict_idle(float(batch.records.ts.max()))
             # series the store evicted (idle, or over service.max_series) leave every part of
-            # the state, so that memory stays bounded by the store's bounds
-            self.state.drop(self._watermark.series() - store.series())
+            # the state, so that memory stays bounded by the store's bounds; the set difference
+            # costs a pass over every series held, so only when the store evicted any
+            if _evictions(store) != evicted_before:
+                self.state.drop(self._watermark.series() - store.series())
             await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
             late = store.counters["late"] - late_before
             self._record(batch, len(ready), late, alerts, inference_s)
@@ -328,6 +332,11 @@ class Service:
         log.info(
             "partitions revoked %s: dropped state of %d series", sorted(map(str, gone)), len(series)
         )
+
+
+def _evictions(store: WindowStore) -> int:
+    c = store.counters
+    return c["evicted_lru"] + c["evicted_idle"]
 
 
 def _replay_keep(artifact: Artifact) -> int:

@@ -274,6 +274,9 @@ class _DriftState:
             lc._drift_futures.append(fut)
 
     def series(self) -> frozenset[str]:
+        # Read on the loop while the drift thread may add keys: frozenset(dict) copies the keys
+        # in one C call under the GIL (str keys, no Python code runs), so it cannot see a dict
+        # change size mid-copy. A diagnostic; nothing on the hot path depends on it.
         m = self._lifecycle.policy.monitor
         return frozenset() if m is None else m.series()
 

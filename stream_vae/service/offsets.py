@@ -35,6 +35,9 @@ from ..core.state import KEY_BYTES
 
 __all__ = ["ReplayWatermark"]
 
+# One kept offset: a Python int (28-32 B above 256) and its 8-byte deque slot.
+_OFFSET_BYTES = 40
+
 
 class ReplayWatermark:
     """Per series: the offsets of its last ``keep`` records and, if open, its episode's start."""
@@ -93,8 +96,9 @@ class ReplayWatermark:
         return frozenset(self._tail)
 
     def nbytes(self) -> int:
-        # per series: the tail's deque (~8 B an offset, in 64-slot blocks) and three dict entries
-        return sum(8 * max(len(t), 64) + 3 * KEY_BYTES for t in self._tail.values())
+        # per series: the tail's offsets (an int object and its deque slot, ~40 B each; deques
+        # grow in blocks of 64) and three dict entries
+        return sum(_OFFSET_BYTES * max(len(t), 64) + 3 * KEY_BYTES for t in self._tail.values())
 
     def drop(self, series_ids: Iterable[str]) -> None:
         for sid in series_ids:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import _json
+from ..config.deployment import AlertSettings
 from ..config.model import ModelSpec, ScoringSettings
 from ..core.scaler import Scaler
 from ..errors import ArtifactError
@@ -33,6 +35,8 @@ __all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Artifact"]
 
 # 2: the manifest holds the model spec ("spec": window, model, scoring); 1 held "window" and
 # "scoring" with the deployment's settings mixed in (read, those dropped).
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 2
 WEIGHTS, MANIFEST = "weights.pt", "manifest.json"
 
@@ -168,10 +172,22 @@ class Artifact:
                 created_at=float(m.get("created_at", 0.0)),
                 version=m["version"],
             )
+            _check_spec(art.spec, art.vae_config)
             art.model()  # the weights must fit the declared architecture
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"invalid model in {where}: {str(exc).splitlines()[0]}") from None
         return art
+
+
+def _check_spec(spec: ModelSpec, cfg: VAEConfig) -> None:
+    arch = {k: getattr(cfg, k) for k in type(spec.model).model_fields}
+    if spec.window.size != cfg.window or spec.model.model_dump() != arch:
+        raise ValueError(f"the spec ({spec.window.size}, {spec.model}) != the network ({cfg})")
+
+
+# Format 1 kept the episode shaping in the model's scoring settings; it is the deployment's
+# `alerts` now: what such a model was trained with is said once, so that it can be kept.
+_MOVED_TO_ALERTS = ("hysteresis", "close_after", "cooldown", "top_k")
 
 
 def _spec(m: Mapping[str, Any]) -> ModelSpec:
@@ -181,5 +197,18 @@ def _spec(m: Mapping[str, Any]) -> ModelSpec:
     # bounds, episode shaping, the evaluation's novelty), which a model does not fix
     window = {k: v for k, v in m["window"].items() if k not in ("idle_ttl_s", "max_series")}
     scoring = {k: v for k, v in m["scoring"].items() if k in ScoringSettings.model_fields}
+    defaults = AlertSettings()
+    kept = {
+        k: m["scoring"][k]
+        for k in _MOVED_TO_ALERTS
+        if k in m["scoring"] and m["scoring"][k] != getattr(defaults, k)
+    }
+    if kept:
+        log.warning(
+            "model %s (format 1) was trained with episode settings %s; episodes are the "
+            "deployment's `alerts` settings now (STREAM_VAE_ALERTS__<KEY>): set them to keep them",
+            m.get("version"),
+            kept,
+        )
     arch = {k: m["model"][k] for k in ("hidden", "latent", "layers", "gaussian_output", "dropout")}
     return ModelSpec.model_validate({"window": window, "model": arch, "scoring": scoring})
