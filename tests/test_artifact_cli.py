@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -286,3 +287,42 @@ def test_a_spec_that_does_not_match_the_network_is_refused(tiny: TinyModel, tmp_
     (bad / "manifest.json").write_bytes(json.dumps(manifest).encode())
     with pytest.raises(ArtifactError, match="the spec"):
         load_artifact(bad)
+
+
+def _train(tiny: TinyModel, out: Path, *extra: str) -> int:
+    args = ["--config", str(tiny.config), "train", "--data", str(tiny.train_csv)]
+    return main([*args, "--out", str(out), "--no-progress", "--device", "cpu", *extra])
+
+
+def test_train_never_deletes_what_it_did_not_write(
+    tiny: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train --out .` used to delete the working directory (issue 16): a directory holding
+    anything but a model is refused before training, and --force only adds the two files."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data.csv").write_text("keep me")
+    assert _train(tiny, work) == 2
+    assert "not empty and not a model directory" in capsys.readouterr().err
+    assert sorted(p.name for p in work.iterdir()) == ["data.csv"]
+    assert _train(tiny, work, "--force") == 0
+    assert (work / "data.csv").read_text() == "keep me"
+    assert load_artifact(work).version == tiny.artifact.version  # same data, same seed
+    # a file where the directory should be
+    (tmp_path / "f").write_text("x")
+    assert _train(tiny, tmp_path / "f") == 2
+    assert "not a directory" in capsys.readouterr().err and (tmp_path / "f").read_text() == "x"
+
+
+def test_a_model_directory_is_replaced_whole_and_leaves_nothing_behind(
+    tiny: TinyModel, tmp_path: Path
+) -> None:
+    dest = tmp_path / "m"
+    save_artifact(tiny.artifact, dest)
+    other = dataclasses.replace(tiny.artifact, version="v-other")
+    save_artifact(other, dest)
+    assert load_artifact(dest).version == "v-other"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary siblings left
+    (tmp_path / "empty").mkdir()
+    save_artifact(tiny.artifact, tmp_path / "empty")  # an empty directory is filled
+    assert load_artifact(tmp_path / "empty").version == tiny.artifact.version

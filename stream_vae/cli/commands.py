@@ -13,7 +13,7 @@ from .. import _json
 from ..config import Settings, load_settings
 from ..errors import ConfigError, DataError, KafkaUnavailableError
 from ..runtime.live import DetectorOptions, LiveModel
-from ..storage.files import load_artifact, save_artifact
+from ..storage.files import check_destination, load_artifact, save_artifact
 from ..storage.tabular import read_table, write_scores
 from ..training.build import train_artifact
 
@@ -37,6 +37,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    check_destination(args.out, force=args.force)  # before training, not after
     warm = load_artifact(args.warm_start) if args.warm_start else None
     table = read_table(args.data, fmt=args.format)
     art = train_artifact(
@@ -47,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    save_artifact(art, args.out)
+    save_artifact(art, args.out, force=args.force)
     m = art.training["metrics"]
     print(
         f"model {art.version} -> {args.out}: {m['n_series']} series, {m['n_rows']} rows, "

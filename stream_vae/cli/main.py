@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fit a model on normal telemetry")
     t.add_argument("--data", required=True, type=Path, help="CSV/Parquet file, or SMD dir/file")
     t.add_argument("--out", required=True, type=Path, help="model directory to write")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty directory that is not a model (nothing in it is deleted)",
+    )
     t.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
     t.add_argument("--warm-start", type=Path, help="model directory to start from")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
