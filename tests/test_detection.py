@@ -7,6 +7,7 @@ sensors and correlation breaks, streams through the real path (WindowStore → m
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.scoring.hybrid import roc_auc
 from stream_vae.storage.artifact import Artifact
 from stream_vae.training.build import train_artifact
+
+from .conftest import TINY_TOML
 
 W = 24
 
@@ -106,3 +109,28 @@ def test_calibrated_threshold_holds_its_false_positive_rate(trained: Trained) ->
     print(f"false-positive rate {fpr:.4f} over {len(smoothed)} windows for a 1% target")
     assert trained.artifact.calibration.target_fpr == 0.01
     assert 0.005 <= fpr <= 0.02, f"FPR {fpr:.4f} for a 1% target"
+
+
+@pytest.mark.parametrize("value", [1e20, 1.2345679e29, -3e38])
+def test_an_absurd_finite_value_alerts_instead_of_crashing(value: float) -> None:
+    """Issue 16: `{"values": [1e20, 43.0]}` squared to inf in float32, the series' EMA raised
+    and the service crash-looped on the record. The point is clipped at MAX_SCALED standard
+    deviations: its window scores finite and high, and the series opens an episode."""
+    settings = load_settings(env={}, **tomllib.loads(TINY_TOML))  # the tiny model's settings
+    fleet = generate_fleet(3, 2, 400, seed=5, n_anomalies_per_series=0)
+    sids, ts, values, _ = fleet.interleaved()
+    art = train_artifact(RecordBatch(tuple(sids), ts, values), fleet.feature_names, settings,
+                         device="cpu", progress=False)  # fmt: skip
+    live = LiveModel(art, DetectorOptions(device="cpu"))
+    live.process(RecordBatch(tuple(sids), ts, values))  # warm: every series has its window
+    step = float(fleet.ts[1] - fleet.ts[0])
+    t = float(fleet.ts[-1]) + step
+    bad = np.array([[value, 43.0]], np.float32)
+    scored = live.process(RecordBatch(("machine-000",), np.array([t]), bad))
+    assert np.isfinite(scored.raw).all() and np.isfinite(scored.smoothed).all()
+    assert scored.smoothed[0] > 10 * art.threshold
+    assert [(a.series_id, a.event) for a in scored.alerts] == [("machine-000", "open")]
+    # and the series goes on: the next normal point is scored, finite
+    normal = fleet.values[0, -1:]  # (1, d): machine-000's last normal point
+    nxt = live.process(RecordBatch(("machine-000",), np.array([t + step]), normal))
+    assert np.isfinite(nxt.smoothed).all()

@@ -445,3 +445,67 @@ def test_replay_keeps_the_whole_ema_warm_up(tiny: TinyModel) -> None:
     w = art.vae_config.window
     assert _replay_keep(art) == w - 1 + 1375 * spec.window.stride
     assert 0.99**1375 < 1e-6 < 0.99**1374
+
+
+def test_an_absurd_finite_value_is_scored_and_committed_not_a_crash_loop(
+    broker: EmbeddedBroker, tiny: TinyModel
+) -> None:
+    """Issue 16: one record with 1e20 overflowed the squared error, the EMA raised, the service
+    exited with nothing committed, and every restart died on the same record. Now the record's
+    window is scored (high, finite), its series alerts, and the offsets are committed."""
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        env={},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g-huge-{tag}",
+            "input_topics": [f"in-huge-{tag}"],
+            "alert_topic": f"alerts-huge-{tag}",
+            "dead_letter_topic": f"dlq-huge-{tag}",
+            "topic_partitions": 1,
+        },
+        service={
+            "max_batch_records": 100,
+            "max_wait_ms": 20,
+            "device": "cpu",
+            "metrics_port": None,
+        },
+    )
+    k = settings.kafka
+    # the training rows: normal, so the series is not in an episode when the value comes
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    rows = list(table.batch.in_time_order().records())[:300]
+    last = max(r.ts for r in rows if r.series_id == rows[0].series_id)
+    poison = Record(rows[0].series_id, last + 1.0, np.array([1e20, 43.0, 1.2e29], np.float32))
+    rows.append(poison)
+
+    async def scenario() -> tuple[dict[str, int], list[Any], int | None]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        await _send_all(k, rows, table.feature_names)
+        service = Service(settings, tiny.artifact)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        async with asyncio.timeout(60):
+            while service.accounting()["consumed"] < len(rows):
+                assert not task.done(), "the service stopped"
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)  # a clean stop, not an exit on the record
+        alerts = await _consume(k, k.alert_topic, service.accounting()["alerts"])
+        check = AIOKafkaConsumer(
+            bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False
+        )
+        await check.start()
+        try:
+            committed = await check.committed(TopicPartition(k.input_topics[0], 0))
+        finally:
+            await check.stop()
+        return service.accounting(), alerts, committed
+
+    acc, alerts, committed = asyncio.run(scenario())
+    assert acc["consumed"] == len(rows) and acc["dead_letters"] == 0 and acc["unaccounted"] == 0
+    messages = [_json.loads(m.value) for m in alerts]  # type: ignore[attr-defined]
+    opened = [a for a in messages if a["event"] == "open" and a["ts"] == poison.ts]
+    assert [a["series_id"] for a in opened] == [poison.series_id], messages
+    assert opened[0]["score"] > 10 * opened[0]["threshold"]
+    assert committed is not None and committed > 0  # the commit moved past the start

@@ -23,13 +23,17 @@ from .vae import kl_per_dim, point_error
 if TYPE_CHECKING:  # annotations only
     from ..config import ModelSpec
 
-__all__ = ["MAX_BATCH", "Detector", "score_parts"]
+__all__ = ["MAX_BATCH", "MAX_SCALED", "Detector", "score_parts"]
 
 F32 = npt.NDArray[np.float32]
 
 # Most windows per forward pass unless a deployment asks for more: on the CPU larger chunks gain
 # little and hold (n, W, hidden) activations; a service batch larger than this gets its own size.
 MAX_BATCH = 4096
+# A point this many standard deviations from its feature's mean is as anomalous as a score can
+# say; beyond it float32 arithmetic overflows (a squared error of 1e20 is inf). Clipping here
+# keeps every score finite, so an absurd but finite value alerts instead of crashing the loop.
+MAX_SCALED = 1e6
 
 
 def score_parts(
@@ -109,11 +113,18 @@ class Detector:
         """The data's features: what is scored and attributed (not the context)."""
         return self.n_features - self.n_context
 
+    def _scaled(self, windows: npt.NDArray[np.floating[Any]]) -> F32:
+        """Scaled windows, clipped to ±``MAX_SCALED`` (a finite float32 value far out, e.g.
+        1e20, would otherwise square to inf in the error and poison the series' EMA)."""
+        x = self.scaler.transform(windows)  # (n, W, d) float32, a new array
+        np.clip(x, -MAX_SCALED, MAX_SCALED, out=x)
+        return x
+
     def encode(self, windows: npt.NDArray[np.floating[Any]]) -> tuple[F32, F32]:
         """The posterior of raw windows (n, W, d): μ and log σ², each (n, k) (the latent space
         the latent score is computed in; notebooks plot it)."""
         check_shape("Detector.encode windows", windows.shape, (None, self.window, self.n_features))
-        _, _, mu, logvar = self.backend(np.ascontiguousarray(self.scaler.transform(windows)))
+        _, _, mu, logvar = self.backend(np.ascontiguousarray(self._scaled(windows)))
         return mu, logvar
 
     def infer(self, windows: npt.NDArray[np.floating[Any]]) -> ScoreParts:
@@ -121,7 +132,7 @@ class Detector:
         check_shape("Detector.infer windows", windows.shape, (None, self.window, self.n_features))
         if len(windows) == 0:
             return ScoreParts(np.empty((0, self.n_values), np.float32), np.empty(0, np.float32))
-        x = self.scaler.transform(windows)  # (n, W, d) float32
+        x = self._scaled(windows)  # (n, W, d) float32
         chunks = [
             score_parts(c, self.backend(c), self.recon_mode, self.latent_mode)
             for c in (
