@@ -509,3 +509,67 @@ def test_an_absurd_finite_value_is_scored_and_committed_not_a_crash_loop(
     assert [a["series_id"] for a in opened] == [poison.series_id], messages
     assert opened[0]["score"] > 10 * opened[0]["threshold"]
     assert committed is not None and committed > 0  # the commit moved past the start
+
+
+def test_an_oversized_record_is_dead_lettered_cut_to_fit_not_a_poison_pill(
+    broker: EmbeddedBroker, tiny: TinyModel
+) -> None:
+    """Issue 16: a 2.5 MB record was dead-lettered whole; producing the dead letter failed
+    (over the producer's limit) on every restart. Now its bytes are cut to fit under
+    ``kafka.max_message_bytes`` and the headers say from how many."""
+    from aiokafka import AIOKafkaProducer
+
+    tag = uuid.uuid4().hex[:8]
+    limit = 64 << 10
+    settings = load_settings(
+        env={},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g-big-{tag}",
+            "input_topics": [f"in-big-{tag}"],
+            "alert_topic": f"alerts-big-{tag}",
+            "dead_letter_topic": f"dlq-big-{tag}",
+            "topic_partitions": 1,
+            "max_message_bytes": limit,  # the service's producer then takes at most 1 MiB
+        },
+        service={"max_wait_ms": 20, "device": "cpu", "metrics_port": None},
+    )
+    k = settings.kafka
+    big = b'{"series_id": "m-0", "ts": 1, "values": [' + b"1.0, " * 300_000 + b"1.0]}"
+    assert len(big) > 1 << 20  # more than the service's producer may send
+
+    async def scenario() -> tuple[dict[str, int], list[Any], int | None]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap_servers, max_request_size=4 << 20)
+        await producer.start()
+        try:
+            await (await producer.send(k.input_topics[0], big, key=b"m-0"))
+        finally:
+            await producer.stop()
+        service = Service(settings, tiny.artifact)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        async with asyncio.timeout(60):
+            while service.accounting()["dead_letters"] < 1:
+                assert not task.done(), "the service stopped"
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        dead = await _consume(k, k.dead_letter_topic, 1)
+        check = AIOKafkaConsumer(
+            bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False
+        )
+        await check.start()
+        try:
+            committed = await check.committed(TopicPartition(k.input_topics[0], 0))
+        finally:
+            await check.stop()
+        return service.accounting(), dead, committed
+
+    acc, dead, committed = asyncio.run(scenario())
+    assert acc["consumed"] == 1 and acc["dead_letters"] == 1 and committed == 1
+    msg = dead[0]
+    headers = dict(msg.headers)  # type: ignore[attr-defined]
+    assert headers["reason"] == b"oversized"
+    assert headers["original_value_bytes"] == str(len(big)).encode()
+    assert big.startswith(msg.value) and 0 < len(msg.value) <= limit  # type: ignore[attr-defined]

@@ -138,7 +138,9 @@ class Service:
                 max_wait_ms=svc.max_wait_ms,
                 max_message_bytes=k.max_message_bytes,
             )
-            self._sink = KafkaSink(producer, k.alert_topic, k.dead_letter_topic)
+            self._sink = KafkaSink(
+                producer, k.alert_topic, k.dead_letter_topic, max_message_bytes=k.max_message_bytes
+            )
             log.info(
                 "stream-vae %s consuming %s",
                 self.live.version,
