@@ -573,3 +573,61 @@ def test_an_oversized_record_is_dead_lettered_cut_to_fit_not_a_poison_pill(
     assert headers["reason"] == b"oversized"
     assert headers["original_value_bytes"] == str(len(big)).encode()
     assert big.startswith(msg.value) and 0 < len(msg.value) <= limit  # type: ignore[attr-defined]
+
+
+def test_an_evicted_series_closes_its_open_episode(broker: EmbeddedBroker, tiny: TinyModel) -> None:
+    """Issue 16: a series that went silent mid-episode was evicted (service.idle_ttl_s) with no
+    close event, and the commit moved past the episode's start, so no restart could produce it.
+    Now the eviction publishes the close (reason "evicted") with the batch that evicts."""
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        env={},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g-evict-{tag}",
+            "input_topics": [f"in-evict-{tag}"],
+            "alert_topic": f"alerts-evict-{tag}",
+            "dead_letter_topic": f"dlq-evict-{tag}",
+            "topic_partitions": 1,
+        },
+        service={
+            "max_batch_records": 40,
+            "max_wait_ms": 20,
+            "device": "cpu",
+            "metrics_port": None,
+            "idle_ttl_s": 600.0,  # ten steps of the generated data
+        },
+    )
+    k = settings.kafka
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    rows = list(table.batch.in_time_order().records())
+    times = sorted({r.ts for r in rows})
+    head = [r for r in rows if r.ts <= times[100]]
+    victim = head[0].series_id
+    # the victim alerts (an absurd value opens an episode) and goes silent; the others go on
+    poison = Record(victim, times[101], np.array([1e20, 43.0, 1.2e29], np.float32))
+    tail = [r for r in rows if times[101] < r.ts <= times[140] and r.series_id != victim]
+    sent = [*head, poison, *tail]
+
+    async def scenario() -> list[dict[str, Any]]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        await _send_all(k, sent, table.feature_names)
+        service = Service(settings, tiny.artifact)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        async with asyncio.timeout(60):
+            while service.accounting()["consumed"] < len(sent):
+                assert not task.done(), "the service stopped"
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        assert victim not in service.live.series()  # evicted, from every part
+        got = await _consume(k, k.alert_topic, service.accounting()["alerts"])
+        return [_json.loads(m.value) for m in got]  # type: ignore[attr-defined]
+
+    alerts = asyncio.run(scenario())
+    mine = [(a["event"], a.get("reason", "")) for a in alerts if a["series_id"] == victim]
+    assert mine[-2:] == [("open", ""), ("close", "evicted")], mine
+    close = [a for a in alerts if a["series_id"] == victim][-1]
+    assert close["episode_start_ts"] == poison.ts
+    assert close["ts"] - poison.ts > 600.0  # closed when it was evicted, not before

@@ -220,7 +220,7 @@ class LiveModel:
         if why is not None:
             raise ArtifactError(f"cannot swap {self.version} → {artifact.version}: {why}")
         new_detector = detector or build_detector(artifact, self.options)
-        closed = self.scorer.close_all(ts, "model_swap")
+        closed = self.scorer.close(ts, "model_swap")
         self.artifact, self.detector = artifact, new_detector
         self.scorer = build_scorer(artifact, self.alerts)
         return closed

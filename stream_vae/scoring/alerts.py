@@ -44,7 +44,8 @@ class Alert:
     top_features: tuple[tuple[str, float], ...]  # (feature, share of recon error)
     model_version: str
     # why a close happened other than the score falling: "model_swap" (the model that opened
-    # the episode was replaced; see Scorer.close_all). Empty for score-driven events.
+    # the episode was replaced), "evicted" (the series left the window store: idle, or over
+    # the series bound); see Scorer.close. Empty for score-driven events.
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:

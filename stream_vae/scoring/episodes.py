@@ -214,18 +214,23 @@ class EpisodeTracker:
         """
         return tuple(sorted(k for k, st in self._state.items() if st.open))
 
-    def close_all(self) -> list[tuple[str, float, float]]:
-        """End every open episode now (no cooldown); returns (series, start ts, peak) of each.
+    def close(self, keys: Iterable[str] | None = None) -> list[tuple[str, float, float]]:
+        """End the open episodes of these series (None: of every series) now, with no cooldown;
+        returns (series, start ts, peak) of each, sorted by series.
 
         Examples
         --------
         >>> import numpy as np
         >>> t = EpisodeTracker()
-        >>> _ = t.update(["a"], np.zeros(1), np.array([2.0]), 1.0)
-        >>> t.close_all(), t.is_open("a")
-        ([('a', 0.0, 2.0)], False)
+        >>> _ = t.update(["a", "b"], np.zeros(2), np.array([2.0, 3.0]), 1.0)
+        >>> t.close(["b", "zzz"]), t.is_open("a"), t.is_open("b")
+        ([('b', 0.0, 3.0)], True, False)
+        >>> t.close()
+        [('a', 0.0, 2.0)]
         """
-        closed = [(k, st.start_ts, st.peak) for k, st in sorted(self._state.items()) if st.open]
+        wanted = self._state.keys() if keys is None else set(keys) & self._state.keys()
+        closed = [(k, self._state[k].start_ts, self._state[k].peak) for k in sorted(wanted)]
+        closed = [c for c in closed if self._state[c[0]].open]
         for k, _, _ in closed:
             del self._state[k]
         return closed

@@ -110,13 +110,17 @@ class Scorer:
         """Series in an alert episode now."""
         return frozenset(self._episodes.open_series())
 
-    def close_all(self, ts: float, reason: str) -> tuple[Alert, ...]:
-        """Close every open episode at stream time ``ts`` (e.g. before this model is replaced:
-        an episode belongs to the model version that opened it, and its ``alert_id`` too)."""
+    def close(
+        self, ts: float, reason: str, series: Iterable[str] | None = None
+    ) -> tuple[Alert, ...]:
+        """Close the open episodes of ``series`` (None: all) at stream time ``ts``, with a
+        ``reason``: ``model_swap`` before this model is replaced (an episode belongs to the
+        version that opened it, and its ``alert_id`` too), ``evicted`` when its series leaves
+        the window store (idle, or over the series bound)."""
         return tuple(
             Alert(
-                alert_id=alert_id(series, start, self.model_version),
-                series_id=series,
+                alert_id=alert_id(s, start, self.model_version),
+                series_id=s,
                 event="close",
                 ts=ts,
                 episode_start_ts=start,
@@ -130,7 +134,7 @@ class Scorer:
                 model_version=self.model_version,
                 reason=reason,
             )
-            for series, start, peak in self._episodes.close_all()
+            for s, start, peak in self._episodes.close(series)
         )
 
     def series(self) -> frozenset[str]:

@@ -208,7 +208,19 @@ class Service:
             inference_s = time.perf_counter() - t0
             scored = live.score(ready, parts)
             self.lifecycle.observe(ready, scored, live.scorer, live.store.n_series)
-            alerts = closed + scored.alerts
+            store = live.store
+            if len(batch.records):
+                self._last_ts = max(self._last_ts, float(batch.records.ts.max()))
+                if store.idle_ttl_s is not None:
+                    store.evict_idle(float(batch.records.ts.max()))
+            # Series the store evicted (idle, or over service.max_series): an open episode
+            # closes now (reason "evicted"), published and committed with this batch, since no
+            # replay after the commit could produce it; then the series leave every part of the
+            # state, so that memory stays bounded by the store's bounds. The set differences
+            # cost a pass over every series held: only when the store evicted any.
+            evicted = _evictions(store) != evicted_before
+            gone = live.series() - store.series() if evicted else frozenset()
+            alerts = closed + scored.alerts + live.scorer.close(self._last_ts, "evicted", gone)
             await self._sink.publish(alerts, batch.rejected)
             self._watermark.observe(batch.records.series_ids, batch.partitions, batch.offsets)
             for a in alerts:
@@ -216,20 +228,12 @@ class Service:
                     self._watermark.episode_opened(a.series_id)
                 else:
                     self._watermark.episode_closed(a.series_id)
-            store = live.store
-            if store.idle_ttl_s is not None and len(batch.records):
-                store.evict_idle(float(batch.records.ts.max()))
-            # series the store evicted (idle, or over service.max_series) leave every part of
-            # the state, so that memory stays bounded by the store's bounds; the set difference
-            # costs a pass over every series held, so only when the store evicted any
-            if _evictions(store) != evicted_before:
-                self.state.drop(self._watermark.series() - store.series())
+            if evicted:
+                self.state.drop((self._watermark.series() | live.series()) - store.series())
             await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
             late = store.counters["late"] - late_before
             self._record(batch, len(ready), late, alerts, inference_s)
             self.metrics.add_windows_scored(len(scored), int(scored.is_alert.sum()))
-            if len(batch.records):
-                self._last_ts = max(self._last_ts, float(batch.records.ts.max()))
             done = time.time()
             for observe in self.batch_observers:
                 observe(batch, done)
@@ -317,7 +321,10 @@ class Service:
     ) -> None:
         # The fetch high watermark, not ListOffsets: some Kafka-compatible brokers answer
         # ListOffsets(LATEST) wrongly, and the watermark comes with every fetch for free.
+        assigned = consumer.assignment()
         for tp in offsets:
+            if tp not in assigned:  # revoked while this batch was processed: not ours to watch
+                continue
             high = consumer.highwater(tp)
             if high is not None:
                 self.metrics.set_consumer_lag(
