@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -319,10 +320,35 @@ def test_a_model_directory_is_replaced_whole_and_leaves_nothing_behind(
 ) -> None:
     dest = tmp_path / "m"
     save_artifact(tiny.artifact, dest)
-    other = dataclasses.replace(tiny.artifact, version="v-other")
+    other = dataclasses.replace(
+        tiny.artifact, hybrid=tiny.artifact.hybrid.with_alpha(0.5), version=""
+    )
+    assert other.version != tiny.artifact.version
     save_artifact(other, dest)
-    assert load_artifact(dest).version == "v-other"
+    assert load_artifact(dest).version == other.version
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary siblings left
     (tmp_path / "empty").mkdir()
     save_artifact(tiny.artifact, tmp_path / "empty")  # an empty directory is filled
     assert load_artifact(tmp_path / "empty").version == tiny.artifact.version
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda m: m["calibration"].update(threshold=m["calibration"]["threshold"] * 2),
+        lambda m: m["scaler"]["std"].__setitem__(0, m["scaler"]["std"][0] + 1.0),
+        lambda m: m["hybrid"].update(alpha=0.5),
+    ],
+    ids=["threshold", "scaler", "alpha"],
+)
+def test_a_tampered_manifest_is_refused_not_served_under_its_id(
+    tiny: TinyModel, tmp_path: Path, tamper: Any
+) -> None:
+    """Issue 16: an edited threshold loaded and promoted under the original id."""
+    dest = tmp_path / "m"
+    save_artifact(tiny.artifact, dest)
+    manifest = json.loads((dest / "manifest.json").read_bytes())
+    tamper(manifest)
+    (dest / "manifest.json").write_bytes(json.dumps(manifest).encode())
+    with pytest.raises(ArtifactError, match=f"says it is {tiny.artifact.version} but its content"):
+        load_artifact(dest)

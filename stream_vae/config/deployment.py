@@ -32,9 +32,12 @@ class ServiceSettings(BaseModel):
     # the scoring process's torch threads (training and the retrain job have their own)
     torch_threads: int = Field(2, ge=1, le=256)
     # Series held: evict one silent this long (stream time), and hold at most this many (least
-    # recently seen evicted first). What a held series costs: docs/operations.md.
-    idle_ttl_s: float | None = Field(None, gt=0, description="evict series silent this long")
-    max_series: int | None = Field(None, ge=1, description="LRU bound on series held")
+    # recently seen evicted first); None turns a bound off. Bounded by default: unbounded, 200k
+    # one-record series grew the process by 240 MiB and each pinned its partition's commit.
+    # At the defaults (W 32, d 8, ema_beta 0.5) a series costs ~4 kB over every part of the
+    # state, so 100k series ~0.4 GB (docs/operations.md, "Memory per series").
+    idle_ttl_s: float | None = Field(86_400.0, gt=0, description="evict series silent this long")
+    max_series: int | None = Field(100_000, ge=1, description="LRU bound on series held")
     seed: int = Field(0, description="seeds the drift monitor's and the reservoir's sampling")
     # /metrics, /healthz, /readyz, /accounting; loopback unless exposed on purpose. None: off.
     metrics_host: str = "127.0.0.1"

@@ -176,6 +176,14 @@ class Artifact:
             art.model()  # the weights must fit the declared architecture
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"invalid model in {where}: {str(exc).splitlines()[0]}") from None
+        # The id is the content's: an edited threshold or scaler (or weights) served under the
+        # original id would give alerts ids that belong to another model.
+        content = art._content_version()
+        if content != art.version:
+            raise ArtifactError(
+                f"model in {where} says it is {art.version} but its content is {content}: the "
+                "manifest or the weights were changed after saving (retrain, or restore them)"
+            )
         return art
 
 
