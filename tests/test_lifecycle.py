@@ -385,3 +385,60 @@ def test_a_service_started_with_a_model_publishes_it_so_that_retraining_can_star
     assert [v.version for v in registry.versions()] == [tiny.artifact.version]
     assert registry.current() is None  # published, not promoted
     assert registry.load(tiny.artifact.version).version == tiny.artifact.version
+
+
+def test_a_killed_retrain_worker_fails_its_job_and_the_next_one_runs(
+    tiny: TinyModel, tmp_path: Path
+) -> None:
+    """Issue 16: after an OOM-style SIGKILL of the retrain worker the gauge stayed at 1, no
+    `failed` event came and no job ever started again. Now the death fails the job (an event
+    that says so), the gauge drops, and the next job runs to its end."""
+    import os
+    import signal
+
+    from stream_vae.core.sample import ReservoirSample
+    from stream_vae.lifecycle.policy import Job
+    from stream_vae.runtime.live import LiveModel
+    from stream_vae.service.lifecycle import Lifecycle
+    from stream_vae.service.metrics import ServiceMetrics
+    from stream_vae.storage.tabular import read_table
+
+    registry = Registry(tmp_path / "reg")
+    registry.publish(tiny.artifact, trigger="initial")
+    registry.promote(tiny.artifact.version)
+    settings = load_settings(
+        env={},
+        registry={"root": str(tmp_path / "reg")},
+        service={"device": "cpu"},
+        retrain={"min_windows": 100, "epochs": 2},
+    )
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    ready = LiveModel(tiny.artifact, DetectorOptions(device="cpu")).prepare(
+        table.batch.in_time_order()
+    )
+    job = Job("schedule", ReservoirSample(ready.values, ready.keys, ready.ts))
+    metrics = ServiceMetrics()
+    lc = Lifecycle(settings, tiny.artifact, metrics, registry)
+
+    def retraining() -> float:
+        value = metrics.registry.get_sample_value("stream_vae_retraining")
+        assert value is not None
+        return value
+
+    async def scenario() -> tuple[list[dict[str, Any]], float, list[dict[str, Any]]]:
+        task = asyncio.create_task(lc._run_job(job))
+        async with asyncio.timeout(30):
+            while lc._proc is None or lc._proc.pid is None:
+                await asyncio.sleep(0.02)
+        assert retraining() == 1
+        os.kill(lc._proc.pid, signal.SIGKILL)
+        await asyncio.wait_for(task, 30)
+        first, gauge = lc.take_events(), retraining()
+        await asyncio.wait_for(lc._run_job(job), 180)
+        return first, gauge, lc.take_events()
+
+    first, gauge, second = asyncio.run(scenario())
+    assert [e["event"] for e in first] == ["failed"], first
+    assert "died without an answer" in first[0]["error"] and "-9" in first[0]["error"]
+    assert gauge == 0
+    assert [e["event"] for e in second] in (["promoted"], ["rejected"]), second

@@ -9,6 +9,7 @@ file (:func:`save_sample`), not through a pipe.
 from __future__ import annotations
 
 import logging
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..storage.registry import Registry
 from ..training.gate import retrain
 from .reservoir import ReservoirSample
 
-__all__ = ["job_main", "run_job", "save_sample"]
+__all__ = ["job_main", "run_in_child", "run_job", "save_sample"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,18 @@ def job_main(spec: dict[str, Any]) -> dict[str, Any]:
         trigger=spec["trigger"],
         live_version=spec.get("live_version"),
     )
+
+
+def run_in_child(spec: dict[str, Any], answer: Connection) -> None:
+    """A spawned worker's entry point: :func:`job_main`, its outcome (or its error) sent back
+    as ``(ok, payload)`` on ``answer``."""
+    try:
+        outcome: tuple[bool, object] = (True, job_main(spec))
+    except Exception as exc:  # the parent reports it as a failed job
+        log.exception("retraining job failed")
+        outcome = (False, f"{type(exc).__name__}: {exc}"[:500])
+    answer.send(outcome)
+    answer.close()
 
 
 def save_sample(sample: ReservoirSample, path: Path) -> Path:

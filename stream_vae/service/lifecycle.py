@@ -25,14 +25,14 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..core.windows import ReadyWindows
+from ..errors import StreamVAEError
 from ..lifecycle.drift import DriftEvent, DriftMonitor
-from ..lifecycle.job import job_main, save_sample
+from ..lifecycle.job import run_in_child, save_sample
 from ..lifecycle.policy import Job, RetrainPolicy
 from ..model.detector import Detector
 from ..runtime.live import DetectorOptions, build_detector
@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 # Scores per batch fed to the score histogram (quantiles on the dashboard): a sample is enough.
 _HISTOGRAM_SAMPLE = 16
+
+
+class RetrainFailedError(StreamVAEError):
+    """The retraining job raised, or its worker process died without an answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +86,7 @@ class Lifecycle:
         self._events: list[dict[str, Any]] = []
         self._swap: Swap | None = None
         self._refused: set[str] = set()  # versions the service would not swap to
-        self._pool: Pool | None = None
+        self._proc: multiprocessing.process.BaseProcess | None = None  # the job's worker
         self._job: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
         self._poll_now = asyncio.Event()
@@ -170,20 +174,42 @@ class Lifecycle:
             log.info("retraining (%s) will be tried again on newer clean windows", trigger)
 
     async def _in_worker(self, spec: dict[str, Any]) -> dict[str, Any]:
-        if self._pool is None:
-            # spawn, not fork: the parent holds threads (torch, the drift monitor, aiokafka's)
-            self._pool = multiprocessing.get_context("spawn").Pool(1)
+        """Run one job in its own spawned process (spawn, not fork: the parent holds threads —
+        torch's, the drift monitor's, aiokafka's) and wait for its answer on a pipe. The loop
+        wakes when the pipe is readable: an answer, or end-of-file when the process died
+        without one (an OOM kill, a SIGKILL), which fails the job instead of stalling
+        retraining for good."""
+        ctx = multiprocessing.get_context("spawn")
+        answer, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=run_in_child, args=(spec, child), name="stream-vae-retrain")
+        proc.start()
+        child.close()  # the child holds the only write end: its death closes the pipe
+        self._proc = proc
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[dict[str, Any]] = loop.create_future()
-
-        def ok(result: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(_settle, done, result, None)
-
-        def failed(exc: BaseException) -> None:
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-
-        self._pool.apply_async(job_main, (spec,), callback=ok, error_callback=failed)
-        return await done
+        readable = asyncio.Event()
+        loop.add_reader(answer.fileno(), readable.set)
+        try:
+            await readable.wait()
+            try:
+                ok, payload = answer.recv()
+            except EOFError:
+                await asyncio.to_thread(proc.join, 5.0)  # off the loop: it holds the heartbeat
+                raise RetrainFailedError(
+                    f"the retrain worker (pid {proc.pid}) died without an answer, exit code "
+                    f"{proc.exitcode} (a negative code is the signal that killed it)"
+                ) from None
+            if not ok:
+                raise RetrainFailedError(str(payload))
+            assert isinstance(payload, dict)
+            return payload
+        finally:
+            loop.remove_reader(answer.fileno())
+            answer.close()
+            if not readable.is_set():  # cancelled (shutdown): an unfinished job never promoted
+                proc.terminate()
+                await asyncio.to_thread(proc.join, 5.0)
+            # After an answer the worker exits by itself: it is not waited for here (the outcome
+            # must reach the events before the registry watch swaps); __aexit__ joins it.
 
     # -- watching the registry --------------------------------------------------------------
     async def _watch(self) -> None:
@@ -254,9 +280,10 @@ class Lifecycle:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._pool is not None:
-            self._pool.terminate()  # an unfinished job is abandoned: it never promoted
-            self._pool.join()
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()  # an unfinished job is abandoned: it never promoted
+            await asyncio.to_thread(self._proc.join, 5.0)
         self._drift_exec.shutdown(wait=True)
 
 
@@ -293,15 +320,3 @@ def _drop(monitor: DriftMonitor, series: list[str]) -> list[DriftEvent]:
 def _reset(monitor: DriftMonitor) -> list[DriftEvent]:
     monitor.reset()
     return []
-
-
-def _settle(
-    fut: asyncio.Future[dict[str, Any]], result: dict[str, Any] | None, exc: BaseException | None
-) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        assert result is not None
-        fut.set_result(result)
