@@ -454,6 +454,34 @@ def test_replay_keeps_the_whole_ema_warm_up(tiny: TinyModel) -> None:
     assert 0.99**1375 < 1e-6 < 0.99**1374
 
 
+async def _serve_until_consumed(settings: Any, artifact: Any, n: int) -> Service:
+    """Run a service until it consumed ``n`` records (failing if it stops on its own), then
+    stop it cleanly (a stop, not an exit on a record)."""
+    service = Service(settings, artifact)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    async with asyncio.timeout(60):
+        while service.accounting()["consumed"] < n:
+            assert not task.done(), "the service stopped"
+            await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    return service
+
+
+async def _committed(k: KafkaSettings, partition: int) -> int | None:
+    """The group's committed offset of the input topic's ``partition``, as lag tools read it."""
+    check = AIOKafkaConsumer(
+        bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False
+    )
+    await check.start()
+    try:
+        offset: int | None = await check.committed(TopicPartition(k.input_topics[0], partition))
+        return offset
+    finally:
+        await check.stop()
+
+
 def test_an_absurd_finite_value_is_scored_and_committed_not_a_crash_loop(
     broker: EmbeddedBroker, tiny: TinyModel
 ) -> None:
@@ -489,24 +517,9 @@ def test_an_absurd_finite_value_is_scored_and_committed_not_a_crash_loop(
     async def scenario() -> tuple[dict[str, int], list[Any], int | None]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
         await _send_all(k, rows, table.feature_names)
-        service = Service(settings, tiny.artifact)
-        stop = asyncio.Event()
-        task = asyncio.create_task(service.run(stop))
-        async with asyncio.timeout(60):
-            while service.accounting()["consumed"] < len(rows):
-                assert not task.done(), "the service stopped"
-                await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 30)  # a clean stop, not an exit on the record
+        service = await _serve_until_consumed(settings, tiny.artifact, len(rows))
         alerts = await _consume(k, k.alert_topic, service.accounting()["alerts"])
-        check = AIOKafkaConsumer(
-            bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False
-        )
-        await check.start()
-        try:
-            committed = await check.committed(TopicPartition(k.input_topics[0], 0))
-        finally:
-            await check.stop()
+        committed = await _committed(k, 0)
         return service.accounting(), alerts, committed
 
     acc, alerts, committed = asyncio.run(scenario())
@@ -553,24 +566,9 @@ def test_an_oversized_record_is_dead_lettered_cut_to_fit_not_a_poison_pill(
             await (await producer.send(k.input_topics[0], big, key=b"m-0"))
         finally:
             await producer.stop()
-        service = Service(settings, tiny.artifact)
-        stop = asyncio.Event()
-        task = asyncio.create_task(service.run(stop))
-        async with asyncio.timeout(60):
-            while service.accounting()["dead_letters"] < 1:
-                assert not task.done(), "the service stopped"
-                await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        service = await _serve_until_consumed(settings, tiny.artifact, 1)
         dead = await _consume(k, k.dead_letter_topic, 1)
-        check = AIOKafkaConsumer(
-            bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False
-        )
-        await check.start()
-        try:
-            committed = await check.committed(TopicPartition(k.input_topics[0], 0))
-        finally:
-            await check.stop()
+        committed = await _committed(k, 0)
         return service.accounting(), dead, committed
 
     acc, dead, committed = asyncio.run(scenario())
@@ -619,15 +617,7 @@ def test_an_evicted_series_closes_its_open_episode(broker: EmbeddedBroker, tiny:
     async def scenario() -> list[dict[str, Any]]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
         await _send_all(k, sent, table.feature_names)
-        service = Service(settings, tiny.artifact)
-        stop = asyncio.Event()
-        task = asyncio.create_task(service.run(stop))
-        async with asyncio.timeout(60):
-            while service.accounting()["consumed"] < len(sent):
-                assert not task.done(), "the service stopped"
-                await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        service = await _serve_until_consumed(settings, tiny.artifact, len(sent))
         assert victim not in service.live.series()  # evicted, from every part
         got = await _consume(k, k.alert_topic, service.accounting()["alerts"])
         return [_json.loads(m.value) for m in got]  # type: ignore[attr-defined]
