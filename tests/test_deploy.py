@@ -388,9 +388,16 @@ def test_compose_topics_match_the_service() -> None:
     services = _compose()["services"]
     script = services["kafka-init"]["command"][0]
     (topics,) = re.findall(r"for topic in ([^;]+);", script)
-    partitions = {int(n) for n in re.findall(r"--partitions (\d+)", script)}
-    assert partitions == {KafkaSettings().topic_partitions}
+    partitions = [int(n) for n in re.findall(r"--partitions (\d+)", script)]
+    # the data topics, then the state topic: one partition, compacted
+    assert partitions == [KafkaSettings().topic_partitions, 1]
     s = load_settings(env=_settings_env(services["stream-vae"]["environment"]))
+    assert re.search(
+        rf"--topic {re.escape(s.kafka.state_topic)} --partitions 1 .*"
+        r"--config cleanup.policy=compact",
+        script.replace("\\\n", " "),
+        re.S,
+    )
     assert set(topics.split()) == {
         *s.kafka.input_topics,
         s.kafka.alert_topic,

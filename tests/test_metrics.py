@@ -106,6 +106,8 @@ def test_accounting_sums_over_labels_and_balances() -> None:
             "windows",
             "windows_over_threshold",
             "alerts",
+            "replayed",
+            "dropped_stale",
         ],
         0,
     ) | {"unaccounted": 0}
@@ -119,6 +121,8 @@ def test_accounting_sums_over_labels_and_balances() -> None:
         "windows": 4,
         "windows_over_threshold": 0,
         "alerts": 3,
+        "replayed": 0,
+        "dropped_stale": 0,
         "unaccounted": 0,
     }
     m.add_records_in("telemetry-b", 1)  # consumed but not yet classified

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import time
 import uuid
 from collections import Counter
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_vae import _json
@@ -22,6 +25,7 @@ from stream_vae.core.records import Record, encode
 from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.service import Service
 from stream_vae.service.app import _replay_keep
+from stream_vae.service.checkpoint import Checkpoint, CheckpointStore
 from stream_vae.service.kafka import ensure_topics, make_producer
 from stream_vae.storage.tabular import read_table
 
@@ -105,6 +109,17 @@ async def _consume(k: KafkaSettings, topic: str, n: int) -> list[object]:
         await consumer.stop()
 
 
+async def _replay_starts(k: KafkaSettings, parts: list[TopicPartition]) -> dict[int, Checkpoint]:
+    """The replay starts the service stored for ``parts`` (by partition number)."""
+    producer = make_producer(k)
+    await producer.start()
+    try:
+        found = await CheckpointStore(k, producer, topic=k.state_topic).load(parts)
+    finally:
+        await producer.stop()
+    return {tp.partition: cp for tp, cp in found.items()}
+
+
 async def _send_all(k: KafkaSettings, rows: list[Record], names: tuple[str, ...]) -> list[Any]:
     """Produce ``rows`` to the input topic, keyed by series; returns the acks' metadata."""
     producer = make_producer(k)
@@ -138,7 +153,11 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
     bad = _bad_messages(tiny.artifact.feature_names)
     n_total = len(table.batch) + len(bad)
 
-    async def scenario() -> tuple[dict[str, int], list[object], list[object], dict[int, int], str]:
+    log_end: dict[int, int] = {}
+
+    async def scenario() -> tuple[
+        dict[str, int], list[object], list[object], dict[int, int], str, dict[int, Checkpoint]
+    ]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
         producer = make_producer(k)
         await producer.start()
@@ -150,7 +169,8 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
                 for r in table.batch.records()
             ]
             acks += [await producer.send(k.input_topics[0], v, key=key) for key, v, _ in bad]
-            await asyncio.gather(*acks)
+            for meta in await asyncio.gather(*acks):  # the log end offsets, as lag tools read them
+                log_end[meta.partition] = max(log_end.get(meta.partition, 0), meta.offset + 1)
         finally:
             await producer.stop()
         service = Service(settings, tiny.artifact)
@@ -176,20 +196,26 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
             committed = {tp.partition: await check.committed(tp) or 0 for tp in parts}
         finally:
             await check.stop()
-        return service.accounting(), alerts, dead, committed, metrics_text
+        starts = await _replay_starts(k, parts)
+        return service.accounting(), alerts, dead, committed, metrics_text, starts
 
-    acc, alerts, dead, committed, metrics_text = asyncio.run(scenario())
+    acc, alerts, dead, committed, metrics_text, starts = asyncio.run(scenario())
     assert acc["unaccounted"] == 0
     dead_by_reason = _samples(metrics_text, "stream_vae_dead_letters_total")
     assert dead_by_reason["reason=bad_json"] == 2 and dead_by_reason["reason=oversized"] == 1
     assert sum(_samples(metrics_text, "stream_vae_records_in_total").values()) == n_total
     # every consumed offset is accounted for, exactly once
     assert acc["consumed"] == n_total
-    # committed at the replay watermark: each series' last W - 1 + EMA warm-up records (and an
-    # episode still open, from its start) stay uncommitted so a restart can rebuild them
-    # (stream_vae.service.offsets; test_service_process checks that a restart loses nothing)
+    # the processed position is committed (lag tools read 0), and each partition's replay start
+    # is in the state topic: its series' last W - 1 + EMA warm-up records (and an episode still
+    # open, from its start), for a new owner to rebuild them (test_service_process checks that
+    # a restart loses nothing and repeats nothing)
+    assert sum(committed.values()) == n_total
+    # lag as KEDA / kafka-consumer-groups compute it (log end - committed) is 0 once drained
+    assert {p: log_end.get(p, 0) - c for p, c in committed.items()} == dict.fromkeys(committed, 0)
     keep = tiny.artifact.vae_config.window - 1 + 20  # ema_beta 0.5: 20 warm-up windows
-    assert 0 < sum(committed.values()) <= n_total - keep
+    for p, c in committed.items():
+        assert starts[p].committed <= c and starts[p].replay_from <= c - keep, (p, starts)
     assert acc["consumed"] == acc["scored"] + acc["buffered"] + acc["late"] + acc["dead_letters"]
     assert acc["dead_letters"] == len(bad)
     # dead letters keep the original key and bytes, and say why and where from
@@ -223,9 +249,13 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
     assert acc["alerts"] == len(got)
 
 
-def test_two_replicas_split_partitions_and_lose_no_alert(
+def test_a_replica_joining_and_leaving_loses_and_invents_no_alert(
     broker: EmbeddedBroker, tiny: TinyModel
 ) -> None:
+    """Replica B joins a group of 4 partitions mid-stream, then leaves: two rebalances, with a
+    batch prefetched before each (issue 16: the old code processed it after the revoke had
+    dropped its series' state, and raised alerts with ids no full run produces). Every alert
+    of an uninterrupted run arrives, none other, and no in-order record is counted late."""
     tag = uuid.uuid4().hex[:8]
     settings = load_settings(
         env={},
@@ -238,7 +268,7 @@ def test_two_replicas_split_partitions_and_lose_no_alert(
             "topic_partitions": 4,
             "session_timeout_ms": 4000,
         },
-        service={"max_batch_records": 50, "max_wait_ms": 20, "device": "cpu", "metrics_port": None},
+        service={"max_batch_records": 20, "max_wait_ms": 20, "device": "cpu", "metrics_port": None},
     )
     k = settings.kafka
     table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
@@ -246,32 +276,21 @@ def test_two_replicas_split_partitions_and_lose_no_alert(
     async def scenario() -> tuple[list[dict[str, int]], list[object]]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
         first, second = Service(settings, tiny.artifact), Service(settings, tiny.artifact)
-        stop = asyncio.Event()
+        stop, stop_second = asyncio.Event(), asyncio.Event()
         tasks = [asyncio.create_task(first.run(stop))]
-        producer = make_producer(k)
-        await producer.start()
-        try:
-            rows = list(table.batch.records())
-            for i, r in enumerate(rows):
-                if i == len(rows) // 3:  # the second replica joins mid-stream
-                    tasks.append(asyncio.create_task(second.run(stop)))
-                await (
-                    await producer.send(
-                        k.input_topics[0], encode(r, table.feature_names), key=r.series_id.encode()
-                    )
-                )
-                if i % 50 == 0:  # spread the stream over a few seconds: a group join takes ~2 s
-                    await asyncio.sleep(0.2)
-        finally:
-            await producer.stop()
+        rows = list(table.batch.records())
+        await _send_all(k, rows, table.feature_names)  # a backlog: a batch is always prefetched
+        async with asyncio.timeout(60):
+            while first.accounting()["consumed"] < len(rows) // 5:
+                await asyncio.sleep(0.01)
+            tasks.append(asyncio.create_task(second.run(stop_second)))  # B joins mid-stream ...
+            while second.n_assignments == 0:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            stop_second.set()  # ... and leaves again, once it took partitions over
         async with asyncio.timeout(90):
-            # replays after the rebalance make the sum exceed the count: wait for quiet
-            last, quiet = -1, 0
-            while quiet < 20:
-                n = first.accounting()["consumed"] + second.accounting()["consumed"]
-                joined = second.accounting()["consumed"] > 0
-                quiet = quiet + 1 if n == last and n >= len(rows) and joined else 0
-                last = n
+            await tasks[1]
+            while await _committed_total(k, 4) < len(rows):
                 await asyncio.sleep(0.1)
         stop.set()
         await asyncio.gather(*tasks)
@@ -281,15 +300,22 @@ def test_two_replicas_split_partitions_and_lose_no_alert(
         )
 
     accs, alerts = asyncio.run(scenario())
-    assert all(a["consumed"] > 0 for a in accs), accs  # both replicas did work
+    assert all(a["unaccounted"] == 0 for a in accs), accs
+    # a record is consumed twice only when a rebalance failed its commit
     assert sum(a["consumed"] for a in accs) >= len(table.batch)
-    got = {(m["alert_id"], m["event"]) for m in (_json.loads(x.value) for x in alerts)}  # type: ignore[attr-defined]
+    assert sum(a["late"] for a in accs) == 0, accs
+    got = sorted((m["alert_id"], m["event"]) for m in (_json.loads(x.value) for x in alerts))  # type: ignore[attr-defined]
     expected = {
         (a.alert_id, a.event)
         for s in LiveModel(tiny.artifact, DetectorOptions(device="cpu")).stream(table.batch, 500)
         for a in s.alerts
     }
-    assert expected and expected <= got, f"lost: {expected - got}"
+    assert expected and expected <= set(got), f"lost: {expected - set(got)}"
+    assert set(got) <= expected, f"invented: {set(got) - expected}"
+
+
+async def _committed_total(k: KafkaSettings, n_partitions: int) -> int:
+    return sum([await _committed(k, p) or 0 for p in range(n_partitions)])
 
 
 def test_slow_inference_pauses_fetching(broker: EmbeddedBroker, tiny: TinyModel) -> None:
@@ -628,3 +654,134 @@ def test_an_evicted_series_closes_its_open_episode(broker: EmbeddedBroker, tiny:
     close = [a for a in alerts if a["series_id"] == victim][-1]
     assert close["episode_start_ts"] == poison.ts
     assert close["ts"] - poison.ts > 600.0  # closed when it was evicted, not before
+
+
+def _fault_settings(broker: EmbeddedBroker, name: str, partitions: int = 1, **service: Any) -> Any:
+    """Settings on fresh topics for one fault test (tag ``name``)."""
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    return load_settings(
+        env={},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g-{tag}",
+            "input_topics": [f"in-{tag}"],
+            "alert_topic": f"alerts-{tag}",
+            "dead_letter_topic": f"dlq-{tag}",
+            "topic_partitions": partitions,
+        },
+        service={
+            "max_batch_records": 100,
+            "max_wait_ms": 20,
+            "device": "cpu",
+            "metrics_port": None,
+            **service,
+        },
+    )
+
+
+def test_a_timestamp_far_ahead_is_dead_lettered_not_the_end_of_stream_time(
+    broker: EmbeddedBroker, tiny: TinyModel
+) -> None:
+    """Issue 16: one record with ts=1e300 (or epoch milliseconds) moved stream time so far that
+    every other series was evicted as idle. Now it is dead-lettered (implausible_timestamp), as
+    is a record far ahead of its own series' newest point, and no series is evicted."""
+    settings = _fault_settings(broker, "ts")
+    k = settings.kafka
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    rows = list(table.batch.in_time_order().records())
+    head, tail = rows[:200], rows[200:400]
+    sid, last = head[-1].series_id, head[-1].ts
+    values = head[-1].values
+    poison = [
+        Record(sid, 1e300, values),
+        Record(sid, last * 1000.0, values),  # epoch milliseconds sent as seconds
+        Record(sid, last + 60 * 86_400.0, values),  # 60 days after the series' newest point
+    ]
+    sent = head + poison + tail
+
+    async def scenario() -> Service:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        await _send_all(k, sent, table.feature_names)
+        return await _serve_until_consumed(settings, tiny.artifact, len(sent))
+
+    service = asyncio.run(scenario())
+    acc = service.accounting()
+    assert acc["dead_letters"] == 3 and acc["unaccounted"] == 0, acc
+    reasons = _samples(
+        generate_latest(service.metrics.registry).decode(), "stream_vae_dead_letters_total"
+    )
+    assert reasons["reason=implausible_timestamp"] == 3
+    counters = service.live.store.counters
+    assert counters["evicted_idle"] == 0 and counters["late"] == 0, counters
+    assert service.live.store.n_series == len({r.series_id for r in sent})
+
+
+def test_a_series_on_a_second_partition_is_counted_and_warned_once(
+    broker: EmbeddedBroker, tiny: TinyModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16: with a mis-keyed producer, a series' records on another partition were silently
+    counted late. Now each move is counted (stream_vae_series_partition_conflicts_total), the
+    series is warned about once, and its state follows the newest partition (documented in
+    stream_vae.service.offsets)."""
+    settings = _fault_settings(broker, "part", partitions=2)
+    k = settings.kafka
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    sid = table.batch.series_ids[0]
+    rows = [r for r in table.batch.in_time_order().records() if r.series_id == sid][:60]
+
+    async def scenario() -> Service:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        producer = make_producer(k)
+        await producer.start()
+        try:
+            # 20 on partition 0, 20 on 1, 20 on 0: each run is sent and acknowledged before the
+            # next, and the service is started after, so it reads partition by partition
+            for i, r in enumerate(rows):
+                await producer.send_and_wait(
+                    k.input_topics[0], encode(r, table.feature_names), partition=(i // 20) % 2
+                )
+        finally:
+            await producer.stop()
+        return await _serve_until_consumed(settings, tiny.artifact, len(rows))
+
+    with caplog.at_level(logging.WARNING, logger="stream_vae.service.app"):
+        service = asyncio.run(scenario())
+    conflicts = service.metrics.registry.get_sample_value(
+        "stream_vae_series_partition_conflicts_total"
+    )
+    assert conflicts is not None and conflicts >= 1
+    warned = [r for r in caplog.records if "moved to partition" in r.getMessage()]
+    assert len(warned) == 1 and sid in warned[0].getMessage()
+
+
+def test_readiness_turns_false_when_the_broker_is_lost(tiny: TinyModel) -> None:
+    """Issue 16: /readyz stayed 200 after the broker went away. It follows the broker now."""
+    with EmbeddedBroker() as own:
+        settings = _fault_settings(own, "ready", metrics_port=0, shutdown_timeout_s=2.0)
+
+        async def scenario() -> list[int]:
+            k = settings.kafka
+            await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+            service = Service(settings, tiny.artifact)
+            service.broker_probe_s = 0.2
+            stop = asyncio.Event()
+            task = asyncio.create_task(service.run(stop))
+            codes = []
+            try:
+                async with asyncio.timeout(30):
+                    while service.health is None or not service.metrics.ready:
+                        await asyncio.sleep(0.05)
+                    assert service.health is not None
+                    codes.append((await _http_get(service.health.port, "/readyz"))[0])
+                    own.stop()
+                    while service.metrics.ready:
+                        await asyncio.sleep(0.05)
+                    codes.append((await _http_get(service.health.port, "/readyz"))[0])
+            finally:
+                stop.set()
+                # the broker is gone: the clients' stops time out, and the service still ends
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(task, 30)
+            return codes
+
+        assert asyncio.run(scenario()) == [200, 503]

@@ -39,6 +39,24 @@ class ServiceSettings(BaseModel):
     idle_ttl_s: float | None = Field(86_400.0, gt=0, description="evict series silent this long")
     max_series: int | None = Field(100_000, ge=1, description="LRU bound on series held")
     seed: int = Field(0, description="seeds the drift monitor's and the reservoir's sampling")
+    # Taking a partition over replays its records from the stored replay start up to the
+    # committed offset (stream_vae.service.checkpoint). An episode open for days pins the start
+    # that far back: the replay is cut to this many records per partition (its state is then
+    # rebuilt in part, and stream_vae_replay_truncated_total{reason="bounded"} counts it).
+    max_replay_records: int | None = Field(
+        1_000_000, ge=1, description="longest replay per partition taken over"
+    )
+    # How often a partition's replay start is written to kafka.state_topic at most; a start
+    # held back is still valid (it only makes a replay longer), so this trades writes for replay.
+    checkpoint_interval_s: float = Field(1.0, ge=0, description="replay-start writes, at most")
+    # A record this far ahead of the wall clock (ts=1e300, epoch ms sent as s), or this far
+    # ahead of its series' newest point, is dead-lettered (implausible_timestamp): let through,
+    # it moves stream time so far that every other series is evicted as idle. None: no check
+    # (e.g. a simulation that runs ahead of the clock).
+    max_future_s: float | None = Field(86_400.0, gt=0, description="ts ahead of the wall clock")
+    max_ts_jump_s: float | None = Field(
+        30 * 86_400.0, gt=0, description="ts ahead of the series' newest point"
+    )
     # /metrics, /healthz, /readyz, /accounting; loopback unless exposed on purpose. None: off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(9108, ge=0, le=65535, description="0: any free port")
@@ -74,6 +92,9 @@ class KafkaSettings(BaseModel):
     alert_topic: str = "telemetry.alerts"
     dead_letter_topic: str = "telemetry.dead-letter"
     model_events_topic: str = "stream-vae.model-events"  # drift, retrain, promote, reject
+    # Each partition's replay start, keyed by group/topic/partition: internal, created by the
+    # service when missing (one partition, cleanup.policy=compact); see service.checkpoint.
+    state_topic: str = "stream-vae.state"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

@@ -190,6 +190,11 @@ class WindowStore:
     def __contains__(self, series_id: object) -> bool:
         return series_id in self._slots
 
+    def last_ts(self, series_id: str) -> float | None:
+        """Time of the series' newest accepted point (``None`` for a series not held)."""
+        slot = self._slots.get(series_id)
+        return None if slot is None else float(self._last_ts[slot])
+
     def buffered(self, series_id: str) -> int:
         """Points held for ``series_id`` (at most ``window``; 0 for an unknown series)."""
         slot = self._slots.get(series_id)

@@ -9,13 +9,19 @@ Offsets are committed only after the broker acknowledged everything the records 
 crash repeats work (and alerts, with the same ``alert_id``) but never loses it. While the forward
 pass runs in the worker thread, aiokafka's fetcher keeps prefetching the next batch on the loop.
 
-Offsets are committed at a replay watermark, not at the last record (see
-:mod:`stream_vae.service.offsets`): a restarted or newly assigned consumer re-reads each series'
-last ``W − 1`` records plus an EMA warm-up (and an open episode from its start), so it rebuilds
-the state exactly instead of losing it; the price is a short replay and repeated alerts with the
-same ``alert_id``. On revoke, the listener waits for the batch in flight to be published and
-committed, then drops the state of the series on the revoked partitions; nothing is handed over
-between replicas, the Kafka log is the hand-over.
+The committed offset is the processed position, so lag tools read the truth (0 on an idle
+group). After each commit, each partition's *replay start* (:mod:`stream_vae.service.offsets`:
+every series' last ``W − 1`` records plus an EMA warm-up, and an open episode from its start) is
+written to the state topic (:mod:`stream_vae.service.checkpoint`). A consumer that takes a
+partition over (restart or rebalance) seeks back to that start and rebuilds the state from the
+records before the committed offset without publishing anything (``SourceBatch.replay``), then
+goes on live: the state is rebuilt exactly, and a clean restart repeats no alert.
+
+On revoke, the listener waits for the batch in flight to be published and committed, then drops
+the state of the series on the revoked partitions; nothing is handed over between replicas, the
+Kafka log is the hand-over. A batch fetched before a rebalance and not yet processed is dropped
+(its records are delivered again from the committed offset, to us or to the new owner): its
+series' state was dropped with the revoke, and processing it would rebuild a partial one.
 """
 
 from __future__ import annotations
@@ -30,22 +36,25 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from ..config import Settings
 from ..core.state import StateRegistry
-from ..core.windows import WindowStore
+from ..core.windows import ReadyWindows, WindowStore
 from ..errors import ArtifactError, ConfigError
 from ..runtime.live import LiveModel
 from ..scoring.alerts import Alert
+from ..scoring.scorer import ScoredBatch
 from ..storage.artifact import Artifact
 from ..storage.registry import Registry
+from .checkpoint import Checkpoint, CheckpointStore
 from .health import EventLoopLagMonitor, HealthServer
 from .kafka import ensure_topics, make_consumer, make_producer
 from .lifecycle import Lifecycle
 from .metrics import ServiceMetrics
 from .offsets import ReplayWatermark
 from .sink import KafkaSink
-from .source import KafkaSource, SourceBatch
+from .source import KafkaSource, SourceBatch, printable
 
 __all__ = ["Service"]
 
@@ -57,6 +66,10 @@ _EMA_FORGOTTEN = 1e-6
 
 class Service:
     """Kafka in, alerts out, for one model version. No I/O until :meth:`run`."""
+
+    # How often the broker is asked for metadata while serving: /readyz turns false when it does
+    # not answer (an idle consumer's fetches say nothing about a broker that went away).
+    broker_probe_s = 5.0
 
     def __init__(
         self,
@@ -87,8 +100,15 @@ class Service:
         self._lock = asyncio.Lock()
         self._source: KafkaSource | None = None
         self._sink: KafkaSink | None = None
+        self._checkpoints: CheckpointStore | None = None
+        self._n_assignments = 0
         # One worker: forward passes are batched, and torch already uses its own threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-infer")
+
+    @property
+    def n_assignments(self) -> int:
+        """Partition assignments this replica took over so far (each rebalance counts one)."""
+        return self._n_assignments
 
     def accounting(self) -> dict[str, int]:
         """consumed == scored + buffered + late + dead_letters, always (``unaccounted`` is 0)."""
@@ -121,39 +141,81 @@ class Service:
         # The broker may hold an empty fetch this long: keep it within the batching budget.
         consumer = make_consumer(k, fetch_max_wait_ms=max(svc.max_wait_ms, 1))
         producer = make_producer(k)
-        listener = _Rebalance(self)
+        listener = _Rebalance(self, consumer)
         if k.input_pattern is not None:
             consumer.subscribe(pattern=k.input_pattern, listener=listener)
         else:
             consumer.subscribe(topics=list(k.input_topics), listener=listener)
+        self._source = KafkaSource(
+            consumer,
+            self.live.artifact.feature_names,
+            max_records=svc.max_batch_records,
+            max_wait_ms=svc.max_wait_ms,
+            max_message_bytes=k.max_message_bytes,
+            max_future_s=svc.max_future_s,
+            max_jump_s=svc.max_ts_jump_s,
+            last_ts=self.live.store.last_ts,
+        )
+        self._sink = KafkaSink(
+            producer, k.alert_topic, k.dead_letter_topic, max_message_bytes=k.max_message_bytes
+        )
+        self._checkpoints = CheckpointStore(
+            k, producer, topic=k.state_topic, interval_s=svc.checkpoint_interval_s
+        )
         try:
             # Stopped in `finally` even when a start fails (a client that failed to start still
             # holds connections and warns if left unclosed).
             await producer.start()
+            await self._checkpoints.ensure_topic()
             await consumer.start()
-            self._source = KafkaSource(
-                consumer,
-                self.live.artifact.feature_names,
-                max_records=svc.max_batch_records,
-                max_wait_ms=svc.max_wait_ms,
-                max_message_bytes=k.max_message_bytes,
-            )
-            self._sink = KafkaSink(
-                producer, k.alert_topic, k.dead_letter_topic, max_message_bytes=k.max_message_bytes
-            )
             log.info(
                 "stream-vae %s consuming %s",
                 self.live.version,
                 k.input_pattern or list(k.input_topics),
             )
             self.metrics.set_ready(True)
-            await self._loop(consumer, stop)
+            probe = asyncio.create_task(self._probe_broker(consumer))
+            try:
+                await self._loop(consumer, stop)
+            finally:
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probe
+            try:  # what the throttle held back; a stale start is valid (a longer replay)
+                await asyncio.wait_for(
+                    self._checkpoints.flush(consumer.assignment()), svc.shutdown_timeout_s
+                )
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("could not write the last replay starts: %s", exc)
         finally:
             self.metrics.set_ready(False)
-            await asyncio.wait_for(consumer.stop(), svc.shutdown_timeout_s)
-            await asyncio.wait_for(producer.stop(), svc.shutdown_timeout_s)
-            self._executor.shutdown(wait=True)
-            log.info("stopped; accounting %s", self.accounting())
+            # Both clients are stopped, each within the bound, even when the other fails (a
+            # broker that is gone can hold a stop until the timeout).
+            try:
+                await asyncio.wait_for(consumer.stop(), svc.shutdown_timeout_s)
+            finally:
+                await asyncio.wait_for(producer.stop(), svc.shutdown_timeout_s)
+                self._executor.shutdown(wait=True)
+                log.info("stopped; accounting %s", self.accounting())
+
+    async def _probe_broker(self, consumer: AIOKafkaConsumer) -> None:
+        """Keep readiness in step with the broker: not ready while metadata cannot be fetched
+        (the loop itself keeps retrying; Kubernetes stops routing to a pod that cannot work)."""
+        ready = True
+        while True:
+            await asyncio.sleep(self.broker_probe_s)
+            try:
+                await asyncio.wait_for(consumer.topics(), self.broker_probe_s)
+                now_ready = True
+            except (KafkaError, TimeoutError) as exc:
+                now_ready, reason = False, exc
+            if now_ready != ready:
+                ready = now_ready
+                self.metrics.set_ready(ready)
+                if ready:
+                    log.info("broker reachable again: ready")
+                else:
+                    log.warning("broker unreachable (%s): not ready", reason)
 
     async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Fetch and decode batch k+1 on the loop while batch k's forward pass runs in the
@@ -184,7 +246,7 @@ class Service:
             while not stop.is_set():
                 batch = await pending
                 pending = asyncio.create_task(fetch())
-                if batch.n_consumed:
+                if batch.n_consumed or batch.replay is not None:
                     await self._step(consumer, batch)
                     in_flight -= batch.n_consumed
                     self.metrics.set_records_in_flight(in_flight)
@@ -194,46 +256,19 @@ class Service:
                 await pending
 
     async def _step(self, consumer: AIOKafkaConsumer, batch: SourceBatch) -> None:
-        assert self._source is not None and self._sink is not None
+        assert self._source is not None
+        alerts: tuple[Alert, ...] = ()
         async with self._lock:  # a revoke waits for this batch to be published and committed
+            if batch.generation != self._source.generation:
+                # fetched before a rebalance: delivered again from the committed offset
+                self.metrics.add_records_dropped_stale(batch.n_consumed)
+                log.debug("dropped %d records fetched before a rebalance", batch.n_consumed)
+                return
             closed = self._swap_model()  # between batches: this batch is the new model's
-            live = self.live
-            late_before = live.store.counters["late"]
-            evicted_before = _evictions(live.store)
-            ready = live.prepare(batch.records)
-            t0 = time.perf_counter()
-            parts = await asyncio.get_running_loop().run_in_executor(
-                self._executor, live.infer, ready
-            )
-            inference_s = time.perf_counter() - t0
-            scored = live.score(ready, parts)
-            self.lifecycle.observe(ready, scored, live.scorer, live.store.n_series)
-            store = live.store
-            if len(batch.records):
-                self._last_ts = max(self._last_ts, float(batch.records.ts.max()))
-                if store.idle_ttl_s is not None:
-                    store.evict_idle(float(batch.records.ts.max()))
-            # Series the store evicted (idle, or over service.max_series): an open episode
-            # closes now (reason "evicted"), published and committed with this batch, since no
-            # replay after the commit could produce it; then the series leave every part of the
-            # state, so that memory stays bounded by the store's bounds. The set differences
-            # cost a pass over every series held: only when the store evicted any.
-            evicted = _evictions(store) != evicted_before
-            gone = live.series() - store.series() if evicted else frozenset()
-            alerts = closed + scored.alerts + live.scorer.close(self._last_ts, "evicted", gone)
-            await self._sink.publish(alerts, batch.rejected)
-            self._watermark.observe(batch.records.series_ids, batch.partitions, batch.offsets)
-            for a in alerts:
-                if a.event == "open":
-                    self._watermark.episode_opened(a.series_id)
-                else:
-                    self._watermark.episode_closed(a.series_id)
-            if evicted:
-                self.state.drop((self._watermark.series() | live.series()) - store.series())
-            await self._source.commit(self._watermark.commit_offsets(batch.next_offsets))
-            late = store.counters["late"] - late_before
-            self._record(batch, len(ready), late, alerts, inference_s)
-            self.metrics.add_windows_scored(len(scored), int(scored.is_alert.sum()))
+            if batch.replay is not None:
+                await self._rebuild(batch.replay)
+            if batch.n_consumed or closed:
+                alerts = await self._process(batch, closed)
             done = time.time()
             for observe in self.batch_observers:
                 observe(batch, done)
@@ -245,11 +280,83 @@ class Service:
             log.info(
                 "alert %s %s %s score %.3f (model %s)",
                 a.event,
-                a.series_id,
+                printable(a.series_id),
                 a.alert_id,
                 a.score,
                 a.model_version,
             )
+
+    async def _infer(self, batch: SourceBatch) -> tuple[ReadyWindows, ScoredBatch, float]:
+        """Windows, forward pass (in the worker thread) and scores of a batch's records."""
+        live = self.live
+        ready = live.prepare(batch.records)
+        t0 = time.perf_counter()
+        parts = await asyncio.get_running_loop().run_in_executor(self._executor, live.infer, ready)
+        inference_s = time.perf_counter() - t0
+        if len(batch.records):
+            self._last_ts = max(self._last_ts, float(batch.records.ts.max()))
+        return ready, live.score(ready, parts), inference_s
+
+    async def _rebuild(self, replay: SourceBatch) -> None:
+        """Records before the committed offset of a partition just taken over: their state is
+        rebuilt and nothing is published, counted or watched for drift (the previous owner
+        did all of that)."""
+        _, scored, _ = await self._infer(replay)
+        self._track(replay, scored.alerts)
+        self.metrics.add_records_replayed(replay.n_consumed)
+
+    async def _process(self, batch: SourceBatch, closed: tuple[Alert, ...]) -> tuple[Alert, ...]:
+        """Score, publish (awaiting acks), commit the processed position, then checkpoint."""
+        assert self._source is not None and self._sink is not None
+        live, store = self.live, self.live.store
+        late_before = store.counters["late"]
+        evicted_before = _evictions(store)
+        ready, scored, inference_s = await self._infer(batch)
+        self.lifecycle.observe(ready, scored, live.scorer, store.n_series)
+        if len(batch.records) and store.idle_ttl_s is not None:
+            store.evict_idle(float(batch.records.ts.max()))
+        # Series the store evicted (idle, or over service.max_series): an open episode closes
+        # now (reason "evicted"), published and committed with this batch, since no replay
+        # after the commit could produce it; then the series leave every part of the state,
+        # so that memory stays bounded by the store's bounds. The set differences cost a pass
+        # over every series held: only when the store evicted any.
+        evicted = _evictions(store) != evicted_before
+        gone = live.series() - store.series() if evicted else frozenset()
+        alerts = closed + scored.alerts + live.scorer.close(self._last_ts, "evicted", gone)
+        await self._sink.publish(alerts, batch.rejected)
+        self._track(batch, alerts)
+        if evicted:
+            self.state.drop((self._watermark.series() | live.series()) - store.series())
+        committed = await self._source.commit(batch.next_offsets)
+        if committed:
+            assert self._checkpoints is not None
+            starts = self._watermark.replay_starts(committed)
+            await self._checkpoints.save(
+                {tp: Checkpoint(starts[tp], c) for tp, c in committed.items()}
+            )
+        late = store.counters["late"] - late_before
+        self._record(batch, len(ready), late, alerts, inference_s)
+        self.metrics.add_windows_scored(len(scored), int(scored.is_alert.sum()))
+        return alerts
+
+    def _track(self, batch: SourceBatch, alerts: Sequence[Alert]) -> None:
+        """Keep the replay starts up to date: the records' offsets and the episodes opened and
+        closed; count series seen on a second partition, and warn once for each."""
+        before = self._watermark.n_moves
+        moved = self._watermark.observe(batch.records.series_ids, batch.partitions, batch.offsets)
+        self.metrics.add_series_partition_conflicts(self._watermark.n_moves - before)
+        for sid in moved:
+            log.warning(
+                "series %s moved to partition %s: records of one series must share a key "
+                "(check the producer's key); its state follows the newest partition",
+                printable(sid),
+                self._watermark.partition_of(sid),
+            )
+        for a in alerts:
+            if a.event == "open":
+                self._watermark.episode_opened(a.series_id)
+            else:
+                self._watermark.episode_closed(a.series_id)
 
     async def _publish_events(self, events: list[dict[str, object]]) -> None:
         # Lifecycle events inform; they are not on the at-least-once path of alerts. A missing
@@ -332,15 +439,96 @@ class Service:
                 )
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        assert self._source is not None and self._checkpoints is not None
         gone = set(revoked)
         async with self._lock:
+            self._source.generation += 1
+            try:
+                await self._checkpoints.flush(gone)  # what the throttle held back
+            except KafkaError as exc:  # a stale checkpoint is still valid: a longer replay
+                log.warning("could not write the checkpoints of %s: %s", sorted(gone), exc)
+            self._checkpoints.forget(gone)
             series = self._watermark.series_on(gone)
             self.state.drop(series)
             for tp in gone:
+                self._source.replay_until.pop(tp, None)
                 self.metrics.remove_consumer_lag(tp.topic, tp.partition)
         log.info(
             "partitions revoked %s: dropped state of %d series", sorted(map(str, gone)), len(series)
         )
+
+    async def _on_assigned(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """Seek each partition taken over back to its replay start (records up to the committed
+        offset rebuild state silently). The partitions stay paused until then: aiokafka makes
+        them fetchable before this listener runs."""
+        assert self._source is not None
+        consumer.pause(*assigned)  # before any await
+        try:
+            async with self._lock:
+                replays = await self._take_over(consumer, assigned)
+                self._source.generation += 1
+                self._n_assignments += 1
+        finally:
+            consumer.resume(*assigned)
+        log.info(
+            "partitions assigned %s; replaying %d records to rebuild state",
+            sorted(map(str, assigned)),
+            sum(replays.values()),
+        )
+
+    async def _take_over(
+        self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Seek to each partition's replay start; returns the records to replay per partition."""
+        assert self._source is not None and self._checkpoints is not None
+        if not assigned:
+            return {}
+        bound = self.settings.service.max_replay_records
+        committed = {tp: await consumer.committed(tp) for tp in assigned}
+        earliest = await consumer.beginning_offsets(list(assigned))
+        try:
+            stored = await self._checkpoints.load(assigned)
+        except (TimeoutError, KafkaError) as exc:
+            log.error(
+                "cannot read replay starts from %s (%s): state starts empty",
+                self._checkpoints.topic,
+                exc,
+            )
+            self.metrics.add_replay_truncated("unreadable", len(assigned))
+            stored = {}
+        fresh: dict[TopicPartition, Checkpoint] = {}
+        replays: dict[TopicPartition, int] = {}
+        for tp in sorted(assigned):
+            c, cp = committed[tp], stored.get(tp)
+            if c is None or cp is None or cp.committed > c:
+                # Nothing to rebuild from: consumption starts here (never committed, a group
+                # committed before checkpoints existed, or offsets reset by an operator). This
+                # start is valid for every later commit: write it before the first one.
+                start = earliest[tp] if c is None else c
+                fresh[tp] = Checkpoint(start, start)
+                continue
+            start = cp.replay_from
+            if bound is not None and start < c - bound:
+                start = c - bound
+                self.metrics.add_replay_truncated("bounded")
+                log.warning(
+                    "%s: replay cut to the last %d records (service.max_replay_records)", tp, bound
+                )
+            if start < earliest[tp]:
+                start = earliest[tp]
+                self.metrics.add_replay_truncated("retention")
+                log.warning(
+                    "%s: replay start %d was deleted by retention; rebuilding from %d",
+                    tp,
+                    cp.replay_from,
+                    start,
+                )
+            if start < c:
+                consumer.seek(tp, start)
+                self._source.replay_until[tp] = c
+                replays[tp] = c - start
+        await self._checkpoints.save(fresh, force=True)
+        return replays
 
 
 def _evictions(store: WindowStore) -> int:
@@ -360,11 +548,12 @@ def _replay_keep(artifact: Artifact) -> int:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, consumer: AIOKafkaConsumer) -> None:
         self._service = service
+        self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self._service._on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("partitions assigned %s", sorted(map(str, assigned)))
+        await self._service._on_assigned(self._consumer, assigned)

@@ -117,6 +117,25 @@ class ServiceMetrics:
             "records_buffered", "Records accepted whose window is not full yet or not emitted."
         )
         self._records_late = counter("records_late", "Records dropped as late or duplicate.")
+        # Outside the accounting above: records re-read to rebuild state on taking a partition
+        # over (processed and counted by its previous owner), and records fetched before a
+        # rebalance, dropped unprocessed (delivered again from the committed offset).
+        self._replayed = counter(
+            "records_replayed", "Records before the committed offset re-read to rebuild state."
+        )
+        self._dropped_stale = counter(
+            "records_dropped_stale", "Records fetched before a rebalance, dropped unprocessed."
+        )
+        self._replay_truncated = counter(
+            "replay_truncated",
+            "Partitions taken over whose state could not be rebuilt in full.",
+            "reason",
+        )
+        for reason in ("bounded", "retention", "unreadable"):
+            self._replay_truncated.labels(reason=reason)
+        self._partition_conflicts = counter(
+            "series_partition_conflicts", "Records of a series on another partition than before."
+        )
         self._windows = counter("windows_scored", "Windows scored by the model.")
         self._over = counter(
             "windows_over_threshold", "Windows whose smoothed score reached the threshold."
@@ -194,6 +213,21 @@ class ServiceMetrics:
             raise ValueError(f"alert event must be one of {sorted(_ALERT_EVENTS)}, got {event!r}")
         self._alerts.labels(event=event).inc(n_alerts)
 
+    def add_records_replayed(self, n_records: int) -> None:
+        self._replayed.inc(n_records)
+
+    def add_records_dropped_stale(self, n_records: int) -> None:
+        self._dropped_stale.inc(n_records)
+
+    def add_replay_truncated(self, reason: str, n_partitions: int = 1) -> None:
+        """``bounded`` (service.max_replay_records), ``retention`` (the start was deleted) or
+        ``unreadable`` (the state topic could not be read)."""
+        self._replay_truncated.labels(reason=reason).inc(n_partitions)
+
+    def add_series_partition_conflicts(self, n_records: int) -> None:
+        if n_records:
+            self._partition_conflicts.inc(n_records)
+
     def accounting(self) -> dict[str, int]:
         """Counter totals, summed over labels, and the unaccounted remainder (0 when sound).
 
@@ -209,6 +243,8 @@ class ServiceMetrics:
             "windows": _total(self._windows),
             "windows_over_threshold": _total(self._over),
             "alerts": _total(self._alerts),
+            "replayed": _total(self._replayed),
+            "dropped_stale": _total(self._dropped_stale),
         }
         out["unaccounted"] = out["consumed"] - (
             out["scored"] + out["buffered"] + out["dead_letters"] + out["late"]

@@ -1,17 +1,25 @@
-"""Which offset to commit so that a restart rebuilds every series' state exactly.
+"""Where a partition's replay must start so that a new owner rebuilds every series' state.
 
-Committing the offset after the last processed record would lose the window, EMA and episode
-state of every series on a restart or rebalance: the new consumer would need W more points per
-series before scoring again, and an episode open at the crash would never close. So the service
-commits, per partition, the earliest offset any of its series still needs:
+The service commits the processed position; a new owner of the partition (after a restart or a
+rebalance) would then lose the window, EMA and episode state of every series, needing W more
+points per series before scoring again, and an episode open at the crash would never close. So
+the service keeps, per partition, the earliest offset any of its series still needs (its *replay
+start*, stored by :mod:`stream_vae.service.checkpoint`):
 
 * the oldest of the series' last ``W − 1 + warmup`` records (its window, plus enough windows
   for the EMA to forget its start), or
 * while an episode is open, the oldest record that was needed when it opened (so the replay
   re-opens it, with the same ``alert_id``, and can close it).
 
-After a crash the records from there on are processed again; alerts they cause repeat with the
-same ``alert_id`` (at-least-once), and none is lost.
+The new owner re-reads from there to the committed offset without publishing anything, then goes
+on from the committed offset as before.
+
+A series belongs to one partition (records are keyed by series id). One that shows up on a
+second partition (a keyless or mis-keyed producer, or a topic whose partition count grew) moves
+there: its state is kept, its replay tail restarts on the new partition, and an open episode no
+longer pins the old one (a later owner of the new partition cannot re-open it). Each move is
+counted; :meth:`ReplayWatermark.observe` returns the series that moved for the first time, to be
+warned about once.
 
 Examples
 --------
@@ -19,8 +27,9 @@ Examples
 
 >>> tp = TopicPartition("t", 0)
 >>> w = ReplayWatermark(keep=2)
->>> w.observe(["a", "b", "a", "a"], [tp] * 4, [10, 11, 12, 13])
->>> w.commit_offsets({tp: 14})  # "a" needs 12 and 13, "b" needs 11
+>>> w.observe(["a", "b", "a", "a"], [tp] * 4, [10, 11, 12, 13])  # no series moved partition
+[]
+>>> w.replay_starts({tp: 14})  # "a" needs 12 and 13, "b" needs 11
 {TopicPartition(topic='t', partition=0): 11}
 """
 
@@ -48,22 +57,37 @@ class ReplayWatermark:
         self._partition: dict[str, TopicPartition] = {}
         self._open: dict[str, int] = {}
         self._front_before: dict[str, int] = {}
+        self._moved: set[str] = set()  # series that changed partition at least once
+        self.n_moves = 0  # partition changes seen, all series
 
     def observe(
         self,
         series_ids: Sequence[str],
         partitions: Sequence[TopicPartition],
         offsets: Sequence[int],
-    ) -> None:
-        """Record a batch's accepted records (in order)."""
+    ) -> list[str]:
+        """Record a batch's accepted records (in order); returns the series seen on a second
+        partition for the first time (the total of such moves is :attr:`n_moves`)."""
         self._front_before = {}
+        first_moves: list[str] = []
         for sid, tp, off in zip(series_ids, partitions, offsets, strict=True):
             tail = self._tail.get(sid)
             if tail is None:
                 tail = self._tail[sid] = deque(maxlen=max(self.keep, 1))
                 self._partition[sid] = tp
+            elif self._partition[sid] != tp:
+                # offsets of two partitions do not compare: the tail restarts on the new one
+                self.n_moves += 1
+                if sid not in self._moved:
+                    self._moved.add(sid)
+                    first_moves.append(sid)
+                self._partition[sid] = tp
+                tail.clear()
+                self._open.pop(sid, None)
+                self._front_before.pop(sid, None)
             self._front_before.setdefault(sid, tail[0] if tail else off)
             tail.append(off)
+        return first_moves
 
     def episode_opened(self, series_id: str) -> None:
         """Pin the series at what it needed before the batch in which its episode opened."""
@@ -77,8 +101,8 @@ class ReplayWatermark:
     def episode_closed(self, series_id: str) -> None:
         self._open.pop(series_id, None)
 
-    def commit_offsets(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """The offsets to commit for the partitions of ``next_offsets`` (last processed + 1)."""
+    def replay_starts(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The replay start of each partition of ``next_offsets`` (last processed + 1)."""
         out = dict(next_offsets)
         for sid, tail in self._tail.items():
             tp = self._partition[sid]
@@ -91,6 +115,10 @@ class ReplayWatermark:
         """The series last seen on any of these partitions."""
         wanted = set(partitions)
         return [s for s, tp in self._partition.items() if tp in wanted]
+
+    def partition_of(self, series_id: str) -> TopicPartition | None:
+        """The partition the series was last seen on."""
+        return self._partition.get(series_id)
 
     def series(self) -> frozenset[str]:
         return frozenset(self._tail)
@@ -106,3 +134,4 @@ class ReplayWatermark:
             self._partition.pop(sid, None)
             self._open.pop(sid, None)
             self._front_before.pop(sid, None)
+            self._moved.discard(sid)

@@ -391,7 +391,7 @@ def _partition(series: str) -> TopicPartition:
 
 def _watermark_feed(w: ReplayWatermark, keys: list[str], t0: float, seed: int) -> list[Any]:
     # offsets per partition from t0 on; in the first feed (seed 0) every series opens an
-    # episode, which pins its start; the output: the offsets to commit for this feed's
+    # episode, which pins its start; the output: the replay starts of this feed's
     # partitions (a pin that outlived a drop would hold the series' partition back)
     offsets = [int(t0) * 100 + i for i in range(len(keys))]
     w.observe(keys, [_partition(k) for k in keys], offsets)
@@ -399,7 +399,7 @@ def _watermark_feed(w: ReplayWatermark, keys: list[str], t0: float, seed: int) -
         for k in dict.fromkeys(keys):
             w.episode_opened(k)
     nxt = {_partition(k): offsets[-1] + 1 for k in keys}
-    return sorted((tp.partition, off) for tp, off in w.commit_offsets(nxt).items())
+    return sorted((tp.partition, off) for tp, off in w.replay_starts(nxt).items())
 
 
 def _live_feed(live: LiveModel, keys: list[str], t0: float, seed: int) -> list[Any]:

@@ -1,0 +1,84 @@
+"""The replay starts' store (stream_vae.service.checkpoint) against the embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from aiokafka import TopicPartition
+
+from stream_vae.broker import EmbeddedBroker
+from stream_vae.config import KafkaSettings
+from stream_vae.service.checkpoint import Checkpoint, CheckpointStore
+from stream_vae.service.kafka import make_producer
+
+P0, P1 = TopicPartition("in", 0), TopicPartition("in", 1)
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
+
+
+def _kafka(broker: EmbeddedBroker, group: str) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=broker.bootstrap_servers, group_id=group)
+
+
+def test_the_latest_start_of_each_partition_is_found_per_group(broker: EmbeddedBroker) -> None:
+    topic = f"state-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> tuple[dict[TopicPartition, Checkpoint], ...]:
+        ours, theirs = _kafka(broker, "ours"), _kafka(broker, "theirs")
+        producer = make_producer(ours)
+        await producer.start()
+        try:
+            store = CheckpointStore(ours, producer, topic=topic, interval_s=0.0)
+            other = CheckpointStore(theirs, producer, topic=topic, interval_s=0.0)
+            await store.ensure_topic()
+            await store.save({P0: Checkpoint(5, 10), P1: Checkpoint(0, 3)})
+            await store.save({P0: Checkpoint(8, 20)})  # newer: wins
+            await other.save({P0: Checkpoint(99, 100)})  # another group: not ours
+            # a value no version of the service wrote is ignored, with a warning
+            await producer.send_and_wait(topic, b"{oops", key=store._key(P1), partition=0)
+            first = await store.load([P0, P1])
+            # a fresh reader (a new owner) sees the same, and nothing of partitions not asked for
+            fresh = CheckpointStore(ours, producer, topic=topic)
+            return first, await fresh.load([P0]), await other.load([P0, P1])
+        finally:
+            await producer.stop()
+
+    first, fresh, other = asyncio.run(scenario())
+    assert first == {P0: Checkpoint(8, 20)}
+    assert fresh == {P0: Checkpoint(8, 20)}
+    assert other == {P0: Checkpoint(99, 100)}
+
+
+def test_writes_are_throttled_and_a_held_back_start_is_flushed(broker: EmbeddedBroker) -> None:
+    topic = f"state-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> list[dict[TopicPartition, Checkpoint]]:
+        k = _kafka(broker, "g")
+        producer = make_producer(k)
+        await producer.start()
+        try:
+            store = CheckpointStore(k, producer, topic=topic, interval_s=3600.0)
+            await store.ensure_topic()
+            seen = []
+            await store.save({P0: Checkpoint(1, 2)})  # the first write of a partition: now
+            await store.save({P0: Checkpoint(3, 4)})  # within the interval: held back
+            seen.append(await store.load([P0]))
+            await store.flush([P0])  # before a revoke: what was held back is written
+            seen.append(await store.load([P0]))
+            await store.save({P0: Checkpoint(3, 9)}, force=True)  # same start: nothing to write
+            seen.append(await store.load([P0]))
+            return seen
+        finally:
+            await producer.stop()
+
+    held, flushed, same = asyncio.run(scenario())
+    assert held == {P0: Checkpoint(1, 2)}  # stale is safe: an earlier start, a longer replay
+    assert flushed == {P0: Checkpoint(3, 4)}
+    assert same == {P0: Checkpoint(3, 4)}
