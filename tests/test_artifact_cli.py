@@ -13,12 +13,15 @@ import pytest
 import torch
 
 from stream_vae.cli.main import main
-from stream_vae.errors import ArtifactError
+from stream_vae.config import load_settings
+from stream_vae.core.records import RecordBatch
+from stream_vae.errors import ArtifactError, DataError
 from stream_vae.model.backends import OrtBackend
 from stream_vae.runtime.live import DetectorOptions, LiveModel, build_detector
 from stream_vae.storage.export import to_onnx, to_torchscript
 from stream_vae.storage.files import load_artifact, save_artifact
 from stream_vae.storage.tabular import read_table
+from stream_vae.training.build import train_artifact
 
 from .conftest import TinyModel
 
@@ -249,7 +252,7 @@ def test_cli_score_reports_skipped_late_rows(
     f.write_text("\n".join([*lines[:200], lines[5], *lines[200:]]) + "\n")  # row 5 again, late
     out = tmp_path / "o.csv"
     assert main(["score", "--model", str(tiny.model_dir), "--data", str(f), "--out", str(out)]) == 0
-    assert "1 late or duplicate rows were skipped" in capsys.readouterr().out
+    assert "1 rows repeating a timestamp of their series were skipped" in capsys.readouterr().out
 
 
 def _as_format_1(manifest: dict[str, object], scoring_extra: dict[str, object]) -> bytes:
@@ -352,3 +355,159 @@ def test_a_tampered_manifest_is_refused_not_served_under_its_id(
     (dest / "manifest.json").write_bytes(json.dumps(manifest).encode())
     with pytest.raises(ArtifactError, match=f"says it is {tiny.artifact.version} but its content"):
         load_artifact(dest)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def _score(tiny: TinyModel, data: Path, out: Path, *extra: str) -> int:
+    args = ["score", "--model", str(tiny.model_dir), "--data", str(data), "--out", str(out)]
+    return main([*args, *extra])
+
+
+_UNREADABLE = {
+    "latin-1": (b"series_id,ts,a\ns,1,caf\xe9\n", "d.csv:2: not UTF-8 text (byte 0xe9)"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00", "d.csv:1: not UTF-8 text (byte 0x89)"),
+    "10MB-cell": (
+        b"series_id,ts,a\ns,1," + b"1" * 10_000_000 + b"\n",
+        "d.csv:2: a cell longer than",
+    ),
+    "blank-lines": (
+        b"series_id,ts,a\n\ns,1,1\n\n\ns,2,x\n",
+        "d.csv:6: column a: not a number: 'x'",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "case"),
+    [
+        *((c, k) for c in ("train", "score") for k in _UNREADABLE),
+        # evaluate's CSV reader (evaluation/datasets.py) checks the cells itself
+        *(("evaluate", k) for k in ("latin-1", "binary", "10MB-cell")),
+    ],
+)
+def test_cli_unreadable_files_are_one_error_line_with_file_and_line(
+    tiny: TinyModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    case: str,
+) -> None:
+    """Binary and Latin-1 files and a 10 MB cell were tracebacks; blank lines shifted the line."""
+    content, message = _UNREADABLE[case]
+    f = tmp_path / "d.csv"
+    f.write_bytes(content)
+    if command == "evaluate":
+        code = main(["evaluate", "csv", str(f), "--out", str(tmp_path / "report")])
+    elif command == "score":
+        code = _score(tiny, f, tmp_path / "o.csv")
+    else:
+        code = main(["train", "--data", str(f), "--out", str(tmp_path / "m"), "--no-progress"])
+    assert code == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_cli_evaluate_names_a_non_utf8_file_of_an_smd_layout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for sub, text in (
+        ("train", b"1,2\n3,4\n"),
+        ("test", b"1,2\n\n3,\xe9\n"),
+        ("test_label", b"0\n1\n"),
+    ):
+        (tmp_path / "smd" / sub).mkdir(parents=True)
+        (tmp_path / "smd" / sub / "m-1.txt").write_bytes(text)
+    assert main(["evaluate", "smd", str(tmp_path / "smd"), "--out", str(tmp_path / "r")]) == 2
+    assert "m-1.txt:3: not UTF-8 text (byte 0xe9)" in _one_error_line(capsys)
+
+
+def test_cli_train_out_under_a_regular_file_is_one_error_line_before_training(
+    tiny: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--out FILE/model` trained, then failed with a FileExistsError traceback."""
+    (tmp_path / "f").write_text("x")
+    assert _train(tiny, tmp_path / "f" / "model") == 2
+    assert "/f is a file, not a directory" in _one_error_line(capsys)
+    assert (tmp_path / "f").read_text() == "x"
+    assert _score(tiny, tiny.test_csv, tmp_path / "f" / "scores.csv") == 2  # score's --out too
+    assert "/f is a file, not a directory" in _one_error_line(capsys)
+    assert _score(tiny, tiny.test_csv, tmp_path) == 2
+    assert "exists and is a directory" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["train", "score", "demo"])
+def test_cli_device_cuda_without_cuda_is_one_error_line(
+    tiny: TinyModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """It was an AssertionError traceback from inside torch ("not compiled with CUDA")."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if command == "train":
+        args = ["train", "--data", str(tiny.train_csv), "--out", str(tmp_path / "m")]
+    elif command == "score":
+        args = ["score", "--model", str(tiny.model_dir), "--data", str(tiny.test_csv)]
+        args += ["--out", str(tmp_path / "o.csv")]
+    else:
+        args = ["demo", "--series", "2", "--features", "2", "--steps", "100"]
+        args += ["--out", str(tmp_path / "demo")]
+    for device in ("cuda", "cuda:1"):
+        assert main([*args, "--device", device]) == 2
+        assert f"--device {device}: CUDA is not available" in _one_error_line(capsys)
+    assert main([*args, "--device", "gpu"]) == 2
+    assert "--device gpu: not a device" in _one_error_line(capsys)
+
+
+def test_cli_train_refuses_absurd_values_at_their_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1e20 among readings near 1 trained a model with that sensor's std at 5e18."""
+    rows = [f"s,{i},{i % 7},{1e20 if i == 150 else 1.0}" for i in range(400)]
+    f = _write(tmp_path / "d.csv", "\n".join(["series_id,ts,a,b", *rows]) + "\n")
+    assert main(["train", "--data", str(f), "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    assert "d.csv:152: column b: 1e+20 is out of range (|value| > 1e+15)" in _one_error_line(capsys)
+
+
+def test_train_artifact_refuses_absurd_values_by_series_and_time(tiny: TinyModel) -> None:
+    table = read_table(tiny.train_csv)
+    values = table.batch.values.copy()
+    values[10, 1], values[20, 0] = -3e17, np.nan  # the first in the batch's order is named
+    b = RecordBatch(table.batch.series_ids, table.batch.ts, values)
+    with pytest.raises(DataError) as info:
+        train_artifact(b, table.feature_names, load_settings(tiny.config), device="cpu")
+    assert str(info.value) == (
+        f"series {b.series_ids[10]} at ts {float(b.ts[10])!r}: feature {table.feature_names[1]} is "
+        "-3e+17: training values must be finite and within ±1e+15"
+    )
+
+
+def test_cli_score_scores_each_series_in_time_order(
+    tiny: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file whose rows are not in time order scored 0 windows (every row late but the first
+    few); now each series is sorted in the places it holds, and the output is the same as for
+    the sorted file."""
+    header, *body = tiny.test_csv.read_text().splitlines()
+    by_series: dict[str, list[str]] = {}
+    for line in body:
+        by_series.setdefault(line.split(",")[0], []).append(line)
+    backwards = {s: iter(lines[::-1]) for s, lines in by_series.items()}
+    shuffled = tmp_path / "backwards.csv"
+    shuffled.write_text(
+        "\n".join([header, *(next(backwards[line.split(",")[0]]) for line in body)]) + "\n"
+    )
+    assert _score(tiny, tiny.test_csv, tmp_path / "sorted.csv") == 0
+    capsys.readouterr()
+    assert _score(tiny, shuffled, tmp_path / "backwards_scores.csv") == 0
+    out = capsys.readouterr().out
+    n = len(body) - sum(len(v) % 2 for v in by_series.values())  # the middle row stays
+    assert f"note: {n} rows were out of time order within their series" in out
+    assert (tmp_path / "backwards_scores.csv").read_bytes() == (
+        tmp_path / "sorted.csv"
+    ).read_bytes()

@@ -106,3 +106,23 @@ def test_batch_from_records_and_slice() -> None:
     s = b.slice(1, 3)
     assert s.series_ids == ("s1", "s0") and s.ts.tolist() == [1.0, 2.0]
     assert [r.ts for r in b.records()] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_in_series_time_order_sorts_each_series_in_its_own_places() -> None:
+    ts = np.array([3.0, 10.0, 1.0, 12.0, 2.0, 11.0, 2.0])
+    sids = ("a", "b", "a", "b", "a", "b", "a")
+    values = np.arange(7, dtype=np.float32)[:, None]
+    b, moved = RecordBatch(sids, ts, values).in_series_time_order()
+    assert b.series_ids == sids  # the series keep their places: only time order within changes
+    assert b.ts.tolist() == [1.0, 10.0, 2.0, 11.0, 2.0, 12.0, 3.0]
+    assert b.values[:, 0].tolist() == [2, 1, 4, 5, 6, 3, 0]  # ties (2.0) keep file order
+    assert moved == 6
+    same = RecordBatch(b.series_ids, b.ts, b.values)
+    again, moved = same.in_series_time_order()
+    assert again is same and moved == 0  # in order: the batch itself
+
+
+def test_a_timestamp_past_float64_is_a_bad_timestamp_not_an_overflow() -> None:
+    with pytest.raises(RecordError) as info:
+        parse_ts(10**400)
+    assert info.value.reason == "bad_timestamp"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,11 +13,11 @@ from aiokafka.errors import KafkaError
 
 from .. import _json
 from ..config import Settings, load_settings
-from ..errors import ConfigError, DataError, KafkaUnavailableError
+from ..errors import ArtifactError, ConfigError, DataError, KafkaUnavailableError
 from ..runtime.live import DetectorOptions, LiveModel
 from ..storage.files import check_destination, load_artifact, save_artifact
-from ..storage.tabular import read_table, write_scores
-from ..training.build import train_artifact
+from ..storage.tabular import read_rows, read_table, write_scores
+from ..training.build import MAX_TRAIN_ABS, train_artifact
 
 __all__ = [
     "cmd_demo",
@@ -35,20 +37,64 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
+def _device(name: str) -> str:
+    """``--device`` checked before any work: a device this machine lacks is one error line,
+    not a traceback from inside torch after the data is read."""
+    if name == "auto":
+        return name
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: not a device (auto, cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {name}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}): use cpu or auto"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {name}: this machine has {n} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {name}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {name}: not supported (auto, cpu, cuda, cuda:1, mps)")
+    return name
+
+
+def _check_out(path: Path, *, directory: bool) -> None:
+    """Refuse an ``--out`` that cannot be written before any work is done (not a traceback
+    once it is): a directory where a file goes or the reverse, or a file on the way to it."""
+    if path.exists() and path.is_dir() != directory:
+        what = "not a directory" if directory else "a directory"
+        raise ConfigError(f"--out {path}: exists and is {what}")
+    for parent in path.parents:  # the nearest one that exists must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {path}: {parent} is a file, not a directory")
+            return
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    device = _device(args.device)
     check_destination(args.out, force=args.force)  # before training, not after
+    _check_out(args.out, directory=True)
     warm = load_artifact(args.warm_start) if args.warm_start else None
-    table = read_table(args.data, fmt=args.format)
+    table = read_table(args.data, fmt=args.format, max_abs=MAX_TRAIN_ABS)
     art = train_artifact(
         table.batch,
         table.feature_names,
         settings,
         warm_start=warm,
-        device=args.device,
+        device=device,
         progress=not args.no_progress,
     )
-    save_artifact(art, args.out, force=args.force)
+    try:
+        save_artifact(art, args.out, force=args.force)
+    except OSError as exc:  # permissions, a full disk: after training, but still one line
+        raise ArtifactError(f"cannot write the model to {args.out}: {exc}") from None
     m = art.training["metrics"]
     print(
         f"model {art.version} -> {args.out}: {m['n_series']} series, {m['n_rows']} rows, "
@@ -68,16 +114,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ConfigError("--batch must be ≥ 1")
+    device = _device(args.device)
+    _check_out(args.out, directory=False)
     art = load_artifact(args.model)
     table = read_table(args.data, fmt=args.format, feature_names=art.feature_names)
+    # The file need not be in time order (as for train); the window store must see each series
+    # in time order, or the rows that come back in time are skipped as late.
+    batch, n_moved = table.batch.in_series_time_order()
     live = LiveModel(
         art,
-        DetectorOptions(device=args.device, backend=args.backend),
+        DetectorOptions(device=device, backend=args.backend),
         alerts=_settings(args).alerts,
     )
     rows: list[tuple[str, float, float, float, float, bool]] = []
     n_alerts = 0
-    for scored in live.stream(table.batch, args.batch):
+    for scored in live.stream(batch, args.batch):
         alert = scored.is_alert
         rows.extend(
             (k, float(t), float(s), float(r), scored.threshold, bool(a))
@@ -86,18 +137,22 @@ def cmd_score(args: argparse.Namespace) -> int:
             )
         )
         n_alerts += sum(1 for a in scored.alerts if a.event == "open")
-    if args.out.parent and not args.out.parent.exists():
-        args.out.parent.mkdir(parents=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_scores(args.out, rows)
     c = live.store.counters
     print(
-        f"scored {len(rows)} windows of {len(set(table.batch.series_ids))} series with "
+        f"scored {len(rows)} windows of {len(set(batch.series_ids))} series with "
         f"{art.version}: {n_alerts} alert episodes -> {args.out}"
     )
+    if n_moved:
+        print(
+            f"note: {n_moved} rows were out of time order within their series: each series "
+            "was scored in time order"
+        )
     if c["late"] or c["gap_resets"]:
         print(
-            f"note: {c['late']} late or duplicate rows were skipped (timestamps must increase "
-            f"within a series) and {c['gap_resets']} gaps restarted a series' window"
+            f"note: {c['late']} rows repeating a timestamp of their series were skipped and "
+            f"{c['gap_resets']} gaps restarted a series' window"
         )
     return 0
 
@@ -193,6 +248,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..storage.export import to_onnx, to_torchscript
 
+    _check_out(args.out, directory=True)
     art = load_artifact(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     model = art.model()
@@ -213,6 +269,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..demo.synthetic import generate_fleet
 
+    _check_out(args.out, directory=True)
     fleet = generate_fleet(args.series, args.features, args.steps, seed=args.seed)
     train, test = fleet.split(int(args.steps * 0.6))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +296,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The fleet demo, or with ``--drift`` the model lifecycle demo (on the embedded broker)."""
     settings = _settings(args)
+    _device(args.device)
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -277,8 +335,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     unknown = sorted(set(detectors) - set(DETECTORS))
     if unknown:
         raise ConfigError(f"unknown detectors {unknown}; choose from {sorted(DETECTORS)}")
+    _check_out(args.out, directory=True)
     logging.getLogger("stream_vae.evaluation").setLevel(logging.INFO)
     names = args.series or (QUICK_SERIES[args.kind] if args.quick else None)
+    _check_text_inputs(args.kind, args.path, names)
     if args.kind == "smd":
         series = read_smd(args.path, names)
     elif args.kind == "csv":
@@ -293,6 +353,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(evaluate_to(args.out, series, settings, detectors, seed=args.seed, title=str(args.path)))
     print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}")
     return 0
+
+
+def _check_text_inputs(kind: str, root: Path, names: Sequence[str] | None) -> None:
+    """Read the text files ``evaluate`` will read through :func:`read_rows` first, so a binary
+    or non-UTF-8 file, or an overlong cell, is one error line naming its file and line (the
+    dataset readers open their files themselves and would raise a bare decoding error)."""
+    if root.is_file():
+        read_rows(root)
+        return
+    subdirs = (
+        ("data",) if kind == "nab" else ("train", "test", "test_label", "interpretation_label")
+    )
+    for sub in subdirs:
+        for f in sorted((root / sub).rglob("*")):
+            wanted = kind == "nab" or names is None or f.stem in names  # NAB reads every file
+            if wanted and f.suffix in (".csv", ".txt") and f.is_file():
+                read_rows(f)
 
 
 def cmd_registry(args: argparse.Namespace) -> int:

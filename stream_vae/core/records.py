@@ -108,6 +108,36 @@ class RecordBatch:
             tuple(self.series_ids[i] for i in order), self.ts[order], self.values[order]
         )
 
+    def in_series_time_order(self) -> tuple[RecordBatch, int]:
+        """The rows of each series sorted by ``ts`` (stable) in the places that series holds,
+        so how the series interleave is kept; and how many rows moved (0: ``self`` returned).
+
+        A file scored as a stream must be in time order within each series (a row older than
+        its series' last one is late and skipped); across series, file order is kept.
+
+        >>> b = RecordBatch(("a", "b", "a", "b"), np.array([2.0, 5.0, 1.0, 6.0]), np.zeros((4, 1)))
+        >>> s, moved = b.in_series_time_order()
+        >>> s.series_ids, s.ts.tolist(), moved
+        (('a', 'b', 'a', 'b'), [1.0, 5.0, 2.0, 6.0], 2)
+        """
+        codes: dict[str, int] = {}
+        series = np.fromiter(
+            (codes.setdefault(s, len(codes)) for s in self.series_ids), np.int64, len(self)
+        )
+        by_time = np.argsort(self.ts, kind="stable")
+        rows = by_time[np.argsort(series[by_time], kind="stable")]  # by series, then by time
+        order = np.empty_like(rows)
+        order[np.argsort(series, kind="stable")] = rows  # a series' places, in file order
+        moved = int(np.count_nonzero(order != np.arange(len(self))))
+        if not moved:
+            return self, 0
+        return (
+            RecordBatch(
+                tuple(self.series_ids[i] for i in order), self.ts[order], self.values[order]
+            ),
+            moved,
+        )
+
     def records(self) -> Iterator[Record]:
         for i, sid in enumerate(self.series_ids):
             yield Record(sid, float(self.ts[i]), self.values[i])
@@ -118,7 +148,10 @@ def parse_ts(raw: Any) -> float:
     if isinstance(raw, bool):
         raise RecordError("bad_timestamp", f"timestamp must be a number or ISO-8601, got {raw!r}")
     if isinstance(raw, int | float):
-        ts = float(raw)
+        try:
+            ts = float(raw)
+        except OverflowError:  # an int past float64's range
+            raise RecordError("bad_timestamp", "timestamp out of range") from None
     elif isinstance(raw, str):
         try:
             ts = float(raw)
@@ -159,7 +192,10 @@ def _values(raw: Any, feature_names: Sequence[str], index: dict[str, int]) -> Fl
         if any(isinstance(v, str) and v.strip().lower().lstrip("+-") in _NON_FINITE for v in items):
             raise RecordError("nan_value", "values contain NaN or infinity (as strings)")
         raise RecordError("bad_value", "every value must be a number")
-    arr = np.asarray(items, dtype=np.float64)
+    try:
+        arr = np.asarray(items, dtype=np.float64)
+    except OverflowError:  # an int past float64's range (orjson reads those as floats)
+        raise RecordError("bad_value", "a value does not fit in float32") from None
     if not np.isfinite(arr).all():
         raise RecordError("nan_value", "values contain NaN or infinity")
     # Finite float64 can still overflow float32; the model works in float32.

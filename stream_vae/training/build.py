@@ -34,13 +34,20 @@ from .fit import fit, make_windows, split_by_time
 if TYPE_CHECKING:  # annotations only: the loader is the entry point's
     from ..config import Settings
 
-__all__ = ["fit_artifact", "train_artifact"]
+__all__ = ["MAX_TRAIN_ABS", "fit_artifact", "train_artifact"]
 
 log = logging.getLogger(__name__)
 
 # The alpha search scores this many validation windows (and as many corrupted copies): enough
 # for an AUC to ±0.01, cheap next to training.
 _ALPHA_WINDOWS = 4000
+# The largest magnitude a raw training value may have. The scaler's mean and std come from the
+# training values, so one absurd value decides them: a single 1e20 among readings near 1 gave a
+# std of 5e18; every real reading then scales to ~0, and only values near 1e19 and beyond score
+# as anything (the detector clips scaled values at MAX_SCALED = 1e6 stds). 1e15 is above any
+# physical reading in its usual unit (a petabyte counter in bytes, a frequency in Hz) and below
+# the values that stand in for "no reading" (1e20, 1e30, 9.9e37, float32's max 3.4e38).
+MAX_TRAIN_ABS = 1e15
 
 
 def train_artifact(
@@ -62,6 +69,7 @@ def train_artifact(
                 f"warm start from a model with calendar {warm_start.spec.window.calendar}, "
                 f"these settings have {win.calendar}"
             )
+    _check_magnitudes(batch, feature_names)
     batch = batch.in_time_order()  # training files need not be in time order; windows must
     head, tail = split_by_time(batch, train_cfg.val_fraction)
     scaler = Scaler.fit(head.values, train_cfg.std_floor).passing(win.n_context)
@@ -90,6 +98,21 @@ def train_artifact(
         train_seconds=round(time.time() - t0, 2),
     )
     return art
+
+
+def _check_magnitudes(batch: RecordBatch, feature_names: Sequence[str]) -> None:
+    """Refuse a non-finite value or one beyond ±``MAX_TRAIN_ABS``, naming the first (in the
+    batch's order) by series, time and feature (``read_table(..., max_abs=MAX_TRAIN_ABS)``
+    names the file and line instead)."""
+    bad = ~(np.abs(batch.values) <= MAX_TRAIN_ABS)  # (n, d); NaN compares False: bad too
+    if not bad.any():
+        return
+    i, j = np.argwhere(bad)[0]
+    raise DataError(
+        f"series {batch.series_ids[i]} at ts {float(batch.ts[i])!r}: feature {feature_names[j]} is "
+        f"{batch.values[i, j]:g}: training values must be finite and within "
+        f"±{MAX_TRAIN_ABS:g}"
+    )
 
 
 def fit_artifact(
