@@ -464,6 +464,16 @@ def test_cli_device_cuda_without_cuda_is_one_error_line(
     assert "--device gpu: not a device" in _one_error_line(capsys)
 
 
+def test_cli_run_with_service_device_cuda_without_cuda_is_one_error_line(
+    tiny: TinyModel, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` takes its device from settings: checked before Kafka is tried, as --device is."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("STREAM_VAE_SERVICE__DEVICE", "cuda")
+    assert main(["run", "--model", str(tiny.model_dir)]) == 2
+    assert "service.device cuda: CUDA is not available" in _one_error_line(capsys)
+
+
 def test_cli_train_refuses_absurd_values_at_their_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -37,29 +37,29 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def _device(name: str) -> str:
-    """``--device`` checked before any work: a device this machine lacks is one error line,
-    not a traceback from inside torch after the data is read."""
+def _device(name: str, flag: str = "--device") -> str:
+    """``--device`` (or the setting named by ``flag``) checked before any work: a device this
+    machine lacks is one error line, not a traceback from inside torch after the data is read."""
     if name == "auto":
         return name
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device {name}: not a device (auto, cpu, cuda, cuda:1, mps)") from None
+        raise ConfigError(f"{flag} {name}: not a device (auto, cpu, cuda, cuda:1, mps)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"--device {name}: CUDA is not available on this machine (torch "
+                f"{flag} {name}: CUDA is not available on this machine (torch "
                 f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}): use cpu or auto"
             )
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise ConfigError(f"--device {name}: this machine has {n} CUDA device(s)")
+            raise ConfigError(f"{flag} {name}: this machine has {n} CUDA device(s)")
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError(f"--device {name}: MPS is not available on this machine")
+            raise ConfigError(f"{flag} {name}: MPS is not available on this machine")
     elif dev.type != "cpu":
-        raise ConfigError(f"--device {name}: not supported (auto, cpu, cuda, cuda:1, mps)")
+        raise ConfigError(f"{flag} {name}: not supported (auto, cpu, cuda, cuda:1, mps)")
     return name
 
 
@@ -164,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..service import Service
 
     settings = _settings(args)
+    _device(settings.service.device, "service.device")
     torch.set_num_threads(settings.service.torch_threads)
     registry = _registry(args, settings, required=args.model is None)
     artifact = load_artifact(args.model) if args.model is not None else registry.load()
