@@ -189,6 +189,109 @@ def test_torn_history_line_is_dropped(tmp_path: Path, arts: list[Artifact]) -> N
     assert reg.rollback() == a
 
 
+class _CrashError(Exception):
+    """The process dying at that point."""
+
+
+def _crash(*args: object) -> None:
+    raise _CrashError
+
+
+@pytest.mark.parametrize("crashing", ["promote", "rollback"])
+def test_a_crash_before_the_switch_does_not_make_the_next_rollback_a_no_op(
+    tmp_path: Path, arts: list[Artifact], monkeypatch: pytest.MonkeyPatch, crashing: str
+) -> None:
+    """Issue "Reliability": after a crash between the history line and the CURRENT switch, the
+    next rollback replayed the unswitched line and left the served version as it was."""
+    reg = Registry(tmp_path)
+    a, b, c = (reg.publish(x) for x in arts)
+    reg.promote(a)
+    reg.promote(b)
+    if crashing == "rollback":
+        reg.promote(c)
+    served, back_to = (b, a) if crashing == "promote" else (c, b)
+    n_before = len(reg.history())
+    with monkeypatch.context() as m:
+        m.setattr(Registry, "_write_current", _crash)  # dies right after the history line
+        with pytest.raises(_CrashError):
+            reg.promote(c) if crashing == "promote" else reg.rollback()
+    assert reg.current() == served
+    assert reg.rollback(reason="after the crash") == back_to and reg.current() == back_to
+    later = reg.history()[n_before + 1 :]  # the recovery, then the rollback asked for
+    assert [(h["action"], h["version"], h["from"]) for h in later][-1] == (
+        "rollback",
+        back_to,
+        served,
+    )
+    assert [h["reason"].startswith("recovered:") for h in later] == [True, False]
+    assert _stack_of(reg) == ([a, b] if crashing == "rollback" else [a])
+
+
+def _stack_of(reg: Registry) -> list[str]:
+    return registry_module._stack(reg.history())
+
+
+def test_a_pointer_set_outside_the_registry_is_recorded_before_a_rollback(
+    tmp_path: Path, arts: list[Artifact]
+) -> None:
+    reg = Registry(tmp_path)
+    a, b, c = (reg.publish(x) for x in arts)
+    reg.promote(a)
+    reg.promote(b)
+    (tmp_path / "CURRENT").write_text(c + "\n")  # by hand
+    assert reg.rollback() == b and reg.current() == b
+    assert [(h["action"], h["version"]) for h in reg.history()][-2:] == [
+        ("promote", c),
+        ("rollback", b),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "action", "fragment"),
+    [
+        ("lineage", b"[1, 2]", "list", "a JSON object expected, got list"),
+        ("lineage", b'"v-1"', "list", "a JSON object expected, got str"),
+        ("lineage", b'{"version": 5}', "list", "version is 5"),
+        ("lineage", b'{"version": "{v}", "gate": [1]}', "list", "gate is [1]"),
+        ("lineage", b'{"version": "{v}", "created_at": "soon"}', "list", "created_at is 'soon'"),
+        ("lineage", b'{"version": "{v}", "n_windows": 1.5}', "list", "n_windows is 1.5"),
+        ("lineage", b'{"version": "v-000000000000"}', "list", "names version 'v-000000000000'"),
+        ("lineage", b"{not json", "list", "unexpected character"),
+        ("history", b"[1]\n", "rollback", "line 1 of {f}: a JSON object expected, got list"),
+        ("history", b'{"action": "promote"}\n', "rollback", "line 1 of {f}: version None is"),
+        ("history", b'{"action": "promote", "version": 7}\n', "promote", "version 7 is not"),
+        ("history", b'{"action": "demote", "version": "{v}"}\n', "rollback", "action 'demote'"),
+        ("history", b"\xff\xfe\n", "promote", "line 1 of {f}: "),
+        ("current", b"\xff\n", "list", "corrupt {f}: not a version id"),
+        ("current", b"../../etc\n", "rollback", "corrupt {f}: '../../etc' is not a version id"),
+    ],
+)
+def test_a_tampered_registry_file_is_one_error_line(
+    name: str,
+    content: bytes,
+    action: str,
+    fragment: str,
+    tmp_path: Path,
+    arts: list[Artifact],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue "Reliability": tampered lineage.json or history.jsonl gave Python tracebacks."""
+    reg = Registry(tmp_path)
+    v = reg.publish(arts[0])
+    reg.promote(v)
+    path = {
+        "lineage": reg.path(v) / "lineage.json",
+        "history": tmp_path / "history.jsonl",
+        "current": tmp_path / "CURRENT",
+    }[name]
+    path.write_bytes(content.replace(b"{v}", v.encode()))
+    argv = {"list": ["list"], "rollback": ["rollback"], "promote": ["promote", v]}[action]
+    assert main(["registry", *argv, "--registry", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("error: ")
+    assert str(path) in err and fragment.format(f=path) in err, err
+
+
 def test_a_poller_never_sees_half_written_state(tmp_path: Path, arts: list[Artifact]) -> None:
     """While versions are published and flipped, a reader sees only whole versions and ids."""
     reg = Registry(tmp_path)

@@ -11,7 +11,9 @@
 Built once in the entry point (:func:`load_settings`), frozen, and handed out slice by slice: each
 component receives only the sub-model it needs. Sources, highest priority first: explicit
 arguments, environment variables (``STREAM_VAE_`` prefix, ``__`` between levels, e.g.
-``STREAM_VAE_WINDOW__SIZE=64``), an optional TOML file, then the defaults below.
+``STREAM_VAE_WINDOW__SIZE=64``), an optional TOML file, then the defaults below. An environment
+key that names no setting is logged with the closest real one and ignored; anything else wrong
+is one :class:`~stream_vae.errors.ConfigError` line, in which secrets are never echoed.
 
 Examples
 --------
@@ -22,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,13 +32,15 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
-from .. import _json
 from ..errors import ConfigError
+from ._env import env_name, read_env
+from ._tree import field_at, holds_secret, paths
 from .deployment import (
     AlertSettings,
     DriftSettings,
@@ -112,7 +117,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        # The environment is read by load_settings (stream_vae.config._env), which checks its
+        # keys against the tree and passes the values in with the arguments.
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
         if settings_cls.model_config.get("toml_file"):
             sources.append(TomlConfigSettingsSource(settings_cls))
         return (*sources, file_secret_settings)
@@ -132,22 +139,29 @@ MOVED = {
 
 def format_validation_error(exc: ValidationError) -> str:
     """One readable line per problem: ``window.size: Input should be ≥ 2 (got 0)``; a key that
-    moved says where to (``window.idle_ttl_s: moved to service.idle_ttl_s ...``)."""
+    moved says where to (``window.idle_ttl_s: moved to service.idle_ttl_s ...``). The value is
+    echoed only for a known field that holds no secret (not for ``kafka.sasl_password``, nor for
+    a key that exists nowhere, which may be a secret's misspelt name)."""
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        loc = err["loc"]
+        where = ".".join(str(p) for p in loc) or "settings"
         if where in MOVED:
             new = MOVED[where]
-            env = "STREAM_VAE_" + new.upper().replace(".", "__")
-            parts.append(f"{where}: moved to {new} ({env})")
+            parts.append(f"{where}: moved to {new} ({env_name(new)})")
             continue
-        got = (
-            f" (got {err['input']!r})"
-            if "input" in err and not isinstance(err["input"], dict)
-            else ""
-        )
-        parts.append(f"{where}: {err['msg']}{got}")
+        found, tp = field_at(Settings, loc)
+        echo = found and not holds_secret(tp) and not isinstance(err.get("input"), dict)
+        got = f" (got {err['input']!r})" if echo and "input" in err else ""
+        parts.append(f"{where}: {err['msg']}{got}{_did_you_mean(loc) if not found else ''}")
     return "; ".join(parts)
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean window.size?)`` for a key that exists nowhere but is close to one."""
+    known = sorted(".".join(p) for p in paths(Settings) if len(p) == len(loc))
+    close = difflib.get_close_matches(".".join(str(p) for p in loc), known, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def load_settings(
@@ -158,7 +172,8 @@ def load_settings(
 ) -> Settings:
     """Build the frozen settings tree, or raise :class:`ConfigError` with one readable line.
 
-    ``env`` replaces the process environment (for tests); ``overrides`` win over everything.
+    ``env`` replaces the process environment (for tests); ``overrides`` win over everything,
+    key by key (``service={"max_wait_ms": 20}`` leaves the environment's other service keys).
     """
     cls: type[Settings] = Settings
     if toml_file is not None:
@@ -168,26 +183,23 @@ def load_settings(
         cls = type("FileSettings", (Settings,), {})
         cls.model_config = {**Settings.model_config, "toml_file": path}
     try:
-        if env is None:
-            return cls(**overrides)
-        # pydantic-settings reads the process environment; an explicit mapping goes through init.
-        return cls(**{**_nest(env), **overrides})
+        values = read_env(_process_env() if env is None else env, Settings, MOVED)
+        return cls(**_merge(values, overrides))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
-    except ValueError as exc:  # e.g. malformed TOML or JSON in an env var
+    except ValueError as exc:  # e.g. malformed TOML
         raise ConfigError(str(exc).splitlines()[0]) from None
 
 
-def _nest(env: Mapping[str, str]) -> dict[str, Any]:
-    prefix = "STREAM_VAE_"
-    out: dict[str, Any] = {}
-    for key, value in env.items():
-        if not key.upper().startswith(prefix):
-            continue
-        path = key[len(prefix) :].lower().split("__")
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        # Like the environment source: complex values (lists, objects) are written as JSON.
-        node[path[-1]] = _json.loads(value) if value.lstrip()[:1] in ("[", "{") else value
+def _process_env() -> dict[str, str]:
+    """The process environment, as pydantic-settings reads it (names case-insensitive)."""
+    return {k: v for k, v in EnvSettingsSource(Settings).env_vars.items() if v is not None}
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``top`` section by section (a key of ``top`` wins)."""
+    out = dict(base)
+    for k, v in top.items():
+        old = out.get(k)
+        out[k] = _merge(old, v) if isinstance(old, dict) and isinstance(v, dict) else v
     return out

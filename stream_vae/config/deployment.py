@@ -3,10 +3,11 @@ episode shaping, topics, drift watching, the registry)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, field_validator, model_validator
 
 from .model import FROZEN
 
@@ -25,7 +26,12 @@ class ServiceSettings(BaseModel):
     model_config = FROZEN
 
     max_batch_records: int = Field(2048, ge=1, le=1_000_000, description="records per batch")
-    max_wait_ms: int = Field(50, ge=0, le=60_000, description="longest wait to fill a batch")
+    max_wait_ms: int = Field(
+        50,
+        ge=1,  # 0: an idle fetch returns at once and the loop spins a core asking again
+        le=60_000,
+        description="longest wait to fill a batch (≥ 1: an idle fetch must block)",
+    )
     shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on the final drain")
     device: str = "auto"
     backend: Literal["torch", "onnx"] = "torch"
@@ -79,6 +85,22 @@ class AlertSettings(BaseModel):
     top_k: int = Field(3, ge=1, description="features named in an alert")
 
 
+# Kafka's rule for a topic name (org.apache.kafka.common.internals.Topic): the broker refuses any
+# other, and a client asked for one retries forever (an error logged every 100 ms).
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _topic_name(name: str) -> str:
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            "a Kafka topic name is 1 to 249 characters of a-z A-Z 0-9 . _ -, and not . or .."
+        )
+    return name
+
+
+TopicName = Annotated[str, AfterValidator(_topic_name)]
+
+
 class KafkaSettings(BaseModel):
     """Where the service reads and writes, and how it authenticates (stream_vae.service.kafka)."""
 
@@ -87,14 +109,14 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "stream-vae"
     group_id: str = "stream-vae"
-    input_topics: tuple[str, ...] = ("telemetry",)
-    input_pattern: str | None = Field(None, description="regex; replaces input_topics")
-    alert_topic: str = "telemetry.alerts"
-    dead_letter_topic: str = "telemetry.dead-letter"
-    model_events_topic: str = "stream-vae.model-events"  # drift, retrain, promote, reject
+    input_topics: tuple[TopicName, ...] = ("telemetry",)
+    input_pattern: str | None = Field(None, description="Python regex; replaces input_topics")
+    alert_topic: TopicName = "telemetry.alerts"
+    dead_letter_topic: TopicName = "telemetry.dead-letter"
+    model_events_topic: TopicName = "stream-vae.model-events"  # drift, retrain, promote, reject
     # Each partition's replay start, keyed by group/topic/partition: internal, created by the
     # service when missing (one partition, cleanup.policy=compact); see service.checkpoint.
-    state_topic: str = "stream-vae.state"
+    state_topic: TopicName = "stream-vae.state"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -117,6 +139,17 @@ class KafkaSettings(BaseModel):
     # and max_partition_fetch_bytes held per assigned partition.
     fetch_max_bytes: int = Field(16 << 20, ge=1024, description="one fetch response, at most")
     max_partition_fetch_bytes: int = Field(1 << 20, ge=1024, description="per partition fetch")
+
+    @field_validator("input_pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        # The consumer compiles it at subscribe, after start-up: check it here.
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return v
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

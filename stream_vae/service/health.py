@@ -164,6 +164,13 @@ class HealthServer(_StopsOnExit):
             await self._linger(reader, writer)
         except (ConnectionError, TimeoutError) as e:
             log.debug("health server: client %s went away: %r", peer, e)
+        except asyncio.CancelledError:
+            if self._server is not None:
+                raise  # not our stop(): whoever cancelled the task waits for it
+            # stop() cut a client holding its connection open (idle, keep-alive, half a request):
+            # an expected end, so the task returns instead of ending cancelled, which Python
+            # 3.11's start_server callback would log as an error with a traceback.
+            log.debug("health server: connection from %s cut by stop()", peer)
         except Exception:  # the connection boundary: one bad request must not stop the server
             log.exception("health server: request from %s failed", peer)
         finally:

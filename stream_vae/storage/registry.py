@@ -14,9 +14,11 @@ and fsynced in full. A poller of :meth:`Registry.current` (the service, every ``
 therefore sees the old id or the new one, never a torn one, and the directory it names is whole.
 
 Rollback is defined by the history, replayed as a stack: a promotion pushes, a rollback pops, the
-top is the current version; a second rollback goes one further back. The history line is made
-durable before ``CURRENT`` is switched, so after a crash between the two the log is ahead of the
-pointer and the next promote or rollback rewrites the pointer from the log.
+top is the current version; a second rollback goes one further back. ``CURRENT`` is what is
+served, so it is the commit point: the history line is made durable first, then the pointer is
+switched. After a crash between the two the log holds a step that never took effect; the next
+promote or rollback first undoes it in the log (an entry whose reason starts ``recovered:``), so
+it starts from the version that was actually served and a rollback really goes back.
 
 Concurrency: any number of processes may publish; two publishers of the same (content-derived)
 version race on the rename and the loser keeps the winner's copy. Promotions and rollbacks take an
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import re
 import secrets
@@ -88,23 +91,38 @@ class Lineage:
         return {k: getattr(self, k) for k in self.__slots__}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Lineage:
-        def opt(key: str) -> float | None:
-            return None if d.get(key) is None else float(d[key])
+    def from_dict(cls, d: Any) -> Lineage:
+        """Raises :class:`RegistryError` saying what is wrong (read from a file that may have
+        been edited by hand)."""
+        if not isinstance(d, Mapping):
+            raise RegistryError(f"invalid lineage: a JSON object expected, got {type(d).__name__}")
+        for key, kind in (("version", str), ("parent", str | None), ("gate", Mapping | None)):
+            if not isinstance(d.get(key), kind):
+                raise RegistryError(f"invalid lineage: {key} is {d.get(key)!r}")
 
-        try:
-            return cls(
-                version=str(d["version"]),
-                parent=d.get("parent"),
-                trigger=str(d.get("trigger", "manual")),
-                data_from_ts=opt("data_from_ts"),
-                data_to_ts=opt("data_to_ts"),
-                n_windows=None if d.get("n_windows") is None else int(d["n_windows"]),
-                gate=dict(d.get("gate") or {}),
-                created_at=float(d.get("created_at", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RegistryError(f"invalid lineage {dict(d)!r}: {exc!r}") from None
+        def ts(key: str, default: float | None = None) -> float | None:
+            v = d.get(key, default)
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise RegistryError(f"invalid lineage: {key} is {v!r}, not epoch seconds")
+            return float(v)
+
+        n = d.get("n_windows")
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise RegistryError(f"invalid lineage: n_windows is {n!r}")
+        return cls(
+            version=d["version"],
+            parent=d.get("parent"),
+            trigger=str(d.get("trigger", "manual")),
+            data_from_ts=ts("data_from_ts"),
+            data_to_ts=ts("data_to_ts"),
+            n_windows=n,
+            gate=dict(d.get("gate") or {}),
+            created_at=ts("created_at", 0.0) or 0.0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +165,12 @@ class VersionInfo:
 
 
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%MZ")
+    if ts is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%MZ")
+    except (OverflowError, OSError, ValueError):  # beyond the calendar: the number itself
+        return f"{ts:g}"
 
 
 class Registry:
@@ -179,10 +202,16 @@ class Registry:
 
     def current(self) -> str | None:
         """The promoted version, or None; cheap enough to poll."""
+        path = self.root / _CURRENT
         try:
-            return (self.root / _CURRENT).read_text().strip() or None
+            v = path.read_bytes().decode("ascii").strip()
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError:
+            raise RegistryError(f"corrupt {path}: not a version id") from None
+        if v and not _NAME.fullmatch(v):
+            raise RegistryError(f"corrupt {path}: {v[:80]!r} is not a version id")
+        return v or None
 
     def load(self, version: str | None = None) -> Artifact:
         """Load ``version`` (default: the current one)."""
@@ -194,11 +223,14 @@ class Registry:
     def lineage(self, version: str) -> Lineage:
         path = self._existing(version) / _LINEAGE
         try:
-            return Lineage.from_dict(_json.loads(path.read_bytes()))
+            lineage = Lineage.from_dict(_json.loads(path.read_bytes()))
         except FileNotFoundError:
             raise RegistryError(f"version {version} has no {_LINEAGE}: {path.parent}") from None
-        except _json.JSONDecodeError as exc:
+        except (_json.JSONDecodeError, RegistryError) as exc:
             raise RegistryError(f"corrupt {path}: {exc}") from None
+        if lineage.version != version:
+            raise RegistryError(f"corrupt {path}: it names version {lineage.version!r}")
+        return lineage
 
     def versions(self) -> list[VersionInfo]:
         """Published versions, oldest first; temporaries (dot names) are never listed."""
@@ -224,8 +256,8 @@ class Registry:
         for i, line in enumerate(data.split(b"\n")[:-1], 1):
             if line.strip():
                 try:
-                    out.append(_json.loads(line))
-                except _json.JSONDecodeError as exc:
+                    out.append(_entry(_json.loads(line)))
+                except (_json.JSONDecodeError, ValueError) as exc:
                     raise RegistryError(
                         f"corrupt line {i} of {self.root / _HISTORY}: {exc}"
                     ) from None
@@ -280,10 +312,8 @@ class Registry:
         """Make ``version`` current; it must be published and load (no-op if it is current)."""
         self._checked(version)
         with self._locked():
-            stack = _stack(self.history())
+            stack = self._settled(actor)
             if stack and stack[-1] == version:
-                if self.current() != version:  # the log is ahead of the pointer after a crash
-                    self._write_current(version)
                 return
             self._append("promote", version, stack[-1] if stack else None, reason, actor)
             self._write_current(version)
@@ -294,7 +324,7 @@ class Registry:
         if not self.root.is_dir():
             raise _cannot_roll_back(self.root, [])
         with self._locked():
-            stack = _stack(self.history())
+            stack = self._settled(actor)
             if len(stack) < 2:
                 raise _cannot_roll_back(self.root, stack)
             target = stack[-2]
@@ -305,6 +335,32 @@ class Registry:
         return target
 
     # -- internals -------------------------------------------------------------------------
+    def _settled(self, actor: str) -> list[str]:
+        """The history's stack once it agrees with ``CURRENT`` (call under the lock).
+
+        A last line whose pointer switch never happened (a crash between the two) is undone by
+        its inverse; a pointer set by other means is recorded as a promotion."""
+        history, cur = self.history(), self.current()
+        stack = _stack(history)
+        if stack[-1:] == [cur] or (cur is None and not stack):
+            return stack
+        before = _stack(history[:-1])
+        last = history[-1] if history else None
+        if last is not None and (before[-1] if before else None) == cur:
+            why = f"recovered: the {last['action']} to {last['version']} never took effect"
+            if last["action"] == "promote":
+                self._append("rollback", cur, stack[-1], why, actor)
+            else:
+                self._append("promote", cur, stack[-1] if stack else None, why, actor)
+            log.warning("%s in %s: %s", _HISTORY, self.root, why)
+            return before
+        if cur is None:
+            return stack  # the pointer was removed by hand: nothing to record it as
+        why = f"recovered: {_CURRENT} named {cur} without a history line"
+        self._append("promote", cur, stack[-1] if stack else None, why, actor)
+        log.warning("%s in %s: %s", _HISTORY, self.root, why)
+        return [*stack, cur]
+
     def _existing(self, version: str) -> Path:
         d = self.path(version)
         if not d.is_dir():
@@ -329,7 +385,9 @@ class Registry:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released when the file closes
             yield
 
-    def _append(self, action: str, version: str, prev: str | None, reason: str, actor: str) -> None:
+    def _append(
+        self, action: str, version: str | None, prev: str | None, reason: str, actor: str
+    ) -> None:
         entry = {
             "ts": time.time(),
             "action": action,
@@ -365,6 +423,19 @@ class Registry:
 def _cannot_roll_back(root: Path, stack: list[str]) -> RegistryError:
     why = f"{stack[0]} is the first promotion" if stack else "no version was promoted"
     return RegistryError(f"nothing to roll back to in {root}: {why}")
+
+
+def _entry(e: Any) -> dict[str, Any]:
+    """A history line checked for what replaying it needs (raises ValueError saying what)."""
+    if not isinstance(e, dict):
+        raise ValueError(f"a JSON object expected, got {type(e).__name__}")
+    action, version = e.get("action"), e.get("version")
+    if action not in ("promote", "rollback"):
+        raise ValueError(f"action {action!r} is neither 'promote' nor 'rollback'")
+    back_to_none = action == "rollback" and version is None  # undoing a first promotion
+    if not back_to_none and not (isinstance(version, str) and _NAME.fullmatch(version)):
+        raise ValueError(f"version {version!r} is not a version id")
+    return e
 
 
 def _stack(history: list[dict[str, Any]]) -> list[str]:
