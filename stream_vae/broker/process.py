@@ -1,5 +1,10 @@
 """The Tansu broker as a child process: launch it on a free loopback port, wait until it is
-ready, stop it, and keep its log.
+ready, stop it, restart it on the same port, and keep its log.
+
+Storage is in memory by default. This Tansu build also stores to S3 (``s3://bucket/``, with
+``AWS_ENDPOINT`` and credentials passed through ``env``): a restart then finds the topics,
+records and committed offsets again, since the cluster id (the data lives under
+``clusters/<cluster-id>/``) is fixed for the life of an :class:`EmbeddedBroker`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -54,7 +60,7 @@ def _url_host(host: str) -> str:
 
 
 class EmbeddedBroker:
-    """A Tansu broker with in-memory storage, run as a child process on a loopback port.
+    """A Tansu broker run as a child process on a loopback port (in-memory storage by default).
 
     Parameters
     ----------
@@ -67,6 +73,12 @@ class EmbeddedBroker:
     log_path
         Where the broker's stdout/stderr go; ``None`` uses a temporary directory that
         :meth:`stop` removes (the log's tail stays available through :meth:`log_tail`).
+    storage_engine
+        Tansu's ``--storage-engine`` URL: ``memory://tansu/`` (lost at stop), or
+        ``s3://bucket/`` (durable: survives :meth:`restart`; needs ``env``).
+    env
+        Variables added to the broker's (otherwise hermetic) environment, such as
+        ``AWS_ENDPOINT``, ``AWS_ACCESS_KEY_ID`` and ``AWS_ALLOW_HTTP`` for S3 storage.
 
     Examples
     --------
@@ -82,16 +94,24 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         startup_timeout_s: float = 30.0,
         log_path: Path | None = None,
+        storage_engine: str = "memory://tansu/",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = port
         self.host = host
         self.startup_timeout_s = startup_timeout_s
         self.log_path = log_path
+        self.storage_engine = storage_engine
+        self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._tmpdir: Path | None = None
         self._log_file: Path | None = None
-        self._cluster_id = ""
+        # Unique per instance, so that the readiness probe tells our broker from any other
+        # process answering on the port; fixed across restarts, so that durable storage (kept
+        # under clusters/<cluster-id>/) is found again.
+        self._cluster_id = f"stream-vae-{uuid.uuid4().hex[:12]}"
+        self._n_launches = 0
         self._last_log = ""
 
     @property
@@ -116,14 +136,34 @@ class EmbeddedBroker:
             If the binary is missing, the broker exits early, or it is not ready before
             ``startup_timeout_s``; the message carries the tail of the broker's log.
         """
+        self._start(self.port)
+
+    def restart(self) -> None:
+        """Stop the broker if it runs, then start it again on the port it last listened on,
+        with the same cluster id and storage (with ``s3://`` storage, the topics, records and
+        committed offsets are there again); clients reconnect on their own.
+
+        Raises
+        ------
+        BrokerError
+            If the broker was never started, or as :meth:`start` (also when another process
+            took the port while the broker was down).
+        """
+        port = self._port if self._port is not None else self.port
+        if port is None:
+            raise BrokerError("the broker was never started: call start() first")
+        self.stop()
+        self._start(port)
+
+    def _start(self, fixed_port: int | None) -> None:
         if self._proc is not None:
             raise BrokerError(f"broker already started on {self.bootstrap_servers}")
         binary = locate_tansu()
         t0 = time.monotonic()
         deadline = t0 + self.startup_timeout_s
-        n_attempts = 1 if self.port is not None else _N_PORT_ATTEMPTS
+        n_attempts = 1 if fixed_port is not None else _N_PORT_ATTEMPTS
         for attempt in range(1, n_attempts + 1):
-            port = self.port if self.port is not None else _free_port(self.host)
+            port = fixed_port if fixed_port is not None else _free_port(self.host)
             try:
                 proc = self._launch(binary, port)
                 self._wait_ready(proc, port, deadline)
@@ -137,9 +177,10 @@ class EmbeddedBroker:
                 self.stop()
                 raise
             logger.info(
-                "tansu broker ready on %s in %.3f s (log: %s)",
+                "tansu broker ready on %s in %.3f s (storage %s, log: %s)",
                 self.bootstrap_servers,
                 time.monotonic() - t0,
+                self.storage_engine,
                 self._log_file,
             )
             return
@@ -199,22 +240,26 @@ class EmbeddedBroker:
             log_file = self._tmpdir / "tansu.log"
         self._log_file = log_file
         self._port = port
-        # A unique cluster id lets the readiness probe tell our broker from any other process
-        # that happens to answer on the same port.
-        self._cluster_id = f"stream-vae-{uuid.uuid4().hex[:12]}"
         url = f"tcp://{_url_host(self.host)}:{port}"
         cmd = [
             str(binary), "broker",
             "--listener-url", url,
             "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--storage-engine", self.storage_engine,
             "--cluster-id", self._cluster_id,
         ]  # fmt: skip
         logger.debug("starting %s", " ".join(cmd))
-        # The child keeps its own copy of the descriptor; ours can close right away.
-        with log_file.open("wb") as out:
+        # A restart appends to a log_path the caller keeps. The child keeps its own copy of the
+        # descriptor; ours can close right away.
+        mode = "ab" if self._n_launches and self.log_path is not None else "wb"
+        self._n_launches += 1
+        with log_file.open(mode) as out:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_TANSU_ENV
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**_TANSU_ENV, **self.env},
             )
         self._proc = proc
         return proc

@@ -1,0 +1,1 @@
+"""Fault injection: the service under replica churn, SIGKILL, broker restarts and poison."""
