@@ -41,8 +41,8 @@ class RecordError(StreamVAEError, ValueError):
     """One input message could not be decoded or validated.
 
     ``reason`` is one of a small closed set (``bad_json``, ``missing_field``, ``wrong_arity``,
-    ``unknown_feature``, ``nan_value``, ``bad_timestamp``, ``bad_series_id``, ``bad_value``,
-    ``oversized``); it names the dead-letter reason.
+    ``unknown_feature``, ``nan_value``, ``bad_timestamp``, ``implausible_timestamp``,
+    ``bad_series_id``, ``bad_value``, ``oversized``); it names the dead-letter reason.
     """
 
     def __init__(self, reason: str, message: str) -> None:
