@@ -6,6 +6,9 @@ For each batch size and backend (eager PyTorch, TorchScript, ONNX Runtime) it ti
   bare  : the backend's forward pass on already-scaled windows (n, W, d)
   full  : Detector.infer (scaling + forward + score components) + Scorer.update (hybrid score,
           EMA, threshold, episodes, attribution)
+and, for eager PyTorch, "full" with every component on (latent_mode "knn" against 2,048
+reference points, the linear residual at 95% variance, tail normalisers: what
+bench/configs/asd.toml runs), whose ratio to the default "full" is what those components cost.
 Each figure is the median over --repeats runs; every run loops for at least --min-seconds.
 The ratio full/bare is what the scorer costs. Only public tools (time.perf_counter) are used.
 """
@@ -28,6 +31,7 @@ from stream_vae.model.backends import OrtBackend, TorchBackend
 from stream_vae.model.detector import Detector
 from stream_vae.model.vae import LSTMVAE, VAEConfig
 from stream_vae.scoring.hybrid import HybridScore
+from stream_vae.scoring.reference import LatentReference, LinearReference, ScoreReference
 from stream_vae.scoring.scorer import Scorer
 from stream_vae.storage.export import to_onnx, to_torchscript
 
@@ -94,6 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     hybrid = HybridScore(alpha=0.5).fit(calib)
     names = [f"f{i}" for i in range(d)]
+    # every component on: references fitted on 4,000 random windows, as training does
+    ref_x = rng.normal(size=(4000, w, d)).astype(np.float32)
+    mu, _ = Detector(backends["eager"], scaler, w).encode(ref_x)
+    reference = ScoreReference(
+        LatentReference.fit(mu, rng), LinearReference.fit(ref_x.reshape(4000, -1), 0.95, rng)
+    )
+    hybrid_all = HybridScore(normaliser="tail", weights=(0.5, 0.25, 0.25)).fit(
+        Detector(backends["eager"], scaler, w, latent_mode="knn", reference=reference).infer(
+            ref_x[:512]
+        )
+    )
 
     rows = []
     for b in args.batches:
@@ -112,6 +127,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.min_seconds,
             )
             row[name] = (bare, full)
+        det = Detector(backends["eager"], scaler, w, max_batch=max(args.batches),
+                       latent_mode="knn", reference=reference)  # fmt: skip
+        scorer = Scorer(hybrid_all, 3.0, names, "bench")
+        row["all"] = (
+            row["eager"][0],
+            _rate(
+                lambda det=det, sc=scorer, x=x, k=keys, t=ts: sc.update(k, t, det.infer(x)),
+                b,
+                args.repeats,
+                args.min_seconds,
+            ),
+        )
         rows.append(row)
         print(
             f"batch {b}: "
@@ -124,15 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         f"latent={args.latent}; torch {torch.__version__}, {args.threads} threads; "
         f"median of {args.repeats} runs, windows/s (bare forward / model+scorer, ratio).",
         "",
-        "| batch | eager bare | eager +scorer | ratio | TorchScript bare | +scorer | ORT bare | "
-        "ORT +scorer | ratio | ORT/eager (+scorer) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | eager bare | eager +scorer | ratio | +scorer, every component | ratio to "
+        "+scorer | TorchScript bare | +scorer | ORT bare | ORT +scorer | ratio | "
+        "ORT/eager (+scorer) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         (eb, ef), (tb, tf), (ob, of) = r["eager"], r["torchscript"], r["onnxruntime"]
+        af = r["all"][1]
         lines.append(
-            f"| {r['batch']} | {eb:,.0f} | {ef:,.0f} | {ef / eb:.2f} | {tb:,.0f} | "
-            f"{tf:,.0f} | {ob:,.0f} | {of:,.0f} | {of / ob:.2f} | {of / ef:.2f} |"
+            f"| {r['batch']} | {eb:,.0f} | {ef:,.0f} | {ef / eb:.2f} | {af:,.0f} | {af / ef:.2f} | "
+            f"{tb:,.0f} | {tf:,.0f} | {ob:,.0f} | {of:,.0f} | {of / ob:.2f} | {of / ef:.2f} |"
         )
     text = "\n".join(lines)
     print(text)

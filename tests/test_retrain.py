@@ -420,6 +420,7 @@ def test_retraining_keeps_the_live_architecture() -> None:
         env={},
         train={"epochs": 1, "batch_size": 64, "torch_threads": 1},
         retrain={"min_windows": 100, "epochs": 1},
+        scoring={"linear_variance": 0.9},  # the live model has none (it has a fixed alpha)
     )
     for section in ModelSpec.model_fields:  # the job's settings disagree on every field
         ours, live_part = getattr(settings, section), getattr(LIVE_SPEC, section)
@@ -455,6 +456,7 @@ def test_retraining_keeps_the_live_architecture() -> None:
     # the score was formed and calibrated the live model's way
     sc = LIVE_SPEC.scoring
     h = cand.hybrid
+    assert not h.has_linear and cand.reference.linear is None
     assert (h.alpha, h.normaliser, h.transform, h.combine) == (
         sc.alpha,
         sc.normaliser,

@@ -59,8 +59,14 @@ class ScoringSettings(BaseModel):
     model_config = FROZEN
 
     recon_mode: Literal["window", "last"] = "window"
-    latent_mode: Literal["kl", "prior_nll"] = "kl"
-    normaliser: Literal["robust", "standard"] = "robust"
+    # The latent term: KL to the prior, −log N(μ; 0, I), or how far μ lies from the posterior
+    # means of the normal training windows (one Gaussian: "aggregate"; its nearest neighbours:
+    # "knn"), stored with the model (see docs/scoring.md).
+    latent_mode: Literal["kl", "prior_nll", "aggregate", "knn"] = "kl"
+    # A third component, PCA's view of the same scaled window: its residual off the subspace
+    # that explains this share of the normal windows' variance; 0 = no linear component.
+    linear_variance: float = Field(0.0, ge=0.0, lt=1.0)
+    normaliser: Literal["robust", "standard", "tail"] = "robust"
     transform: Literal["softplus", "sigmoid"] = "softplus"
     combine: Literal["sum", "product"] = "sum"
     # α weighs reconstruction against the latent term; "auto" picks it on validation windows
@@ -74,6 +80,8 @@ class ScoringSettings(BaseModel):
     def _alpha_range(self) -> ScoringSettings:
         if self.alpha != "auto" and not 0.0 <= float(self.alpha) <= 1.0:
             raise ValueError("alpha must be in [0, 1] or 'auto'")
+        if self.alpha != "auto" and self.linear_variance > 0:
+            raise ValueError("linear_variance > 0 needs alpha = 'auto' (its weight is chosen)")
         return self
 
 

@@ -6,8 +6,10 @@ the rows before it, never a later one).
   (WindowStore → model → scorer → episodes), exactly the service's path; the score is the
   smoothed hybrid score and the predictions are its alert episodes (calibrated threshold, no
   labels). From the same model and pass, the ablation of the hybrid score:
-  ``vae-recon`` (reconstruction term only) and ``vae-latent`` (latent term only), each
-  smoothed by the same per-series EMA.
+  ``vae-recon`` (reconstruction term only), ``vae-latent`` (latent term only, in the model's
+  ``scoring.latent_mode``) and, for a model with a linear component, ``vae-linear`` (the
+  residual off the normal windows' principal subspace), each smoothed by the same per-series
+  EMA.
 * ``stream-vae-retrain`` — the product with drift-triggered retraining on (the service's
   :class:`~stream_vae.lifecycle.policy.RetrainPolicy`, inline); its score is the smoothed
   score over the threshold of the version live at that row.
@@ -125,7 +127,7 @@ class _Episodes:
 def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
     art = _train(series, settings, seed)
     n = len(series.test)
-    cols = {k: np.full(n, np.nan) for k in ("smoothed", "recon", "latent", "novelty")}
+    cols = {k: np.full(n, np.nan) for k in ("smoothed", "recon", "latent", "linear", "novelty")}
     live = _live(art, settings)
     novelty = novelty_stage(settings.evaluation)
     episodes = _Episodes(series, settings.alerts.top_k)
@@ -134,10 +136,15 @@ def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[s
         cols["smoothed"][rows] = out.smoothed
         cols["recon"][rows] = out.recon
         cols["latent"][rows] = out.latent
+        if out.linear is not None:
+            cols["linear"][rows] = out.linear
         cols["novelty"][rows] = novelty.update(out.keys, out.smoothed)
         episodes.feed(out.alerts)
     episodes.finish()
     beta = art.spec.scoring.ema_beta
+    linear = (
+        {"vae-linear": Output(_ema(_fill(cols["linear"]), beta))} if art.hybrid.has_linear else {}
+    )
     return {
         "stream-vae": Output(
             _fill(cols["smoothed"]),
@@ -148,6 +155,7 @@ def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[s
         ),
         "vae-recon": Output(_ema(_fill(cols["recon"]), beta)),
         "vae-latent": Output(_ema(_fill(cols["latent"]), beta)),
+        **linear,
     }
 
 

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from ..core.scaler import Scaler
 from ..errors import check_shape
 from ..scoring.hybrid import ScoreParts
+from ..scoring.reference import ScoreReference
 from .backends import Backend, Outputs
 from .vae import kl_per_dim, point_error
 
@@ -36,28 +37,45 @@ MAX_BATCH = 4096
 MAX_SCALED = 1e6
 
 
+LatentMode = Literal["kl", "prior_nll", "aggregate", "knn"]
+
+
 def score_parts(
     x: F32,
     outputs: Outputs,
     recon_mode: Literal["window", "last"] = "window",
-    latent_mode: Literal["kl", "prior_nll"] = "kl",
+    latent_mode: LatentMode = "kl",
+    reference: ScoreReference | None = None,
+    n_values: int | None = None,
 ) -> ScoreParts:
-    """Per-feature reconstruction error (n, d) and the latent term (n,) from one forward pass.
+    """Per-feature reconstruction error (n, d), the latent term (n,) and, when ``reference``
+    has a linear part, the linear residual (n,), from one forward pass of scaled windows ``x``.
 
     ``recon_mode="window"`` averages the error over the window's points (it sees shape changes,
     not just the newest point); ``"last"`` uses the newest point only. With a Gaussian decoder
-    the error is the per-point negative log-likelihood (without its constant).
+    the error is the per-point negative log-likelihood (without its constant). ``"aggregate"``
+    and ``"knn"`` need ``reference.latent``; ``n_values`` is the number of data channels (the
+    rest are context, left out of the linear residual).
     """
     recon, recon_lv, mu, logvar = outputs
+    linear = None
+    if reference is not None and reference.linear is not None:
+        data = x if n_values is None else x[:, :, :n_values]
+        linear = reference.linear.residual(data.reshape(len(x), -1)).astype(np.float32)
     if recon_mode == "last":
         x, recon = x[:, -1:, :], recon[:, -1:, :]  # (n, 1, d): only the newest point counts
         recon_lv = None if recon_lv is None else recon_lv[:, -1:, :]
     per_feature = point_error(x, recon, recon_lv).mean(axis=1)  # (n, W, d) → (n, d)
     if latent_mode == "kl":
         latent = kl_per_dim(mu, logvar).sum(axis=1)  # (n, k) → (n,)
-    else:  # −log N(μ; 0, I)
+    elif latent_mode == "prior_nll":  # −log N(μ; 0, I)
         latent = 0.5 * (mu**2).sum(axis=1) + 0.5 * mu.shape[1] * math.log(2 * math.pi)
-    return ScoreParts(per_feature.astype(np.float32), latent.astype(np.float32))
+    else:
+        if reference is None or reference.latent is None:
+            raise ValueError(f"latent_mode {latent_mode!r} needs the model's latent reference")
+        ref = reference.latent
+        latent = ref.mahalanobis(mu) if latent_mode == "aggregate" else ref.knn(mu)
+    return ScoreParts(per_feature.astype(np.float32), latent.astype(np.float32), linear)
 
 
 class Detector:
@@ -70,9 +88,10 @@ class Detector:
         window: int,
         *,
         recon_mode: Literal["window", "last"] = "window",
-        latent_mode: Literal["kl", "prior_nll"] = "kl",
+        latent_mode: LatentMode = "kl",
         max_batch: int = MAX_BATCH,
         n_context: int = 0,
+        reference: ScoreReference | None = None,
     ) -> None:
         self.backend = backend
         self.scaler = scaler
@@ -83,6 +102,10 @@ class Detector:
         # The windows' last channels are context (the calendar: stream_vae.core.windows), input to
         # the model but not data: their reconstruction error is not scored.
         self.n_context = n_context
+        # What normal windows look like (the latent modes "aggregate"/"knn", the linear residual)
+        self.reference = reference
+        if latent_mode in ("aggregate", "knn") and (reference is None or reference.latent is None):
+            raise ValueError(f"latent_mode {latent_mode!r} needs the model's latent reference")
 
     @classmethod
     def from_spec(
@@ -91,8 +114,10 @@ class Detector:
         scaler: Scaler,
         spec: ModelSpec,
         max_batch: int = MAX_BATCH,
+        reference: ScoreReference | None = None,
     ) -> Detector:
-        """The detector of a model of ``spec`` (its window, calendar and score components)."""
+        """The detector of a model of ``spec`` (its window, calendar and score components) and
+        its ``reference`` (what its latent and linear components measure against)."""
         return cls(
             backend,
             scaler,
@@ -101,6 +126,7 @@ class Detector:
             latent_mode=spec.scoring.latent_mode,
             max_batch=max_batch,
             n_context=spec.window.n_context,
+            reference=reference,
         )
 
     @property
@@ -131,10 +157,14 @@ class Detector:
         """Score raw windows (n, W, d), in chunks of at most ``max_batch``."""
         check_shape("Detector.infer windows", windows.shape, (None, self.window, self.n_features))
         if len(windows) == 0:
-            return ScoreParts(np.empty((0, self.n_values), np.float32), np.empty(0, np.float32))
+            empty = np.empty(0, np.float32)
+            linear = None if self.reference is None or self.reference.linear is None else empty
+            return ScoreParts(np.empty((0, self.n_values), np.float32), empty, linear)
         x = self._scaled(windows)  # (n, W, d) float32
         chunks = [
-            score_parts(c, self.backend(c), self.recon_mode, self.latent_mode)
+            score_parts(
+                c, self.backend(c), self.recon_mode, self.latent_mode, self.reference, self.n_values
+            )
             for c in (
                 np.ascontiguousarray(x[i : i + self.max_batch])
                 for i in range(0, len(x), self.max_batch)
@@ -143,5 +173,5 @@ class Detector:
         parts = ScoreParts.concat(chunks)
         if self.n_context:  # the data's features only
             values = np.ascontiguousarray(parts.recon_features[:, : self.n_values])
-            return ScoreParts(values, parts.latent)
+            return ScoreParts(values, parts.latent, parts.linear)
         return parts

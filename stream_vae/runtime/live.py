@@ -89,7 +89,9 @@ def build_detector(artifact: Artifact, options: DetectorOptions | None = None) -
             compile=o.compile,
             cuda_graphs=o.cuda_graphs,
         )
-    return Detector.from_spec(impl, artifact.scaler, artifact.spec, o.max_batch)
+    return Detector.from_spec(
+        impl, artifact.scaler, artifact.spec, o.max_batch, reference=artifact.reference
+    )
 
 
 def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Scorer:

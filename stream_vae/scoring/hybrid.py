@@ -1,8 +1,11 @@
-"""The hybrid score: reconstruction and latent components → one normalised number per window.
+"""The hybrid score: the model's components → one normalised number per window.
 
-``raw = α·T(R̂) + (1 − α)·T(L̂)`` (or the product ``T(R̂)^α · T(L̂)^(1−α)``), where R is the mean
-per-feature reconstruction error of a window, L the latent term, ^ the normaliser fitted on
-validation windows and T the transform (softplus by default).
+``raw = w_R·T(R̂) + w_L·T(L̂) + w_P·T(P̂)`` (or the weighted geometric mean with
+``combine = "product"``), where R is the mean per-feature reconstruction error of a window, L
+the latent term, P the linear residual (when the model has a linear reference), ^ the
+normaliser fitted on validation windows and T the transform (softplus by default; none after the
+``tail`` normaliser, whose output is already a surprise in nats). With two components the weights
+are ``(α, 1 − α, 0)``.
 
 Examples
 --------
@@ -15,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,9 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import check_shape
-from .normalise import Normaliser, apply_transform
+from .normalise import AnyNormaliser, apply_transform, make_normaliser, normaliser_from_dict
 
-__all__ = ["HybridParts", "HybridScore", "ScoreParts", "roc_auc"]
+__all__ = ["HybridParts", "HybridScore", "ScoreParts", "Weights", "combine", "roc_auc"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -39,7 +43,8 @@ class ScoreParts:
     """What the model says about n windows, before any normalisation."""
 
     recon_features: F32  # (n, d) reconstruction error per feature (scaled units)
-    latent: F32  # (n,) latent term (KL in nats, or −log p(μ))
+    latent: F32  # (n,) latent term (see ScoringSettings.latent_mode)
+    linear: F32 | None = None  # (n,) residual off the normal subspace, if the model has one
 
     def __len__(self) -> int:
         return int(self.latent.shape[0])
@@ -48,15 +53,20 @@ class ScoreParts:
         n = self.latent.shape[0]
         check_shape("ScoreParts.latent", self.latent.shape, (n,))
         check_shape("ScoreParts.recon_features", self.recon_features.shape, (n, None))
+        if self.linear is not None:
+            check_shape("ScoreParts.linear", self.linear.shape, (n,))
 
     def take(self, idx: npt.NDArray[np.intp]) -> ScoreParts:
-        return ScoreParts(self.recon_features[idx], self.latent[idx])
+        linear = None if self.linear is None else self.linear[idx]
+        return ScoreParts(self.recon_features[idx], self.latent[idx], linear)
 
     @staticmethod
     def concat(parts: list[ScoreParts]) -> ScoreParts:
+        linear = [p.linear for p in parts]
         return ScoreParts(
             np.concatenate([p.recon_features for p in parts]),
             np.concatenate([p.latent for p in parts]),
+            None if any(x is None for x in linear) else np.concatenate(linear),  # type: ignore[arg-type]
         )
 
 
@@ -65,34 +75,55 @@ class HybridParts:
     raw: F64  # (n,) combined score
     recon: F64  # (n,) transformed, normalised reconstruction component
     latent: F64  # (n,) transformed, normalised latent component
+    linear: F64 | None = None  # (n,) transformed, normalised linear residual, if any
+
+
+Weights = tuple[float, float, float]  # reconstruction, latent, linear
 
 
 class HybridScore:
-    """Fitted normalisers + α: turns :class:`ScoreParts` into one raw score per window."""
+    """Fitted normalisers + weights: turns :class:`ScoreParts` into one raw score per window."""
 
     def __init__(
         self,
         alpha: float = 0.5,
-        normaliser: Literal["robust", "standard"] = "robust",
+        normaliser: Literal["robust", "standard", "tail"] = "robust",
         transform: Literal["softplus", "sigmoid"] = "softplus",
         combine: Literal["sum", "product"] = "sum",
+        *,
+        weights: Sequence[float] | None = None,
     ) -> None:
-        self.alpha = alpha
+        w = (alpha, 1.0 - alpha, 0.0) if weights is None else tuple(float(x) for x in weights)
+        if len(w) != 3 or min(w) < 0 or abs(sum(w) - 1.0) > 1e-6:
+            raise ValueError(f"weights must be 3 non-negative numbers summing to 1, got {w}")
+        self.weights: Weights = (w[0], w[1], w[2])
         self.normaliser = normaliser
         self.transform = transform
         self.combine = combine
         self._feature_scale: F64 = np.ones(0)
-        self._recon_norm = Normaliser(normaliser)
-        self._latent_norm = Normaliser(normaliser)
+        self._recon_norm: AnyNormaliser = make_normaliser(normaliser)
+        self._latent_norm: AnyNormaliser = make_normaliser(normaliser)
+        self._linear_norm: AnyNormaliser | None = None
+
+    @property
+    def alpha(self) -> float:
+        """The reconstruction component's weight."""
+        return self.weights[0]
+
+    @property
+    def has_linear(self) -> bool:
+        return self._linear_norm is not None
 
     def fit(self, parts: ScoreParts) -> HybridScore:
-        """Fit both normalisers on validation (normal) windows; returns self."""
+        """Fit the normalisers on validation (normal) windows; returns self."""
         # Each feature's error is measured against its own typical error on normal windows, so
         # a feature the model always reconstructs loosely does not drown the others.
         med = np.median(parts.recon_features.astype(np.float64), axis=0)  # (d,)
         self._feature_scale = np.maximum(med, _MIN_FEATURE_SCALE)
         self._recon_norm.fit(self.recon(parts))
         self._latent_norm.fit(parts.latent)
+        if parts.linear is not None:
+            self._linear_norm = make_normaliser(self.normaliser).fit(parts.linear)
         return self
 
     def feature_errors(self, parts: ScoreParts) -> F64:
@@ -103,22 +134,44 @@ class HybridScore:
         """The reconstruction component R before normalisation: (n,)."""
         return self.feature_errors(parts).mean(axis=1)  # type: ignore[no-any-return]
 
-    def components(self, parts: ScoreParts) -> tuple[F64, F64]:
-        r = apply_transform(self._recon_norm.transform(self.recon(parts)), self.transform)
-        lat = apply_transform(self._latent_norm.transform(parts.latent), self.transform)
-        return r, lat
+    def _unit(self, norm: AnyNormaliser, x: npt.ArrayLike) -> F64:
+        z = norm.transform(x)
+        return z if self.normaliser == "tail" else apply_transform(z, self.transform)
 
-    def raw(self, parts: ScoreParts, alpha: float | None = None) -> HybridParts:
-        a = self.alpha if alpha is None else alpha
-        r, lat = self.components(parts)
-        return HybridParts(combine(r, lat, a, self.combine), r, lat)
+    def components(self, parts: ScoreParts) -> tuple[F64, F64, F64 | None]:
+        """The normalised components (reconstruction, latent, linear or None): each (n,)."""
+        r = self._unit(self._recon_norm, self.recon(parts))
+        lat = self._unit(self._latent_norm, parts.latent)
+        lin = None
+        if self._linear_norm is not None:
+            if parts.linear is None:
+                raise ValueError("this score has a linear component: ScoreParts.linear is None")
+            lin = self._unit(self._linear_norm, parts.linear)
+        return r, lat, lin
+
+    def raw(
+        self,
+        parts: ScoreParts,
+        alpha: float | None = None,
+        *,
+        weights: Sequence[float] | None = None,
+    ) -> HybridParts:
+        """The combined score; ``alpha`` or ``weights`` override the fitted weights."""
+        w = self.weights if weights is None else tuple(weights)
+        if alpha is not None:
+            w = (alpha, 1.0 - alpha, 0.0)
+        r, lat, lin = self.components(parts)
+        comps = [(w[0], r), (w[1], lat)] + ([(w[2], lin)] if lin is not None else [])
+        return HybridParts(combine(comps, self.combine), r, lat, lin)
+
+    def with_weights(self, weights: Sequence[float]) -> HybridScore:
+        return HybridScore.from_dict({**self.to_dict(), "weights": list(weights)})
 
     def with_alpha(self, alpha: float) -> HybridScore:
-        clone = HybridScore.from_dict({**self.to_dict(), "alpha": alpha})
-        return clone
+        return self.with_weights((alpha, 1.0 - alpha, 0.0))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "alpha": self.alpha,
             "normaliser": self.normaliser,
             "transform": self.transform,
@@ -127,22 +180,34 @@ class HybridScore:
             "recon_norm": self._recon_norm.to_dict(),
             "latent_norm": self._latent_norm.to_dict(),
         }
+        # Written only where α does not say it all, so that a model's content (and its version
+        # id) reads the same as before the weights existed.
+        if self.weights[2] or self._linear_norm is not None:
+            d["weights"] = list(self.weights)
+        if self._linear_norm is not None:
+            d["linear_norm"] = self._linear_norm.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HybridScore:
-        h = cls(float(d["alpha"]), d["normaliser"], d["transform"], d["combine"])
+        # models saved before the weights hold only α
+        weights = d.get("weights") or (float(d["alpha"]), 1.0 - float(d["alpha"]), 0.0)
+        h = cls(normaliser=d["normaliser"], transform=d["transform"], combine=d["combine"],
+                weights=weights)  # fmt: skip
         h._feature_scale = np.asarray(d["feature_scale"], dtype=np.float64)
-        h._recon_norm = Normaliser.from_dict(d["recon_norm"])
-        h._latent_norm = Normaliser.from_dict(d["latent_norm"])
+        h._recon_norm = normaliser_from_dict(d["recon_norm"])
+        h._latent_norm = normaliser_from_dict(d["latent_norm"])
+        if "linear_norm" in d:
+            h._linear_norm = normaliser_from_dict(d["linear_norm"])
         return h
 
 
-def combine(r: F64, lat: F64, alpha: float, how: str) -> F64:
-    """α-combination of two non-negative components."""
+def combine(weighted: Sequence[tuple[float, F64]], how: str) -> F64:
+    """Weighted combination of non-negative components: ``[(weight, values (n,)), ...]``."""
     if how == "product":
         # Geometric weighting; the small floor keeps log(0) out when a component is exactly 0.
-        return np.exp(alpha * np.log(r + 1e-12) + (1.0 - alpha) * np.log(lat + 1e-12))
-    return alpha * r + (1.0 - alpha) * lat
+        return np.exp(sum(w * np.log(c + 1e-12) for w, c in weighted))
+    return sum(w * c for w, c in weighted)  # type: ignore[return-value]
 
 
 def roc_auc(negative: npt.ArrayLike, positive: npt.ArrayLike) -> float:

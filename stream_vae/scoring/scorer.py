@@ -35,6 +35,7 @@ class ScoredBatch:
     latent: F64  # (n,) normalised latent component
     threshold: float
     alerts: tuple[Alert, ...]
+    linear: F64 | None = None  # (n,) normalised linear residual, when the model has one
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -104,7 +105,9 @@ class Scorer:
             )
             for i, e in enumerate(events)
         )
-        return ScoredBatch(keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts)
+        return ScoredBatch(
+            keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts, h.linear
+        )
 
     def open_series(self) -> frozenset[str]:
         """Series in an alert episode now."""

@@ -29,6 +29,7 @@ from ..core.scaler import Scaler
 from ..errors import ArtifactError
 from ..model.vae import LSTMVAE, VAEConfig
 from ..scoring.hybrid import HybridScore
+from ..scoring.reference import ScoreReference
 from ..scoring.threshold import Calibration
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Artifact"]
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 WEIGHTS, MANIFEST = "weights.pt", "manifest.json"
+_REFERENCE = "reference."  # the prefix of the score reference's tensors in the weights file
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class Artifact:
     parent: str | None = None  # version this one was warm-started from
     created_at: float = 0.0
     version: str = ""
+    # What normal windows look like, for the latent modes "aggregate"/"knn" and the linear
+    # residual; stored in the weights file under "reference.<name>" (plain tensors).
+    reference: ScoreReference = field(default_factory=ScoreReference)
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -66,6 +71,9 @@ class Artifact:
         for k in sorted(self.state_dict):
             h.update(k.encode())
             h.update(self.state_dict[k].detach().cpu().contiguous().numpy().tobytes())
+        for k, v in sorted(self.reference.to_arrays().items()):  # none: the id reads as before
+            h.update(f"{_REFERENCE}{k}".encode())
+            h.update(np.ascontiguousarray(v).tobytes())
         h.update(
             _json.dumps(
                 [
@@ -133,7 +141,10 @@ class Artifact:
     def to_files(self) -> dict[str, bytes]:
         """The version as named byte strings (what :mod:`stream_vae.storage.files` writes)."""
         buf = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict.items()}, buf)
+        tensors = {k: v.detach().cpu() for k, v in self.state_dict.items()}
+        for k, v in self.reference.to_arrays().items():
+            tensors[_REFERENCE + k] = torch.from_numpy(np.ascontiguousarray(v))
+        torch.save(tensors, buf)
         return {WEIGHTS: buf.getvalue(), MANIFEST: _json.dumps(self.manifest(), indent=True)}
 
     @classmethod
@@ -159,10 +170,17 @@ class Artifact:
                 f"unreadable weights in {where}: {str(exc).splitlines()[0]}"
             ) from None
         try:
+            if not isinstance(state, dict):
+                raise TypeError(f"the weights file holds a {type(state).__name__}, not a dict")
+            reference = {
+                k.removeprefix(_REFERENCE): state.pop(k).numpy()
+                for k in [k for k in state if str(k).startswith(_REFERENCE)]
+            }
             art = cls(
                 feature_names=tuple(m["feature_names"]),
                 vae_config=VAEConfig(**m["model"]),
                 state_dict=state,
+                reference=ScoreReference.from_arrays(reference),
                 scaler=Scaler.from_dict(m["scaler"]),
                 hybrid=HybridScore.from_dict(m["hybrid"]),
                 calibration=Calibration.from_dict(m["calibration"]),
@@ -173,8 +191,9 @@ class Artifact:
                 version=m["version"],
             )
             _check_spec(art.spec, art.vae_config)
+            _check_reference(art.spec, art.reference, art.hybrid)
             art.model()  # the weights must fit the declared architecture
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"invalid model in {where}: {str(exc).splitlines()[0]}") from None
         # The id is the content's: an edited threshold or scaler (or weights) served under the
         # original id would give alerts ids that belong to another model.
@@ -185,6 +204,13 @@ class Artifact:
                 "manifest or the weights were changed after saving (retrain, or restore them)"
             )
         return art
+
+
+def _check_reference(spec: ModelSpec, ref: ScoreReference, hybrid: HybridScore) -> None:
+    if spec.scoring.latent_mode in ("aggregate", "knn") and ref.latent is None:
+        raise ValueError(f"latent_mode {spec.scoring.latent_mode} without a latent reference")
+    if hybrid.has_linear != (ref.linear is not None):
+        raise ValueError("the score's linear component and the linear reference disagree")
 
 
 def _check_spec(spec: ModelSpec, cfg: VAEConfig) -> None:

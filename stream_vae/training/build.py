@@ -22,11 +22,12 @@ from ..core.records import RecordBatch
 from ..core.scaler import Scaler
 from ..errors import ArtifactError, DataError
 from ..model.backends import TorchBackend
-from ..model.detector import Detector
+from ..model.detector import MAX_SCALED, Detector
 from ..model.vae import pick_device
-from ..scoring.alpha import choose_alpha, corrupt_windows
+from ..scoring.alpha import choose_weights, corrupt_windows
 from ..scoring.ema import SeriesEMA
-from ..scoring.hybrid import HybridScore, ScoreParts
+from ..scoring.hybrid import HybridScore, ScoreParts, Weights
+from ..scoring.reference import MAX_LINEAR_ROWS, LatentReference, LinearReference, ScoreReference
 from ..scoring.threshold import calibrate
 from ..storage.artifact import Artifact
 from .fit import fit, make_windows, split_by_time
@@ -148,9 +149,11 @@ def fit_artifact(
         progress=progress,
     )
     spec = settings.spec()
-    detector = Detector.from_spec(TorchBackend(result.model, dev), scaler, spec)
+    backend = TorchBackend(result.model, dev)
+    reference = _fit_reference(backend, scaler, settings, train_windows)
+    detector = Detector.from_spec(backend, scaler, spec, reference=reference)
     val_parts = detector.infer(val_windows)
-    hybrid, alpha_aucs = _fit_hybrid(detector, val_windows, val_parts, settings)
+    hybrid, weight_aucs = _fit_hybrid(detector, val_windows, val_parts, settings)
     raw = hybrid.raw(val_parts).raw
     # The threshold applies to the smoothed score, so calibrate on exactly that: the validation
     # windows in order through a fresh per-series EMA.
@@ -163,7 +166,7 @@ def fit_artifact(
     metrics = {
         **result.metrics(),
         "n_windows": {"train": len(train_windows), "val": len(val_windows)},
-        "alpha_auc": {str(a): v for a, v in alpha_aucs.items()},
+        **_auc_metrics(weight_aucs, hybrid.has_linear),
         "train_seconds": round(time.time() - t0, 2),
     }
     return Artifact(
@@ -177,12 +180,46 @@ def fit_artifact(
         training={"settings": settings.train.model_dump(), "metrics": metrics},
         parent=warm_start.version if warm_start is not None else None,
         created_at=time.time(),
+        reference=reference,
     )
+
+
+def _fit_reference(
+    backend: TorchBackend, scaler: Scaler, settings: Settings, train_windows: np.ndarray
+) -> ScoreReference:
+    """What the latent modes ``aggregate``/``knn`` and the linear residual measure against:
+    the posterior means and the principal subspace of (a sample of) the training windows."""
+    s, win = settings.scoring, settings.window
+    need_latent = s.latent_mode in ("aggregate", "knn")
+    if not need_latent and s.linear_variance == 0:
+        return ScoreReference()
+    rng = np.random.default_rng(settings.train.seed)
+    n = min(MAX_LINEAR_ROWS, len(train_windows))
+    sample = train_windows[np.sort(rng.choice(len(train_windows), size=n, replace=False))]
+    latent = linear = None
+    if need_latent:
+        mu, _ = Detector(backend, scaler, win.size, n_context=win.n_context).encode(sample)
+        latent = LatentReference.fit(mu, rng)
+    if s.linear_variance > 0:
+        x = np.clip(scaler.transform(sample), -MAX_SCALED, MAX_SCALED)  # (n, W, c)
+        data = x[:, :, : x.shape[2] - win.n_context].reshape(n, -1)  # the values, not the calendar
+        linear = LinearReference.fit(data, s.linear_variance, rng)
+    return ScoreReference(latent, linear)
+
+
+def _auc_metrics(aucs: dict[Weights, float], has_linear: bool) -> dict[str, dict[str, float]]:
+    """The AUC of each weighting tried, for the manifest: by α (two components) or by
+    ``"w_recon/w_latent/w_linear"``."""
+    if not aucs:
+        return {}
+    if has_linear:
+        return {"weights_auc": {"/".join(f"{x:g}" for x in w): v for w, v in aucs.items()}}
+    return {"alpha_auc": {str(w[0]): v for w, v in aucs.items()}}
 
 
 def _fit_hybrid(
     detector: Detector, val_windows: np.ndarray, parts: ScoreParts, settings: Settings
-) -> tuple[HybridScore, dict[float, float]]:
+) -> tuple[HybridScore, dict[Weights, float]]:
     s = settings.scoring
     hybrid = HybridScore(
         0.5 if s.alpha == "auto" else float(s.alpha), s.normaliser, s.transform, s.combine
@@ -194,11 +231,11 @@ def _fit_hybrid(
     clean = val_windows[np.sort(idx)]
     data_std = detector.scaler.std[: detector.n_values]  # the calendar is not faulted
     corrupted = detector.infer(corrupt_windows(clean, data_std, rng))
-    alpha, aucs = choose_alpha(hybrid, parts.take(np.sort(idx)), corrupted)
+    weights, aucs = choose_weights(hybrid, parts.take(np.sort(idx)), corrupted)
     log.info(
-        "alpha=%.2f chosen on %d validation windows (AUC by alpha: %s)",
-        alpha,
+        "weights (recon, latent, linear) = %s chosen on %d validation windows (best AUC %.3f)",
+        weights,
         len(clean),
-        {a: round(v, 3) for a, v in aucs.items()},
+        aucs[weights],
     )
-    return hybrid.with_alpha(alpha), aucs
+    return hybrid.with_weights(weights), aucs

@@ -97,7 +97,10 @@ def neg_elbo(
 
 def _raw_scores(artifact: Artifact, windows: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     detector = Detector.from_spec(
-        TorchBackend(artifact.model(), "cpu"), artifact.scaler, artifact.spec
+        TorchBackend(artifact.model(), "cpu"),
+        artifact.scaler,
+        artifact.spec,
+        reference=artifact.reference,
     )
     parts = detector.infer(windows)
     return np.asarray(artifact.hybrid.raw(parts).raw, dtype=np.float64)

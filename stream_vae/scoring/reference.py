@@ -1,0 +1,165 @@
+"""What normal windows look like, fitted at training and stored with the model: the reference
+that two score components are measured against.
+
+* :class:`LatentReference` — the *aggregate posterior* of the normal training windows: the
+  posterior means μ of those windows. A window's latent term is how far its μ lies from them:
+  ``"aggregate"`` is the Mahalanobis distance under one Gaussian fitted to them (½·d², nats up to
+  a constant), ``"knn"`` the mean distance to the nearest ``k`` of them (a nearest-neighbour
+  density estimate: normal windows form several clusters, which one Gaussian blurs into one).
+  The KL of q(z|x) to N(0, I) says how far a window is from the prior; these say how far it is
+  from normal.
+* :class:`LinearReference` — the principal subspace of the normal scaled windows (flattened,
+  W·d values): a window's linear component is its mean squared residual off that subspace. It
+  is PCA's view of the same window, and catches broken correlations between features that the
+  recurrent model reconstructs too well.
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> ref = LatentReference.fit(rng.normal(size=(500, 2)), rng)
+>>> near, far = ref.knn(np.array([[0.0, 0.0], [6.0, 6.0]]))
+>>> bool(far > 5 * near)
+True
+>>> lin = LinearReference.fit(np.outer(rng.normal(size=300), [1.0, 2.0, 3.0]), 0.99, rng)
+>>> lin.residual(np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])).round(3).tolist()
+[0.0, 2.286]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import check_shape
+
+__all__ = ["KNN_K", "LatentReference", "LinearReference", "ScoreReference"]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+# Neighbours averaged by the kNN latent term: few enough to follow a small cluster of normal
+# windows, enough that one odd training window does not make its neighbourhood look normal.
+KNN_K = 10
+# Reference points kept for the kNN term (μ of training windows, sampled): the cost is one
+# (batch × points × latent) product per batch, ~4% of the LSTM's forward pass at the defaults.
+MAX_POINTS = 2048
+# Rows the principal subspace is fitted on (sampled): enough for a W·d of a few hundred.
+MAX_LINEAR_ROWS = 4000
+# Ridge on the latent covariance, relative to its mean variance: a latent dimension the model
+# does not use has (nearly) zero variance and would make any movement along it infinite.
+_RIDGE = 1e-3
+_CHUNK = 1024  # query rows per distance matrix (bounds its memory at 8 MiB)
+
+
+def _sample(x: F64, n: int, rng: np.random.Generator) -> F64:
+    if len(x) <= n:
+        return x
+    return x[np.sort(rng.choice(len(x), size=n, replace=False))]
+
+
+@dataclass(frozen=True, slots=True)
+class LatentReference:
+    """The posterior means of normal windows: their Gaussian (mean, precision) and a sample."""
+
+    mean: F64  # (k,)
+    precision: F64  # (k, k)
+    points: F32  # (m, k) reference μ for the kNN term
+
+    @classmethod
+    def fit(cls, mu: npt.ArrayLike, rng: np.random.Generator) -> LatentReference:
+        m = np.asarray(mu, dtype=np.float64)
+        check_shape("LatentReference.fit mu", m.shape, (None, None))
+        if len(m) < 2 or not np.isfinite(m).all():
+            raise ValueError("LatentReference.fit needs at least two finite posterior means")
+        cov = np.atleast_2d(np.cov(m.T))
+        cov += _RIDGE * max(float(np.trace(cov)) / len(cov), 1e-12) * np.eye(len(cov))
+        points = _sample(m, MAX_POINTS, rng).astype(np.float32)
+        return cls(m.mean(axis=0), np.asarray(np.linalg.inv(cov), np.float64), points)
+
+    def mahalanobis(self, mu: npt.ArrayLike) -> F64:
+        """½ · squared Mahalanobis distance of each μ (n, k) from the normal μ: (n,)."""
+        d = np.asarray(mu, dtype=np.float64) - self.mean
+        return 0.5 * np.einsum("ij,jk,ik->i", d, self.precision, d)  # type: ignore[no-any-return]
+
+    def knn(self, mu: npt.ArrayLike, k: int = KNN_K) -> F64:
+        """Mean Euclidean distance of each μ (n, k) to its ``k`` nearest reference points: (n,)."""
+        q = np.asarray(mu, dtype=np.float32)
+        ref = self.points
+        k = min(k, len(ref))
+        ref_sq = (ref * ref).sum(axis=1)  # (m,)
+        out = np.empty(len(q), dtype=np.float64)
+        for i in range(0, len(q), _CHUNK):
+            b = q[i : i + _CHUNK]  # (c, k)
+            d2 = (b * b).sum(axis=1)[:, None] - 2.0 * (b @ ref.T) + ref_sq[None, :]  # (c, m)
+            nearest = np.partition(d2, k - 1, axis=1)[:, :k]  # (c, k), unordered
+            out[i : i + _CHUNK] = np.sqrt(np.maximum(nearest, 0.0)).mean(axis=1)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class LinearReference:
+    """The principal subspace of normal flattened windows: centre (D,), orthonormal basis (r, D)."""
+
+    centre: F32
+    basis: F32
+
+    @classmethod
+    def fit(cls, x: npt.ArrayLike, variance: float, rng: np.random.Generator) -> LinearReference:
+        """Keep the fewest components that explain ``variance`` of the rows of ``x`` (n, D)."""
+        a = _sample(np.asarray(x, dtype=np.float64), MAX_LINEAR_ROWS, rng)
+        check_shape("LinearReference.fit x", a.shape, (None, None))
+        if not 0.0 < variance < 1.0:
+            raise ValueError(f"variance must be in (0, 1), got {variance}")
+        centre = a.mean(axis=0)
+        c = a - centre
+        # eigh of the (D, D) scatter: stable where an SVD of a near-degenerate matrix can fail
+        ev, vec = np.linalg.eigh(c.T @ c)
+        ev, vec = np.maximum(ev[::-1], 0.0), vec[:, ::-1]
+        total = float(ev.sum())
+        r = len(ev) if total <= 0 else int(np.searchsorted(np.cumsum(ev) / total, variance) + 1)
+        return cls(centre.astype(np.float32), np.ascontiguousarray(vec[:, :r].T, np.float32))
+
+    def residual(self, x: npt.ArrayLike) -> F64:
+        """Mean squared residual of each row of ``x`` (n, D) off the subspace: (n,)."""
+        c = np.asarray(x, dtype=np.float32) - self.centre
+        r = c - (c @ self.basis.T) @ self.basis
+        return (r.astype(np.float64) ** 2).mean(axis=1)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreReference:
+    """The references a model's score components need (either may be absent)."""
+
+    latent: LatentReference | None = None
+    linear: LinearReference | None = None
+
+    def to_arrays(self) -> dict[str, F32]:
+        """Named float32 arrays (stored beside the weights)."""
+        out: dict[str, F32] = {}
+        if self.latent is not None:
+            out["latent.mean"] = self.latent.mean.astype(np.float32)
+            out["latent.precision"] = self.latent.precision.astype(np.float32)
+            out["latent.points"] = self.latent.points
+        if self.linear is not None:
+            out["linear.centre"] = self.linear.centre
+            out["linear.basis"] = self.linear.basis
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, npt.NDArray[np.floating]]) -> ScoreReference:
+        latent = linear = None
+        if "latent.mean" in arrays:
+            latent = LatentReference(
+                np.asarray(arrays["latent.mean"], np.float64),
+                np.asarray(arrays["latent.precision"], np.float64),
+                np.asarray(arrays["latent.points"], np.float32),
+            )
+        if "linear.centre" in arrays:
+            linear = LinearReference(
+                np.asarray(arrays["linear.centre"], np.float32),
+                np.asarray(arrays["linear.basis"], np.float32),
+            )
+        return cls(latent, linear)
