@@ -785,3 +785,61 @@ def test_readiness_turns_false_when_the_broker_is_lost(tiny: TinyModel) -> None:
             return codes
 
         assert asyncio.run(scenario()) == [200, 503]
+
+
+def test_an_unreadable_state_topic_replays_the_bounded_tail_and_keeps_the_stored_starts(
+    broker: EmbeddedBroker, tiny: TinyModel
+) -> None:
+    """Issue 16, found by the fault suite: a takeover whose read of the state topic timed out
+    (a slow broker) started its partitions empty *and* wrote `replay_from = committed` over the
+    stored starts, so every later owner rebuilt nothing either (invented and lost alerts). Now
+    the stored starts stay, and the last `max_replay_records` of each partition are replayed."""
+    tag = uuid.uuid4().hex[:8]
+    kafka = {
+        "bootstrap_servers": broker.bootstrap_servers,
+        "group_id": f"g5-{tag}",
+        "input_topics": [f"in5-{tag}"],
+        "alert_topic": f"alerts5-{tag}",
+        "dead_letter_topic": f"dlq5-{tag}",
+        "topic_partitions": 1,
+    }
+    service = {"max_batch_records": 200, "max_wait_ms": 20, "device": "cpu", "metrics_port": None}
+    first = load_settings(env={}, kafka=kafka, service=service)
+    slow = load_settings(
+        env={},
+        kafka=kafka,
+        service={**service, "state_read_timeout_s": 1e-6, "max_replay_records": 40},
+    )
+    k = first.kafka
+    table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
+    tp = TopicPartition(k.input_topics[0], 0)
+
+    async def scenario() -> tuple[Checkpoint, Checkpoint, int, str]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        rows = list(table.batch.records())
+        await _send_all(k, rows, table.feature_names)
+        a, stop = Service(first, tiny.artifact), asyncio.Event()
+        task = asyncio.create_task(a.run(stop))
+        async with asyncio.timeout(60):
+            while await _committed_total(k, 1) < len(rows):
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        before = (await _replay_starts(k, [tp]))[0]
+        b, stop = Service(slow, tiny.artifact), asyncio.Event()
+        task = asyncio.create_task(b.run(stop))
+        async with asyncio.timeout(60):
+            while b.n_assignments == 0 or b.accounting()["replayed"] < 40:
+                await asyncio.sleep(0.02)
+        during = (await _replay_starts(k, [tp]))[0]  # what the takeover left in the state topic
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        metrics = generate_latest(b.metrics.registry).decode()
+        return before, during, b.accounting()["replayed"], metrics
+
+    before, during, replayed, metrics = asyncio.run(scenario())
+    n = len(table.batch)
+    assert before.committed == n and before.replay_from < n - 40  # a longer replay was stored
+    assert during == before  # not overwritten with (committed, committed)
+    assert replayed == 40  # the bound, blind
+    assert _samples(metrics, "stream_vae_replay_truncated_total")["reason=unreadable"] == 1

@@ -55,6 +55,9 @@ class ServiceSettings(BaseModel):
     # How often a partition's replay start is written to kafka.state_topic at most; a start
     # held back is still valid (it only makes a replay longer), so this trades writes for replay.
     checkpoint_interval_s: float = Field(1.0, ge=0, description="replay-start writes, at most")
+    # How long taking partitions over waits for their replay starts; past it the state topic
+    # counts as unreadable and the last max_replay_records of each partition are replayed.
+    state_read_timeout_s: float = Field(30.0, gt=0, description="replay-start read, at most")
     # A record this far ahead of the wall clock (ts=1e300, epoch ms sent as s), or this far
     # ahead of its series' newest point, is dead-lettered (implausible_timestamp): let through,
     # it moves stream time so far that every other series is evicted as idle. None: no check

@@ -160,7 +160,11 @@ class Service:
             producer, k.alert_topic, k.dead_letter_topic, max_message_bytes=k.max_message_bytes
         )
         self._checkpoints = CheckpointStore(
-            k, producer, topic=k.state_topic, interval_s=svc.checkpoint_interval_s
+            k,
+            producer,
+            topic=k.state_topic,
+            interval_s=svc.checkpoint_interval_s,
+            read_timeout_s=svc.state_read_timeout_s,
         )
         try:
             # Stopped in `finally` even when a start fails (a client that failed to start still
@@ -486,20 +490,34 @@ class Service:
         bound = self.settings.service.max_replay_records
         committed = {tp: await consumer.committed(tp) for tp in assigned}
         earliest = await consumer.beginning_offsets(list(assigned))
+        unreadable = False
         try:
             stored = await self._checkpoints.load(assigned)
         except (TimeoutError, KafkaError) as exc:
+            unreadable, stored = True, {}
             log.error(
-                "cannot read replay starts from %s (%s): state starts empty",
+                "cannot read replay starts from %s (%s): replaying the last %s records of each "
+                "partition instead",
                 self._checkpoints.topic,
-                exc,
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                bound,
             )
             self.metrics.add_replay_truncated("unreadable", len(assigned))
-            stored = {}
         fresh: dict[TopicPartition, Checkpoint] = {}
         replays: dict[TopicPartition, int] = {}
         for tp in sorted(assigned):
             c, cp = committed[tp], stored.get(tp)
+            if unreadable and c is not None:
+                # The stored start is unknown, not absent: it stays as it is (a start written
+                # over it now would cut every later owner's replay short), and the state is
+                # rebuilt, blind, from the bound: windows and EMAs whole, an episode that
+                # opened before it reopens later.
+                start = earliest[tp] if bound is None else max(earliest[tp], c - bound)
+                if start < c:
+                    consumer.seek(tp, start)
+                    self._source.replay_until[tp] = c
+                    replays[tp] = c - start
+                continue
             if c is None or cp is None or cp.committed > c:
                 # Nothing to rebuild from: consumption starts here (never committed, a group
                 # committed before checkpoints existed, or offsets reset by an operator). This
