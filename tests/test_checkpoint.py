@@ -11,7 +11,7 @@ from aiokafka import TopicPartition
 
 from stream_vae.broker import EmbeddedBroker
 from stream_vae.config import KafkaSettings
-from stream_vae.service.checkpoint import Checkpoint, CheckpointStore
+from stream_vae.service.checkpoint import Checkpoint, CheckpointStore, stop_reader
 from stream_vae.service.kafka import make_producer
 
 P0, P1 = TopicPartition("in", 0), TopicPartition("in", 1)
@@ -82,3 +82,36 @@ def test_writes_are_throttled_and_a_held_back_start_is_flushed(broker: EmbeddedB
     assert held == {P0: Checkpoint(1, 2)}  # stale is safe: an earlier start, a longer replay
     assert flushed == {P0: Checkpoint(3, 4)}
     assert same == {P0: Checkpoint(3, 4)}
+
+
+class _TornDown:
+    """A consumer whose stop() surfaces its fetcher's CancelledError (aiokafka, broker down)."""
+
+    def __init__(self, hold: asyncio.Event | None = None) -> None:
+        self.hold = hold
+
+    async def stop(self) -> None:
+        if self.hold is not None:
+            await self.hold.wait()  # cancelled here when the caller's task is
+        raise asyncio.CancelledError
+
+
+def test_a_readers_teardown_does_not_replace_the_error_in_flight() -> None:
+    """The 30-minute fault run: a state read timed out while the broker restarted, and the
+    reader's stop() raised CancelledError from its fetcher: it replaced the TimeoutError the
+    takeover handles, and the service exited 1. Only a cancellation of the task itself may
+    propagate."""
+
+    async def scenario() -> None:
+        with pytest.raises(TimeoutError):
+            try:
+                raise TimeoutError
+            finally:
+                await stop_reader(_TornDown())
+        task = asyncio.create_task(stop_reader(_TornDown(asyncio.Event())))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())

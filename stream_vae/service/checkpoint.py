@@ -51,6 +51,24 @@ log = logging.getLogger(__name__)
 _MARKER = b"\x00marker/"
 
 
+async def stop_reader(consumer: AIOKafkaConsumer) -> None:
+    """Stop a short-lived consumer without letting its teardown replace the error in flight.
+
+    While the broker is down, aiokafka's fetcher task sleeps between retries; stopping the
+    consumer cancels it, and its CancelledError can surface from ``stop()`` although nothing
+    cancelled *this* task. Raised from a ``finally``, it replaced the read's TimeoutError (which
+    the takeover handles) and, through the rebalance callback, ended the service with exit 1
+    (the 30-minute fault run). A cancellation of this task itself still propagates.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("a state-topic reader's fetcher was cancelled while it stopped")
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A partition's replay start, valid for any committed offset at or after ``committed``."""
@@ -145,7 +163,7 @@ class CheckpointStore:
                                 else:
                                     found[tp] = cp
         finally:
-            await consumer.stop()
+            await stop_reader(consumer)
 
     async def save(
         self,
