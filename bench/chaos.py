@@ -31,7 +31,10 @@ Checks, at the end (the producer stopped, the group caught up, the replicas stop
    buffered + late + dead_letters; every poison record was dead-lettered, by its source
    offset, with its reason, and nothing else was;
 3. memory: each replica's RSS in the last third of the stream stays within
-   :data:`RSS_GROWTH` × (its largest RSS in the first third) + :data:`RSS_SLACK_MIB`.
+   :data:`RSS_GROWTH` × (its largest RSS in the first third) + :data:`RSS_SLACK_MIB`;
+4. the broker: every acked input record is read back from the log at its offset with its
+   bytes (a record an acked write lost across a broker restart is the broker's failure, not
+   the service's, and would show up as alerts of windows the stream never held).
 
 The exit status is 1 if a check failed (the working directory, with every replica's log, is
 then kept). ``tests/faults/test_chaos.py`` runs :func:`run` for under a minute.
@@ -239,6 +242,9 @@ class Sender:
         self._producer = make_producer(k, max_batch_size=1 << 20)
         self.log_end: Counter[tuple[str, int]] = Counter()
         self.n_resent = 0
+        # (topic, partition, offset) → the bytes acked there: the log is read back at the end, to
+        # tell records the broker lost (an acked write not kept across a restart) from the service's
+        self.acked: dict[tuple[str, int, int], bytes] = {}
 
     async def start(self) -> None:
         await self._producer.start()
@@ -247,9 +253,15 @@ class Sender:
         await self._producer.stop()
 
     async def send(
-        self, topic: str, items: Sequence[tuple[bytes | None, bytes]], partition: int | None = None
+        self,
+        topic: str,
+        items: Sequence[tuple[bytes | None, bytes]],
+        partition: int | None = None,
+        *,
+        stream: bool = True,
     ) -> list[tuple[int, int]]:
-        """``(key, value)`` items → the (partition, offset) each first landed at."""
+        """``(key, value)`` items → the (partition, offset) each first landed at. ``stream``
+        False: a harness marker, not counted in the log ends nor checked in the read-back."""
         placed: dict[int, tuple[int, int]] = {}
         while len(placed) < len(items):
             todo = [i for i in range(len(items)) if i not in placed]
@@ -267,8 +279,10 @@ class Sender:
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     md = fut.result()
                     placed[i] = (md.partition, md.offset)
-                    tp = (topic, md.partition)
-                    self.log_end[tp] = max(self.log_end[tp], md.offset + 1)
+                    if stream:
+                        tp = (topic, md.partition)
+                        self.log_end[tp] = max(self.log_end[tp], md.offset + 1)
+                        self.acked[(topic, md.partition, md.offset)] = items[i][1]
                 else:  # a late success lands as a duplicate before the retry
                     fut.add_done_callback(_retrieve)
             if len(placed) < len(items):
@@ -564,7 +578,7 @@ async def read_topic(c: Chaos, topic: str, partitions: int) -> list[ConsumerReco
     """Every record of ``topic``: read up to a marker written to each partition now (end
     offsets are not to be trusted on this broker)."""
     marks = {
-        p: (await c.sender.send(topic, [(b"chaos-marker", b"{}")], partition=p))[0][1]
+        p: (await c.sender.send(topic, [(b"chaos-marker", b"{}")], partition=p, stream=False))[0][1]
         for p in range(partitions)
     }
     consumer = AIOKafkaConsumer(
@@ -615,6 +629,16 @@ def _report_replicas(c: Chaos, duration_s: float) -> tuple[dict[str, Any], list[
                 failures.append(f"replica slot {slot}: RSS grew {max(first):.0f} → {max(last):.0f}")
         rss[str(slot)] = {k: round(v, 1) for k, v in row.items()}
     return {"accounting": dict(acc), "processes": dict(ends), "rss_mib": rss}, failures
+
+
+def _check_input_log(c: Chaos, kept: list[ConsumerRecord[Any, Any]]) -> dict[str, int]:
+    """Every acked input record is in the log, at its offset, with its bytes."""
+    topic = c.k.input_topics[0]
+    at = {(m.partition, m.offset): m.value for m in kept}
+    wanted = {(p, o): v for (t, p, o), v in c.sender.acked.items() if t == topic}
+    missing = sum(1 for key in wanted if key not in at)
+    changed = sum(1 for key, v in wanted.items() if key in at and at[key] != v)
+    return {"acked": len(wanted), "read_back": len(at), "missing": missing, "changed": changed}
 
 
 def _check_alerts(
@@ -778,6 +802,7 @@ async def _main(c: Chaos, stream: RecordBatch, plan: Plan) -> dict[str, Any]:
             await reps.stop(slot)
         alerts = await read_topic(c, k.alert_topic, partitions)
         dead = await read_topic(c, k.dead_letter_topic, partitions)
+        kept = await read_topic(c, k.input_topics[0], partitions)
     finally:
         for task in [*background, *c.pending]:
             task.cancel()
@@ -785,6 +810,12 @@ async def _main(c: Chaos, stream: RecordBatch, plan: Plan) -> dict[str, Any]:
         await c.sender.stop()
     log_end = {p: c.sender.log_end[(k.input_topics[0], p)] for p in range(partitions)}
     replicas, failures = _report_replicas(c, plan.duration_s)
+    input_log = _check_input_log(c, kept)
+    if input_log["missing"] or input_log["changed"]:
+        failures.append(
+            f"broker: {input_log['missing']} acked input records missing from the log, "
+            f"{input_log['changed']} changed (the service cannot score what the log lost)"
+        )
     if final != log_end:
         failures.insert(0, f"committed offsets {final} != log end offsets {log_end}")
     if c.produced.out_of_order:
@@ -797,6 +828,7 @@ async def _main(c: Chaos, stream: RecordBatch, plan: Plan) -> dict[str, Any]:
             "out_of_order": c.produced.out_of_order,
             "log_end": log_end,
             "committed": final,
+            "input_log": input_log,
         },
         "faults": dict(sorted(c.faults.items())),
         "fault_log": c.fault_log,
@@ -831,7 +863,8 @@ def summary(report: dict[str, Any]) -> str:
     lines = [
         f"chaos {'OK' if report['ok'] else 'FAILED'} in {report['wall_s']:.0f} s",
         f"records: {r['fleet']} fleet + {r['poison']} poison, {r['resent']} resent; "
-        f"log end {r['log_end']}, committed {r['committed']}",
+        f"log end {r['log_end']}, committed {r['committed']}; input log read back: "
+        f"{r['input_log']}",
         f"faults: {report['faults']}; unexpected replica restarts {report['replica_restarts']};"
         f" processes {report['processes']}",
         f"alerts: expected {a['expected']}, received {a['received']} "

@@ -62,6 +62,7 @@ def test_every_fault_kind_loses_no_alert_and_accounts_every_offset(
     # (2) accounting: the group read to each log end, which holds every record sent
     records = report["records"]
     assert records["committed"] == records["log_end"], summary
+    assert records["input_log"]["missing"] == records["input_log"]["changed"] == 0, summary
     assert sum(records["log_end"].values()) >= records["fleet"] + records["poison"] > 1000
     assert report["accounting"]["unaccounted"] == 0
     n_bursts = report["faults"]["poison"]
