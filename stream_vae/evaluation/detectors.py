@@ -211,7 +211,10 @@ def _lstm_ae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str,
     ae = settings.model_copy(
         update={
             "train": settings.train.model_copy(update={"beta": 0.0, "free_bits": 0.0}),
-            "scoring": settings.scoring.model_copy(update={"alpha": 1.0}),
+            # reconstruction only: no latent reference, no linear component to fit
+            "scoring": settings.scoring.model_copy(
+                update={"alpha": 1.0, "latent_mode": "kl", "linear_variance": 0.0}
+            ),
         }
     )
     art = _train(series, ae, seed)
