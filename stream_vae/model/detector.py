@@ -139,7 +139,7 @@ class Detector:
         """The data's features: what is scored and attributed (not the context)."""
         return self.n_features - self.n_context
 
-    def _scaled(self, windows: npt.NDArray[np.floating[Any]]) -> F32:
+    def scaled(self, windows: npt.NDArray[np.floating[Any]]) -> F32:
         """Scaled windows, clipped to ±``MAX_SCALED`` (a finite float32 value far out, e.g.
         1e20, would otherwise square to inf in the error and poison the series' EMA)."""
         x = self.scaler.transform(windows)  # (n, W, d) float32, a new array
@@ -150,7 +150,7 @@ class Detector:
         """The posterior of raw windows (n, W, d): μ and log σ², each (n, k) (the latent space
         the latent score is computed in; notebooks plot it)."""
         check_shape("Detector.encode windows", windows.shape, (None, self.window, self.n_features))
-        _, _, mu, logvar = self.backend(np.ascontiguousarray(self._scaled(windows)))
+        _, _, mu, logvar = self.backend(np.ascontiguousarray(self.scaled(windows)))
         return mu, logvar
 
     def infer(self, windows: npt.NDArray[np.floating[Any]]) -> ScoreParts:
@@ -160,7 +160,7 @@ class Detector:
             empty = np.empty(0, np.float32)
             linear = None if self.reference is None or self.reference.linear is None else empty
             return ScoreParts(np.empty((0, self.n_values), np.float32), empty, linear)
-        x = self._scaled(windows)  # (n, W, d) float32
+        x = self.scaled(windows)  # (n, W, d) float32
         chunks = [
             score_parts(
                 c, self.backend(c), self.recon_mode, self.latent_mode, self.reference, self.n_values

@@ -25,12 +25,11 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .hybrid import HybridScore, ScoreParts, Weights, combine, roc_auc
+from .hybrid import HybridScore, ScoreParts, Weights, roc_auc
 
 __all__ = ["ALPHA_GRID", "choose_alpha", "choose_weights", "corrupt_windows", "weight_grid"]
 
 F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
 
 ALPHA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 # AUCs within this of the best are a tie: about two standard errors of an AUC near 0.85 on
@@ -104,13 +103,8 @@ def choose_weights(
     c_clean, c_corrupt = hybrid.components(clean), hybrid.components(corrupted)
     aucs: dict[Weights, float] = {}
     for w in grid:
-        aucs[w] = roc_auc(_mix(c_clean, w, hybrid.combine), _mix(c_corrupt, w, hybrid.combine))
+        aucs[w] = roc_auc(hybrid.mix(c_clean, w), hybrid.mix(c_corrupt, w))
     best = max(aucs.values())
     # Ties (within noise of the AUC estimate) go to the larger reconstruction weight.
     chosen = max((w for w, v in aucs.items() if v >= best - _TIE), key=lambda w: w[0])
     return chosen, aucs
-
-
-def _mix(comps: tuple[F64, F64, F64 | None], w: Weights, how: str) -> F64:
-    r, lat, lin = comps
-    return combine([(w[0], r), (w[1], lat)] + ([(w[2], lin)] if lin is not None else []), how)

@@ -161,8 +161,15 @@ class HybridScore:
         if alpha is not None:
             w = (alpha, 1.0 - alpha, 0.0)
         r, lat, lin = self.components(parts)
-        comps = [(w[0], r), (w[1], lat)] + ([(w[2], lin)] if lin is not None else [])
-        return HybridParts(combine(comps, self.combine), r, lat, lin)
+        return HybridParts(self.mix((r, lat, lin), w), r, lat, lin)
+
+    def mix(self, components: tuple[F64, F64, F64 | None], weights: Sequence[float]) -> F64:
+        """Weighted combination of normalised components (as :meth:`components` returns them)."""
+        r, lat, lin = components
+        weighted = [(weights[0], r), (weights[1], lat)]
+        if lin is not None:
+            weighted.append((weights[2], lin))
+        return combine(weighted, self.combine)
 
     def with_weights(self, weights: Sequence[float]) -> HybridScore:
         return HybridScore.from_dict({**self.to_dict(), "weights": list(weights)})

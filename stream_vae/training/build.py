@@ -22,7 +22,7 @@ from ..core.records import RecordBatch
 from ..core.scaler import Scaler
 from ..errors import ArtifactError, DataError
 from ..model.backends import TorchBackend
-from ..model.detector import MAX_SCALED, Detector
+from ..model.detector import Detector
 from ..model.vae import pick_device
 from ..scoring.alpha import choose_weights, corrupt_windows
 from ..scoring.ema import SeriesEMA
@@ -196,14 +196,14 @@ def _fit_reference(
     rng = np.random.default_rng(settings.train.seed)
     n = min(MAX_LINEAR_ROWS, len(train_windows))
     sample = train_windows[np.sort(rng.choice(len(train_windows), size=n, replace=False))]
+    probe = Detector(backend, scaler, win.size, n_context=win.n_context)
     latent = linear = None
     if need_latent:
-        mu, _ = Detector(backend, scaler, win.size, n_context=win.n_context).encode(sample)
+        mu, _ = probe.encode(sample)
         latent = LatentReference.fit(mu, rng)
     if s.linear_variance > 0:
-        x = np.clip(scaler.transform(sample), -MAX_SCALED, MAX_SCALED)  # (n, W, c)
-        data = x[:, :, : x.shape[2] - win.n_context].reshape(n, -1)  # the values, not the calendar
-        linear = LinearReference.fit(data, s.linear_variance, rng)
+        data = probe.scaled(sample)[:, :, : probe.n_values]  # the values, not the calendar
+        linear = LinearReference.fit(data.reshape(n, -1), s.linear_variance, rng)
     return ScoreReference(latent, linear)
 
 
