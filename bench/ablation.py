@@ -1,7 +1,7 @@
 """The score components per anomaly kind on a generated fleet: what each latent mode, the
 reconstruction, the linear residual and the hybrid catch.
 
-    python bench/ablation.py [--seeds 0 1 2] [--out bench/results/ablation.md]
+    python bench/ablation.py [--seeds 0 1 2] [--variants ...] [--out bench/results/ablation.md]
 
 For each seed a fleet (12 machines, 6 cross-correlated seasonal channels, 1,800 steps) is
 generated; a model is trained on its clean first 1,000 steps for each scoring variant, and the
@@ -30,14 +30,23 @@ from stream_vae.scoring.hybrid import roc_auc
 from stream_vae.training.build import train_artifact
 
 W = 24
-VARIANTS: dict[str, dict[str, Any]] = {
-    "kl (default)": {},
-    "aggregate + linear, tail": {
-        "latent_mode": "aggregate",
-        "normaliser": "tail",
-        "linear_variance": 0.95,
-    },
-    "knn + linear, tail": {"latent_mode": "knn", "normaliser": "tail", "linear_variance": 0.95},
+# name → (scoring settings, model settings) over the defaults
+GAUSSIAN = {"gaussian_output": True}
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "kl (default)": ({}, {}),
+    "aggregate + linear, tail": (
+        {"latent_mode": "aggregate", "normaliser": "tail", "linear_variance": 0.95},
+        {},
+    ),
+    "knn + linear, tail": (
+        {"latent_mode": "knn", "normaliser": "tail", "linear_variance": 0.95},
+        {},
+    ),
+    # the sampled modes need (iwae) or use (recon_prob) the decoder's variance: against the same
+    # Gaussian-head model scored at z = μ
+    "kl, Gaussian head": ({}, GAUSSIAN),
+    "recon_prob, Gaussian head": ({"latent_mode": "recon_prob"}, GAUSSIAN),
+    "iwae, Gaussian head": ({"latent_mode": "iwae"}, GAUSSIAN),
 }
 KINDS = ("spike", "level_shift", "variance_burst", "stuck_sensor", "correlation_break")
 
@@ -68,15 +77,16 @@ def _aucs(test: Fleet, keys: list[str], scores: np.ndarray) -> dict[str, float]:
     return out
 
 
-def run_seed(seed: int) -> dict[tuple[str, str], dict[str, float]]:
+def run_seed(seed: int, variants: list[str]) -> dict[tuple[str, str], dict[str, float]]:
     fleet = generate_fleet(12, 6, 1800, seed=3 + seed, anomaly_start=1000, n_anomalies_per_series=2)
     train, test = fleet.split(1000)
     out: dict[tuple[str, str], dict[str, float]] = {}
-    for name, scoring in VARIANTS.items():
+    for name in variants:
+        scoring, model = VARIANTS[name]
         settings = load_settings(
             env={},
             window={"size": W},
-            model={"hidden": 64, "latent": 16},
+            model={"hidden": 64, "latent": 16, **model},
             train={"epochs": 30, "batch_size": 64, "lr": 3e-3, "patience": 5, "seed": seed},
             scoring={"target_fpr": 0.01, **scoring},
         )
@@ -104,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all")
     args = p.parse_args(argv)
-    runs = [run_seed(s) for s in args.seeds]
+    runs = [run_seed(s, args.variants or list(VARIANTS)) for s in args.seeds]
     lines = [
         f"Window ROC-AUC per anomaly kind, mean ± std over seeds {args.seeds}.",
         "",

@@ -91,3 +91,21 @@ def test_labelled_csv_splits_each_series_in_file_order(tmp_path: Path) -> None:
     assert s1.train[:, 0].tolist() == [0, 1, 2] and len(s1.test) == 7
     assert s1.labels.tolist() == [False] * 5 + [True, False]
     assert len(s2.train) == 1 and not s2.labels.any()
+
+
+def test_evaluate_the_latent_modes_in_one_command(smd_dir: Path, tmp_path: Path) -> None:
+    """`--detectors stream-vae-modes`: one training per series, one row per latent mode for the
+    hybrid and one for the latent term alone, each scored and thresholded on its own."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_TOML)
+    out = tmp_path / "report"
+    args = ["--config", str(cfg), "evaluate", "smd", str(smd_dir), "--out", str(out)]
+    assert main([*args, "--detectors", "stream-vae-modes"]) == 0
+    report = _json.loads((out / "report.json").read_bytes())
+    modes = ("kl", "aggregate", "knn", "recon_prob")  # iwae needs the Gaussian head
+    assert set(report) == {f"vae-{part}-{m}" for m in modes for part in ("hybrid", "latent")}
+    for m in modes:
+        row = report[f"vae-hybrid-{m}"]
+        assert {"f1", "event_f1", "alert_rate"} <= set(row), m  # its own threshold
+        assert row["roc_auc"] > 0.6, (m, row["roc_auc"])
+    assert report["vae-latent-knn"] != report["vae-latent-aggregate"]

@@ -400,6 +400,7 @@ LIVE_SPEC = ModelSpec.model_validate(
         "scoring": {
             "recon_mode": "last",
             "latent_mode": "prior_nll",
+            "latent_samples": 4,
             "normaliser": "standard",
             "transform": "sigmoid",
             "combine": "product",

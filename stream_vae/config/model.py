@@ -61,8 +61,11 @@ class ScoringSettings(BaseModel):
     recon_mode: Literal["window", "last"] = "window"
     # The latent term: KL to the prior, −log N(μ; 0, I), or how far μ lies from the posterior
     # means of the normal training windows (one Gaussian: "aggregate"; its nearest neighbours:
-    # "knn"), stored with the model (see docs/scoring.md).
-    latent_mode: Literal["kl", "prior_nll", "aggregate", "knn"] = "kl"
+    # "knn"), stored with the model; or, sampling latent_samples codes per window (the torch
+    # backend only, latent_samples decoder passes each), the reconstruction probability
+    # "recon_prob" or the importance-weighted −log p(x) "iwae" (see docs/scoring.md).
+    latent_mode: Literal["kl", "prior_nll", "aggregate", "knn", "recon_prob", "iwae"] = "kl"
+    latent_samples: int = Field(16, ge=1, le=1024)
     # A third component, PCA's view of the same scaled window: its residual off the subspace
     # that explains this share of the normal windows' variance; 0 = no linear component.
     linear_variance: float = Field(0.0, ge=0.0, lt=1.0)
@@ -94,3 +97,12 @@ class ModelSpec(BaseModel):
     window: WindowSettings = WindowSettings()
     model: ModelSettings = ModelSettings()
     scoring: ScoringSettings = ScoringSettings()
+
+    @model_validator(mode="after")
+    def _likelihood_needs_a_variance(self) -> ModelSpec:
+        if self.scoring.latent_mode == "iwae" and not self.model.gaussian_output:
+            raise ValueError(
+                "latent_mode 'iwae' needs model.gaussian_output = true: with the mean-only "
+                "decoder p(x|z) has no scale, and its estimate is not a likelihood"
+            )
+        return self

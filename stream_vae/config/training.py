@@ -34,6 +34,13 @@ class TrainSettings(BaseModel):
     std_floor: float = Field(1e-2, gt=0)
     seed: int = 0
     torch_threads: int = Field(2, ge=1, le=256)
+    # Training data is rarely perfectly clean: the share of windows that may be anomalous.
+    # With contamination > 0 a first fit scores every training window, the worst-reconstructed
+    # share is removed and the model is fitted again on the rest (twice the training time), and
+    # the threshold is calibrated with that share of the held-out tail's top scores set aside
+    # (scoring.threshold.trimmed_tail_threshold). The manifest records what was removed
+    # (training.metrics.trim). On clean data it costs little: docs/scoring.md.
+    contamination: float = Field(0.0, ge=0.0, le=0.2)
 
 
 class RetrainSettings(BaseModel):

@@ -10,6 +10,10 @@ the rows before it, never a later one).
   ``scoring.latent_mode``) and, for a model with a linear component, ``vae-linear`` (the
   residual off the normal windows' principal subspace), each smoothed by the same per-series
   EMA.
+* ``stream-vae-modes`` — one training of the product, scored in each latent mode
+  (:data:`LATENT_MODES`): ``vae-hybrid-<mode>`` is the product with that mode (its hybrid,
+  weights and threshold refitted), ``vae-latent-<mode>`` that latent term alone. Asked for by
+  name: the ablation of the latent modes in one command.
 * ``stream-vae-retrain`` — the product with drift-triggered retraining on (the service's
   :class:`~stream_vae.lifecycle.policy.RetrainPolicy`, inline); its score is the smoothed
   score over the threshold of the version live at that row.
@@ -27,7 +31,7 @@ one-record-at-a-time feeding give the same scores and alerts.
 Examples
 --------
 >>> sorted(DETECTORS)
-['hst', 'lstm-ae', 'pca', 'random', 'stream-vae', 'stream-vae-retrain']
+['hst', 'lstm-ae', 'pca', 'random', 'stream-vae', 'stream-vae-modes', 'stream-vae-retrain']
 """
 
 from __future__ import annotations
@@ -49,12 +53,12 @@ from ..runtime.live import DetectorOptions, LiveModel
 from ..scoring.alerts import Alert
 from ..scoring.ema import SeriesEMA
 from ..storage.artifact import Artifact
-from ..training.build import train_artifact
+from ..training.build import rescore_artifact, train_artifact
 from ..training.gate import retrain
 from .datasets import LabelledSeries
 from .novelty import carry_novelty, novelty_stage
 
-__all__ = ["DEFAULT_DETECTORS", "DETECTORS", "Output", "run_detector"]
+__all__ = ["DEFAULT_DETECTORS", "DETECTORS", "LATENT_MODES", "Output", "run_detector"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +129,35 @@ class _Episodes:
 
 
 def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
+    return _product(series, _train(series, settings, seed), settings)
+
+
+def _stream_vae_modes(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
+    """One training, scored in every latent mode: ``vae-hybrid-<mode>`` (the product with that
+    mode: its hybrid, weights and threshold refitted on the same training rows) and
+    ``vae-latent-<mode>`` (that latent term alone)."""
     art = _train(series, settings, seed)
+    seeded = _seeded(settings, seed)
+    modes = [m for m in LATENT_MODES if m != "iwae" or art.spec.model.gaussian_output]
+    out: dict[str, Output] = {}
+    for mode in modes:
+        s = seeded.model_copy(
+            update={"scoring": seeded.scoring.model_copy(update={"latent_mode": mode})}
+        )
+        scored = (
+            art
+            if mode == art.spec.scoring.latent_mode
+            else rescore_artifact(art, _as_batch(series, "train"), s)
+        )
+        rows = _product(series, scored, s)
+        out[f"vae-hybrid-{mode}"] = rows["stream-vae"]
+        out[f"vae-latent-{mode}"] = rows["vae-latent"]
+    return out
+
+
+def _product(series: LabelledSeries, art: Artifact, settings: Settings) -> dict[str, Output]:
+    """The test rows through the service's path for ``art``: the product's row and its
+    ablations."""
     n = len(series.test)
     cols = {k: np.full(n, np.nan) for k in ("smoothed", "recon", "latent", "linear", "novelty")}
     live = _live(art, settings)
@@ -273,6 +305,7 @@ def _random(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, 
 DETECTORS: dict[str, Callable[[LabelledSeries, Settings, int], dict[str, Output]]] = {
     "stream-vae": _stream_vae,
     "stream-vae-retrain": _stream_vae_retrain,
+    "stream-vae-modes": _stream_vae_modes,
     "lstm-ae": _lstm_ae,
     "pca": _pca,
     "hst": _hst,
@@ -280,8 +313,13 @@ DETECTORS: dict[str, Callable[[LabelledSeries, Settings, int], dict[str, Output]
 }
 
 # What `stream-vae evaluate` runs unless told: the retraining variant costs a training run per
-# drift event, so it is asked for by name (--detectors stream-vae stream-vae-retrain).
-DEFAULT_DETECTORS = tuple(d for d in DETECTORS if d != "stream-vae-retrain")
+# drift event, and the modes' ablation a rescoring per mode (the sampled ones decode 16 codes a
+# window), so they are asked for by name (--detectors stream-vae stream-vae-retrain).
+DEFAULT_DETECTORS = tuple(
+    d for d in DETECTORS if d not in ("stream-vae-retrain", "stream-vae-modes")
+)
+# The latent modes `stream-vae-modes` scores (iwae only for a model with the Gaussian head).
+LATENT_MODES = ("kl", "aggregate", "knn", "recon_prob", "iwae")
 
 
 def run_detector(
@@ -292,13 +330,16 @@ def run_detector(
     return DETECTORS[name](series, settings, seed)
 
 
+def _seeded(settings: Settings, seed: int) -> Settings:
+    return settings.model_copy(update={"train": settings.train.model_copy(update={"seed": seed})})
+
+
 def _train(series: LabelledSeries, settings: Settings, seed: int) -> Artifact:
     """Train and calibrate on the series' training rows, as `stream-vae train` does."""
-    seeded = settings.model_copy(update={"train": settings.train.model_copy(update={"seed": seed})})
     return train_artifact(
         _as_batch(series, "train"),
         series.feature_names,
-        seeded,
+        _seeded(settings, seed),
         device=settings.service.device,
         progress=False,
     )

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from ..core.scaler import Scaler
 from ..errors import check_shape
 from ..scoring.hybrid import ScoreParts
 from ..scoring.reference import ScoreReference
-from .backends import Backend, Outputs
+from .backends import Backend, Outputs, TorchBackend
+from .sampled import SAMPLED_MODES, sampled_term
 from .vae import kl_per_dim, point_error
 
 if TYPE_CHECKING:  # annotations only
@@ -37,7 +39,7 @@ MAX_BATCH = 4096
 MAX_SCALED = 1e6
 
 
-LatentMode = Literal["kl", "prior_nll", "aggregate", "knn"]
+LatentMode = Literal["kl", "prior_nll", "aggregate", "knn", "recon_prob", "iwae"]
 
 
 def score_parts(
@@ -54,7 +56,8 @@ def score_parts(
     ``recon_mode="window"`` averages the error over the window's points (it sees shape changes,
     not just the newest point); ``"last"`` uses the newest point only. With a Gaussian decoder
     the error is the per-point negative log-likelihood (without its constant). ``"aggregate"``
-    and ``"knn"`` need ``reference.latent``; ``n_values`` is the number of data channels (the
+    and ``"knn"`` need ``reference.latent``; the sampled modes need the model itself
+    (:class:`Detector` adds them); ``n_values`` is the number of data channels (the
     rest are context, left out of the linear residual).
     """
     recon, recon_lv, mu, logvar = outputs
@@ -70,6 +73,8 @@ def score_parts(
         latent = kl_per_dim(mu, logvar).sum(axis=1)  # (n, k) → (n,)
     elif latent_mode == "prior_nll":  # −log N(μ; 0, I)
         latent = 0.5 * (mu**2).sum(axis=1) + 0.5 * mu.shape[1] * math.log(2 * math.pi)
+    elif latent_mode in SAMPLED_MODES:
+        raise ValueError(f"latent_mode {latent_mode!r} samples the model: score with a Detector")
     else:
         if reference is None or reference.latent is None:
             raise ValueError(f"latent_mode {latent_mode!r} needs the model's latent reference")
@@ -92,6 +97,7 @@ class Detector:
         max_batch: int = MAX_BATCH,
         n_context: int = 0,
         reference: ScoreReference | None = None,
+        latent_samples: int = 16,
     ) -> None:
         self.backend = backend
         self.scaler = scaler
@@ -106,6 +112,9 @@ class Detector:
         self.reference = reference
         if latent_mode in ("aggregate", "knn") and (reference is None or reference.latent is None):
             raise ValueError(f"latent_mode {latent_mode!r} needs the model's latent reference")
+        self.latent_samples = latent_samples
+        if latent_mode in SAMPLED_MODES and not isinstance(backend, TorchBackend):
+            raise ValueError(f"latent_mode {latent_mode!r} decodes sampled codes: torch only")
 
     @classmethod
     def from_spec(
@@ -127,6 +136,7 @@ class Detector:
             max_batch=max_batch,
             n_context=spec.window.n_context,
             reference=reference,
+            latent_samples=spec.scoring.latent_samples,
         )
 
     @property
@@ -162,16 +172,29 @@ class Detector:
             return ScoreParts(np.empty((0, self.n_values), np.float32), empty, linear)
         x = self.scaled(windows)  # (n, W, d) float32
         chunks = [
-            score_parts(
-                c, self.backend(c), self.recon_mode, self.latent_mode, self.reference, self.n_values
-            )
-            for c in (
-                np.ascontiguousarray(x[i : i + self.max_batch])
-                for i in range(0, len(x), self.max_batch)
-            )
+            self._chunk_parts(np.ascontiguousarray(x[i : i + self.max_batch]))
+            for i in range(0, len(x), self.max_batch)
         ]
         parts = ScoreParts.concat(chunks)
         if self.n_context:  # the data's features only
             values = np.ascontiguousarray(parts.recon_features[:, : self.n_values])
             return ScoreParts(values, parts.latent, parts.linear)
         return parts
+
+    def _chunk_parts(self, x: F32) -> ScoreParts:
+        """The parts of one chunk of scaled windows (n, W, d)."""
+        if self.latent_mode not in SAMPLED_MODES:
+            return score_parts(
+                x, self.backend(x), self.recon_mode, self.latent_mode, self.reference, self.n_values
+            )
+        out = self.backend(x)
+        parts = score_parts(x, out, self.recon_mode, "kl", self.reference, self.n_values)
+        backend = self.backend
+        assert isinstance(backend, TorchBackend)  # checked in __init__
+        latent = sampled_term(
+            backend.model,
+            torch.from_numpy(x).to(backend.device),
+            self.latent_mode,  # type: ignore[arg-type]
+            self.latent_samples,
+        )
+        return ScoreParts(parts.recon_features, latent.float().cpu().numpy(), parts.linear)

@@ -17,25 +17,33 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from ..core.records import RecordBatch
 from ..core.scaler import Scaler
+from ..core.windows import ReadyWindows
 from ..errors import ArtifactError, DataError
 from ..model.backends import TorchBackend
 from ..model.detector import Detector
-from ..model.vae import pick_device
+from ..model.vae import LSTMVAE, pick_device
 from ..scoring.alpha import choose_weights, corrupt_windows
 from ..scoring.ema import SeriesEMA
 from ..scoring.hybrid import HybridScore, ScoreParts, Weights
 from ..scoring.reference import MAX_LINEAR_ROWS, LatentReference, LinearReference, ScoreReference
 from ..scoring.threshold import calibrate
 from ..storage.artifact import Artifact
-from .fit import fit, make_windows, split_by_time
+from .fit import FitResult, fit, make_windows, split_by_time
 
 if TYPE_CHECKING:  # annotations only: the loader is the entry point's
     from ..config import Settings
 
-__all__ = ["MAX_TRAIN_ABS", "fit_artifact", "train_artifact"]
+__all__ = [
+    "MAX_TRAIN_ABS",
+    "fit_artifact",
+    "package_artifact",
+    "rescore_artifact",
+    "train_artifact",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,7 @@ def train_artifact(
 ) -> Artifact:
     """Train, calibrate and package a model from normal records (any order, many series)."""
     t0 = time.time()
-    train_cfg, win = settings.train, settings.window
+    win = settings.window
     if warm_start is not None:
         warm_start.check_features(feature_names)
         if warm_start.spec.window.calendar != win.calendar:
@@ -72,16 +80,7 @@ def train_artifact(
             )
     _check_magnitudes(batch, feature_names)
     batch = batch.in_time_order()  # training files need not be in time order; windows must
-    head, tail = split_by_time(batch, train_cfg.val_fraction)
-    scaler = Scaler.fit(head.values, train_cfg.std_floor).passing(win.n_context)
-    w_train = make_windows(head, win.size, calendar=win.calendar)
-    w_val = make_windows(tail, win.size, calendar=win.calendar)
-    for name, w in (("training", w_train), ("validation", w_val)):
-        if len(w) == 0:
-            raise DataError(
-                f"no {name} windows: every series needs more than {win.size} points in its "
-                f"{name} part (got {len(batch)} rows over {len(set(batch.series_ids))} series)"
-            )
+    scaler, w_train, w_val = _split_windows(batch, settings)
     art = fit_artifact(
         w_train.values,
         w_val.values,
@@ -99,6 +98,47 @@ def train_artifact(
         train_seconds=round(time.time() - t0, 2),
     )
     return art
+
+
+def rescore_artifact(art: Artifact, batch: RecordBatch, settings: Settings) -> Artifact:
+    """``art``'s weights and scaler under ``settings.scoring``: the references, the hybrid and
+    the threshold refitted on the same split of the same training records (``settings``' window
+    and train sections must be those ``art`` was trained with). One training serves every
+    latent mode in an evaluation (``vae-hybrid-<mode>``)."""
+    if settings.window != art.spec.window or settings.model != art.spec.model:
+        raise ArtifactError("rescore_artifact: the window and model settings must be the model's")
+    _, w_train, w_val = _split_windows(batch.in_time_order(), settings)
+    out = package_artifact(
+        art.model(),
+        w_train.values,
+        w_val.values,
+        w_val.keys,
+        art.feature_names,
+        settings,
+        scaler=art.scaler,
+        parent=art.parent,
+    )
+    out.training["metrics"] = {**art.training["metrics"], **out.training["metrics"]}
+    return out
+
+
+def _split_windows(
+    batch: RecordBatch, settings: Settings
+) -> tuple[Scaler, ReadyWindows, ReadyWindows]:
+    """The training records (in time order) → the scaler fitted on the head of every series,
+    and the windows of the head (training) and the tail (validation)."""
+    win = settings.window
+    head, tail = split_by_time(batch, settings.train.val_fraction)
+    scaler = Scaler.fit(head.values, settings.train.std_floor).passing(win.n_context)
+    w_train = make_windows(head, win.size, calendar=win.calendar)
+    w_val = make_windows(tail, win.size, calendar=win.calendar)
+    for name, w in (("training", w_train), ("validation", w_val)):
+        if len(w) == 0:
+            raise DataError(
+                f"no {name} windows: every series needs more than {win.size} points in its "
+                f"{name} part (got {len(batch)} rows over {len(set(batch.series_ids))} series)"
+            )
+    return scaler, w_train, w_val
 
 
 def _check_magnitudes(batch: RecordBatch, feature_names: Sequence[str]) -> None:
@@ -139,17 +179,63 @@ def fit_artifact(
     """
     t0 = time.time()
     dev = pick_device(device)
-    result = fit(
-        scaler.transform(train_windows),
-        scaler.transform(val_windows),
-        settings.model,
-        settings.train,
-        init_state=warm_start.state_dict if warm_start is not None else None,
+
+    def fit_on(windows: np.ndarray) -> FitResult:
+        return fit(
+            scaler.transform(windows),
+            scaler.transform(val_windows),
+            settings.model,
+            settings.train,
+            init_state=warm_start.state_dict if warm_start is not None else None,
+            device=dev,
+            progress=progress,
+        )
+
+    result = fit_on(train_windows)
+    trim: dict[str, float | int] = {}
+    if settings.train.contamination > 0:
+        train_windows, trim = _trim(result, scaler, settings, train_windows, dev)
+        result = fit_on(train_windows)
+    art = package_artifact(
+        result.model,
+        train_windows,
+        val_windows,
+        val_keys,
+        feature_names,
+        settings,
+        scaler=scaler,
         device=dev,
-        progress=progress,
+        smooth_calibration=smooth_calibration,
+        parent=warm_start.version if warm_start is not None else None,
     )
+    art.training["metrics"] = {
+        **result.metrics(),
+        **art.training["metrics"],
+        **({"trim": trim} if trim else {}),
+        "train_seconds": round(time.time() - t0, 2),
+    }
+    return art
+
+
+def package_artifact(
+    model: LSTMVAE,
+    train_windows: np.ndarray,
+    val_windows: np.ndarray,
+    val_keys: Sequence[str],
+    feature_names: Sequence[str],
+    settings: Settings,
+    *,
+    scaler: Scaler,
+    device: torch.device | str = "cpu",
+    smooth_calibration: bool = True,
+    parent: str | None = None,
+) -> Artifact:
+    """A fitted model → an artifact scored as ``settings.scoring`` says: the references its
+    components measure against (from the training windows), the hybrid's normalisers and weights
+    and the threshold (on the validation windows). :func:`fit_artifact` after the fit;
+    :func:`rescore_artifact` for the same weights under other scoring settings."""
     spec = settings.spec()
-    backend = TorchBackend(result.model, dev)
+    backend = TorchBackend(model, device)
     reference = _fit_reference(backend, scaler, settings, train_windows)
     detector = Detector.from_spec(backend, scaler, spec, reference=reference)
     val_parts = detector.infer(val_windows)
@@ -161,27 +247,60 @@ def fit_artifact(
         SeriesEMA(settings.scoring.ema_beta).update(val_keys, raw) if smooth_calibration else raw
     )
     calibration = calibrate(
-        smoothed, settings.scoring.target_fpr, settings.scoring.threshold_method
+        smoothed,
+        settings.scoring.target_fpr,
+        settings.scoring.threshold_method,
+        contamination=settings.train.contamination,
     )
     metrics = {
-        **result.metrics(),
         "n_windows": {"train": len(train_windows), "val": len(val_windows)},
         **_auc_metrics(weight_aucs, hybrid.has_linear),
-        "train_seconds": round(time.time() - t0, 2),
     }
     return Artifact(
         feature_names=tuple(feature_names),
-        vae_config=result.model.config,
-        state_dict={k: v.cpu() for k, v in result.model.state_dict().items()},
+        vae_config=model.config,
+        state_dict={k: v.cpu() for k, v in model.state_dict().items()},
         scaler=scaler,
         hybrid=hybrid,
         calibration=calibration,
         spec=spec,
         training={"settings": settings.train.model_dump(), "metrics": metrics},
-        parent=warm_start.version if warm_start is not None else None,
+        parent=parent,
         created_at=time.time(),
         reference=reference,
     )
+
+
+def _trim(
+    first: FitResult,
+    scaler: Scaler,
+    settings: Settings,
+    train_windows: np.ndarray,
+    device: object,
+) -> tuple[np.ndarray, dict[str, float | int]]:
+    """The training windows without the worst-reconstructed ``train.contamination`` of them
+    (by the first fit's mean reconstruction error over the window's values), and a record of
+    what was removed."""
+    win = settings.window
+    backend = TorchBackend(first.model, device)  # type: ignore[arg-type]
+    parts = Detector(backend, scaler, win.size, n_context=win.n_context).infer(train_windows)
+    err = parts.recon_features.astype(np.float64).mean(axis=1)  # (n,)
+    cutoff = float(np.quantile(err, 1.0 - settings.train.contamination))
+    keep = err <= cutoff
+    record: dict[str, float | int] = {
+        "fraction": settings.train.contamination,
+        "removed": int((~keep).sum()),
+        "kept": int(keep.sum()),
+        "error_cutoff": cutoff,
+        "first_fit_best_epoch": first.best_epoch,
+    }
+    log.info(
+        "trimmed %d of %d training windows (reconstruction error > %.4g); fitting again",
+        record["removed"],
+        len(err),
+        cutoff,
+    )
+    return train_windows[keep], record
 
 
 def _fit_reference(
