@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     # the sampled modes need (iwae) or use (recon_prob) the decoder's variance: against the same
     # Gaussian-head model scored at z = μ
+    "kl, VampPrior": ({}, {"prior": "vamp"}),
     "kl, Gaussian head": ({}, GAUSSIAN),
     "recon_prob, Gaussian head": ({"latent_mode": "recon_prob"}, GAUSSIAN),
     "iwae, Gaussian head": ({"latent_mode": "iwae"}, GAUSSIAN),

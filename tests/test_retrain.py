@@ -396,7 +396,15 @@ LIVE_SPEC = ModelSpec.model_validate(
             "max_fill": 3,
             "calendar": ["day"],
         },
-        "model": {"hidden": 8, "latent": 3, "layers": 2, "gaussian_output": True, "dropout": 0.1},
+        "model": {
+            "hidden": 8,
+            "latent": 3,
+            "layers": 2,
+            "gaussian_output": True,
+            "dropout": 0.1,
+            "prior": "vamp",
+            "n_pseudo": 3,
+        },
         "scoring": {
             "recon_mode": "last",
             "latent_mode": "prior_nll",

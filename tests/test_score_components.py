@@ -5,10 +5,9 @@ trained on a generated fleet with every component on."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
-
-import math
 
 import numpy as np
 import pytest
@@ -23,12 +22,13 @@ from stream_vae.errors import ArtifactError
 from stream_vae.model.backends import TorchBackend
 from stream_vae.model.detector import Detector
 from stream_vae.model.sampled import latent_noise, sampled_term
-from stream_vae.model.vae import LSTMVAE, VAEConfig
+from stream_vae.model.vae import LSTMVAE, VAEConfig, log_mixture
 from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.scoring.alpha import choose_weights, weight_grid
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts, roc_auc
 from stream_vae.scoring.normalise import TailNormaliser
 from stream_vae.scoring.reference import LatentReference, LinearReference, ScoreReference
+from stream_vae.storage.artifact import _check_reference
 from stream_vae.storage.files import load_artifact, save_artifact
 from stream_vae.training.build import train_artifact
 
@@ -246,7 +246,7 @@ def test_recon_prob_with_a_certain_posterior_is_the_error_at_the_mean() -> None:
         m.to_logvar.weight.zero_()
         m.to_logvar.bias.fill_(-30.0)  # clamped to −12: σ = 0.0025
         out = m.eval()(x, sample=False)
-        at_mean = (0.5 * (out.recon_logvar + (x - out.recon) ** 2 * torch.exp(-out.recon_logvar)))
+        at_mean = 0.5 * (out.recon_logvar + (x - out.recon) ** 2 * torch.exp(-out.recon_logvar))
         narrow = sampled_term(m, x, "recon_prob", 16)
         torch.testing.assert_close(narrow, at_mean.mean(dim=(1, 2)), rtol=1e-3, atol=1e-4)
 
@@ -295,3 +295,63 @@ def test_sampled_modes_rank_injected_faults_on_a_generated_fleet() -> None:
     print(f"ROC-AUC of the sampled modes alone: {aucs}")
     assert min(aucs.values()) > 0.62, aucs
     assert min(aucs["recon_prob"], aucs["iwae"]) >= aucs["recon at z = μ"] - 0.02, aucs
+
+
+# -------------------------------------------------------------------------------- VampPrior
+
+
+def test_log_mixture_is_the_mixture_density_in_torch_and_numpy() -> None:
+    from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+    gen = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    z = 3 * torch.randn(7, 3, generator=gen)
+    mix = MixtureSameFamily(
+        Categorical(torch.ones(5)), Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+    )
+    torch.testing.assert_close(log_mixture(z, mu, logvar), mix.log_prob(z))
+    as64 = [t.numpy().astype(np.float64) for t in (z, mu, logvar)]
+    np.testing.assert_allclose(log_mixture(*as64), mix.log_prob(z).numpy(), rtol=1e-5)
+    far = log_mixture(np.full((1, 3), 1e3), mu.numpy(), logvar.numpy())  # no underflow to -inf
+    assert np.isfinite(far).all()
+
+
+def test_a_vampprior_model_trains_stores_its_prior_and_scores_against_it(tmp_path: Path) -> None:
+    """model.prior = "vamp": the pseudo-windows start at training windows and are learned; the
+    artifact stores the components the scores use (so ONNX and torch score alike) and refuses
+    to load without them; the latent term is the KL's integrand against that prior."""
+    fleet = generate_fleet(4, 3, 400, seed=2, n_anomalies_per_series=0)
+    settings = load_settings(
+        env={},
+        window={"size": 8},
+        model={"hidden": 16, "latent": 4, "prior": "vamp", "n_pseudo": 6},
+        train={"epochs": 3, "batch_size": 64, "torch_threads": 1},
+        scoring={"alpha": 0.5},
+    )
+    sids, ts, values, _ = fleet.interleaved()
+    art = train_artifact(RecordBatch(tuple(sids), ts, values), fleet.feature_names, settings,
+                         device="cpu", progress=False)  # fmt: skip
+    model = art.model()
+    assert model.pseudo is not None and tuple(model.pseudo.shape) == (6, 8, 3)
+    prior = art.reference.prior
+    assert prior is not None and prior.mu.shape == (6, 4)
+    with torch.no_grad():
+        comps = model.prior_components()
+    assert comps is not None
+    np.testing.assert_allclose(prior.mu, comps[0].numpy(), rtol=1e-5, atol=1e-6)
+    save_artifact(art, tmp_path / "m")
+    loaded = load_artifact(tmp_path / "m")
+    assert loaded.version == art.version and loaded.reference.prior is not None
+    windows = np.stack([values[i * 4 : i * 4 + 32 : 4] for i in range(40)])[:, :8]  # (40, 8, 3)
+    det = Detector.from_spec(TorchBackend(model, "cpu"), art.scaler, art.spec,
+                             reference=art.reference)  # fmt: skip
+    latent = det.infer(windows).latent
+    mu, logvar = det.encode(windows)
+    log_q = -0.5 * logvar.sum(1) - 2 * math.log(2 * math.pi)
+    with torch.no_grad():
+        expected = log_q - model.log_prior(torch.from_numpy(mu)).numpy()
+    np.testing.assert_allclose(latent, expected, rtol=1e-4, atol=1e-4)
+    kl_normal = 0.5 * (mu**2 + np.exp(logvar) - 1 - logvar).sum(1)
+    assert not np.allclose(latent, kl_normal)
+    with pytest.raises(ValueError, match="prior"):
+        _check_reference(art.spec, ScoreReference(), art.hybrid)

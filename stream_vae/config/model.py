@@ -50,6 +50,11 @@ class ModelSettings(BaseModel):
     layers: int = Field(1, ge=1, le=8)
     gaussian_output: bool = Field(False, description="decoder also predicts a log-variance")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # The prior the KL is measured against: N(0, I), or a VampPrior — the mixture of the
+    # posteriors of n_pseudo learned pseudo-windows (Tomczak & Welling, 2018), so that the
+    # latent term says how far a window's posterior is from what normal windows look like.
+    prior: Literal["normal", "vamp"] = "normal"
+    n_pseudo: int = Field(16, ge=1, le=1024, description="pseudo-windows of the VampPrior")
 
 
 class ScoringSettings(BaseModel):

@@ -21,7 +21,7 @@ from ..scoring.hybrid import ScoreParts
 from ..scoring.reference import ScoreReference
 from .backends import Backend, Outputs, TorchBackend
 from .sampled import SAMPLED_MODES, sampled_term
-from .vae import kl_per_dim, point_error
+from .vae import kl_per_dim, log_mixture, point_error
 
 if TYPE_CHECKING:  # annotations only
     from ..config import ModelSpec
@@ -69,7 +69,12 @@ def score_parts(
         x, recon = x[:, -1:, :], recon[:, -1:, :]  # (n, 1, d): only the newest point counts
         recon_lv = None if recon_lv is None else recon_lv[:, -1:, :]
     per_feature = point_error(x, recon, recon_lv).mean(axis=1)  # (n, W, d) → (n, d)
-    if latent_mode == "kl":
+    if latent_mode == "kl" and reference is not None and reference.prior is not None:
+        # against a VampPrior the KL has no closed form: its integrand at z = μ,
+        # log q(μ|x) − log p(μ)
+        log_q = -0.5 * logvar.sum(axis=1) - 0.5 * mu.shape[1] * math.log(2 * math.pi)
+        latent = log_q - log_mixture(mu, reference.prior.mu, reference.prior.logvar)
+    elif latent_mode == "kl":
         latent = kl_per_dim(mu, logvar).sum(axis=1)  # (n, k) → (n,)
     elif latent_mode == "prior_nll":  # −log N(μ; 0, I)
         latent = 0.5 * (mu**2).sum(axis=1) + 0.5 * mu.shape[1] * math.log(2 * math.pi)

@@ -10,8 +10,9 @@ evaluation — more than streaming ones:
   with the mean-only head the expected squared error. It asks "does this window decode back from
   anywhere its posterior puts mass", where the default asks it at z = μ only.
 * ``"iwae"`` — −log p(x) by importance weighting (Burda et al., 2016):
-  −log (1/S) Σ p(x|z_s) p(z_s) / q(z_s|x). It needs the Gaussian output head: with the
-  mean-only head p(x|z) has no scale and the estimate is not a likelihood.
+  −log (1/S) Σ p(x|z_s) p(z_s) / q(z_s|x), under the model's prior (N(0, I) or its
+  VampPrior). It needs the Gaussian output head: with the mean-only head p(x|z) has no scale
+  and the estimate is not a likelihood.
 
 The noise is drawn once, from a fixed seed, and shared by every window (common random numbers):
 a window's score depends on that window only, not on the batch it arrives in, and the same
@@ -67,7 +68,7 @@ def sampled_term(model: LSTMVAE, x: Tensor, mode: SampledMode, n_samples: int) -
     nll = point_error(x_rep, recon, recon_lv).sum(dim=(1, 2)).reshape(n_samples, n)  # (S, n)
     if mode == "recon_prob":
         return nll.mean(dim=0) / (x.shape[1] * x.shape[2])  # per point, like the recon error
-    log_pz = -0.5 * (z**2).sum(dim=-1)  # (S, n), the shared constants cancel
-    log_qz = -0.5 * (eps**2).sum(dim=-1) - 0.5 * logvar.sum(dim=-1)  # (S, n)
+    log_pz = model.log_prior(z)  # (S, n): N(0, I) or the VampPrior
+    log_qz = -0.5 * (eps**2 + logvar).sum(dim=-1) - 0.5 * k * math.log(2 * math.pi)  # (S, n)
     log_w = -nll + log_pz - log_qz  # (S, n)
     return -(torch.logsumexp(log_w, dim=0) - math.log(n_samples))  # (n,)

@@ -15,6 +15,8 @@ Examples
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -33,6 +35,7 @@ __all__ = [
     "VAEConfig",
     "VAEOutput",
     "kl_per_dim",
+    "log_mixture",
     "pick_device",
     "point_error",
     "vae_loss",
@@ -50,6 +53,8 @@ class VAEConfig:
     layers: int = 1
     gaussian_output: bool = False  # decoder also predicts log σ² per point → Gaussian NLL
     dropout: float = 0.0  # between stacked LSTM layers only (ignored when layers == 1)
+    prior: str = "normal"  # "normal": N(0, I); "vamp": mixture of pseudo-window posteriors
+    n_pseudo: int = 16  # K pseudo-windows (learned inputs, (K, W, d)) of the VampPrior
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +91,24 @@ class LSTMVAE(nn.Module):
         )
         n_out = config.n_features * (2 if config.gaussian_output else 1)
         self.to_out = nn.Linear(config.hidden, n_out)
+        if config.prior not in ("normal", "vamp"):
+            raise ValueError(f"prior must be 'normal' or 'vamp', got {config.prior!r}")
+        self.pseudo: nn.Parameter | None = None
+        if config.prior == "vamp":  # fit() starts them at training windows
+            shape = (config.n_pseudo, config.window, config.n_features)
+            self.pseudo = nn.Parameter(torch.randn(shape))  # (K, W, d)
+
+    def prior_components(self) -> tuple[Tensor, Tensor] | None:
+        """The VampPrior's components: μ and log σ² of the pseudo-windows' posteriors, (K, k)
+        each; None for the N(0, I) prior."""
+        return None if self.pseudo is None else self.encode(self.pseudo)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p(z) for codes ``z`` (..., k) under the model's prior: (...)."""
+        comps = self.prior_components()
+        if comps is None:
+            return -0.5 * (z**2).sum(dim=-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+        return log_mixture(z, *comps)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _, (h, _) = self.encoder(x)  # h: (layers, n, H)
@@ -120,6 +143,21 @@ class LSTMVAE(nn.Module):
 # gate (numpy).
 
 
+def log_mixture(z: A, mu: A, logvar: A) -> A:
+    """log of the equal-weight mixture of Gaussians N(μ_j, diag σ²_j) (mu, logvar: (K, k)) at
+    ``z`` (..., k): (...). On numpy arrays too (the VampPrior's KL in the scores)."""
+    d = z[..., None, :] - mu  # (..., K, k)
+    if isinstance(d, Tensor):
+        assert isinstance(logvar, Tensor)
+        comp = -0.5 * (d**2 * torch.exp(-logvar) + logvar).sum(dim=-1)  # (..., K)
+        log_k = math.log(mu.shape[0]) + 0.5 * mu.shape[1] * math.log(2 * math.pi)
+        return torch.logsumexp(comp, dim=-1) - log_k
+    comp_np = -0.5 * (d**2 * np.exp(-logvar) + logvar).sum(axis=-1)  # (..., K)
+    top = comp_np.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(comp_np - top).sum(axis=-1)) + top[..., 0]
+    return lse - math.log(mu.shape[0]) - 0.5 * mu.shape[1] * math.log(2 * math.pi)  # type: ignore[no-any-return]
+
+
 def kl_per_dim(mu: A, logvar: A) -> A:
     """KL(q(z|x) ‖ N(0, I)) per window and latent dim, in nats: (n, k)."""
     exp = torch.exp if isinstance(logvar, Tensor) else np.exp
@@ -144,7 +182,14 @@ def point_error(x: A, recon: A, recon_logvar: A | None = None) -> A:
     return out
 
 
-def vae_loss(out: VAEOutput, x: Tensor, *, beta: float, free_bits: float = 0.0) -> LossParts:
+def vae_loss(
+    out: VAEOutput,
+    x: Tensor,
+    *,
+    beta: float,
+    free_bits: float = 0.0,
+    log_prior: Callable[[Tensor], Tensor] | None = None,
+) -> LossParts:
     """Reconstruction + β·KL, with free bits per latent dimension.
 
     The reconstruction term is the mean squared error, or the Gaussian negative log-likelihood
@@ -152,11 +197,25 @@ def vae_loss(out: VAEOutput, x: Tensor, *, beta: float, free_bits: float = 0.0) 
     over latent dims (after clamping each dim's batch-mean KL at ``free_bits`` from below, so
     the optimiser gains nothing by pushing a dim under it) and divided by W·d to sit on the same
     per-point scale as the reconstruction.
+
+    With ``log_prior`` (a VampPrior's log p(z)) the KL has no closed form: it is estimated from
+    one code per window, log q(z|x) − log p(z), and free bits apply to its total (k·free_bits).
+    ``kl_per_dim`` stays the KL to N(0, I) per dimension: how much each dimension is used.
     """
     recon = point_error(x, out.recon, out.recon_logvar).mean()
     kl_dims = kl_per_dim(out.mu, out.logvar).mean(0)  # (k,)
     kl = kl_dims.sum()
-    kl_term = torch.clamp(kl_dims, min=free_bits).sum() if free_bits > 0 else kl
+    if log_prior is not None:
+        eps = torch.randn_like(out.mu)  # (n, k)
+        z = out.mu + eps * torch.exp(0.5 * out.logvar)
+        k = out.mu.shape[1]
+        log_q = -0.5 * (eps**2 + out.logvar).sum(dim=1) - 0.5 * k * math.log(2 * math.pi)
+        kl = (log_q - log_prior(z)).mean()
+        kl_term = torch.clamp(kl, min=free_bits * k) if free_bits > 0 else kl
+    elif free_bits > 0:
+        kl_term = torch.clamp(kl_dims, min=free_bits).sum()
+    else:
+        kl_term = kl
     n_points = x.shape[1] * x.shape[2]
     total = recon + beta * kl_term / n_points
     return LossParts(total, recon.detach(), kl.detach(), kl_dims.detach())

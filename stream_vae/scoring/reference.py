@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from ..errors import check_shape
 
-__all__ = ["KNN_K", "LatentReference", "LinearReference", "ScoreReference"]
+__all__ = ["KNN_K", "LatentReference", "LinearReference", "PriorReference", "ScoreReference"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -130,11 +130,21 @@ class LinearReference:
 
 
 @dataclass(frozen=True, slots=True)
+class PriorReference:
+    """A VampPrior's components, read off the model once: μ and log σ² of its pseudo-windows'
+    posteriors, (K, k) each. The latent mode ``kl`` of such a model measures against them."""
+
+    mu: F32
+    logvar: F32
+
+
+@dataclass(frozen=True, slots=True)
 class ScoreReference:
-    """The references a model's score components need (either may be absent)."""
+    """The references a model's score components need (each may be absent)."""
 
     latent: LatentReference | None = None
     linear: LinearReference | None = None
+    prior: PriorReference | None = None
 
     def to_arrays(self) -> dict[str, F32]:
         """Named float32 arrays (stored beside the weights)."""
@@ -146,11 +156,19 @@ class ScoreReference:
         if self.linear is not None:
             out["linear.centre"] = self.linear.centre
             out["linear.basis"] = self.linear.basis
+        if self.prior is not None:
+            out["prior.mu"] = self.prior.mu
+            out["prior.logvar"] = self.prior.logvar
         return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, npt.NDArray[np.floating]]) -> ScoreReference:
-        latent = linear = None
+        latent = linear = prior = None
+        if "prior.mu" in arrays:
+            prior = PriorReference(
+                np.asarray(arrays["prior.mu"], np.float32),
+                np.asarray(arrays["prior.logvar"], np.float32),
+            )
         if "latent.mean" in arrays:
             latent = LatentReference(
                 np.asarray(arrays["latent.mean"], np.float64),
@@ -162,4 +180,4 @@ class ScoreReference:
                 np.asarray(arrays["linear.centre"], np.float32),
                 np.asarray(arrays["linear.basis"], np.float32),
             )
-        return cls(latent, linear)
+        return cls(latent, linear, prior)

@@ -29,7 +29,13 @@ from ..model.vae import LSTMVAE, pick_device
 from ..scoring.alpha import choose_weights, corrupt_windows
 from ..scoring.ema import SeriesEMA
 from ..scoring.hybrid import HybridScore, ScoreParts, Weights
-from ..scoring.reference import MAX_LINEAR_ROWS, LatentReference, LinearReference, ScoreReference
+from ..scoring.reference import (
+    MAX_LINEAR_ROWS,
+    LatentReference,
+    LinearReference,
+    PriorReference,
+    ScoreReference,
+)
 from ..scoring.threshold import calibrate
 from ..storage.artifact import Artifact
 from .fit import FitResult, fit, make_windows, split_by_time
@@ -310,8 +316,14 @@ def _fit_reference(
     the posterior means and the principal subspace of (a sample of) the training windows."""
     s, win = settings.scoring, settings.window
     need_latent = s.latent_mode in ("aggregate", "knn")
+    prior = None
+    comps = backend.model.prior_components()
+    if comps is not None:
+        with torch.no_grad():
+            mu, logvar = (c.detach().cpu().numpy().astype(np.float32) for c in comps)
+        prior = PriorReference(mu, logvar)
     if not need_latent and s.linear_variance == 0:
-        return ScoreReference()
+        return ScoreReference(prior=prior)
     rng = np.random.default_rng(settings.train.seed)
     n = min(MAX_LINEAR_ROWS, len(train_windows))
     sample = train_windows[np.sort(rng.choice(len(train_windows), size=n, replace=False))]
@@ -323,7 +335,7 @@ def _fit_reference(
     if s.linear_variance > 0:
         data = probe.scaled(sample)[:, :, : probe.n_values]  # the values, not the calendar
         linear = LinearReference.fit(data.reshape(n, -1), s.linear_variance, rng)
-    return ScoreReference(latent, linear)
+    return ScoreReference(latent, linear, prior)
 
 
 def _auc_metrics(aucs: dict[Weights, float], has_linear: bool) -> dict[str, dict[str, float]]:

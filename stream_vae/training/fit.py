@@ -130,6 +130,11 @@ def fit(
     model = LSTMVAE(cfg).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
+    elif model.pseudo is not None:  # the VampPrior starts at the posteriors of real windows
+        idx = torch.randint(len(train), (cfg.n_pseudo,), generator=gen).numpy()
+        with torch.no_grad():
+            model.pseudo.copy_(torch.from_numpy(train[idx]).to(device))
+    log_prior = model.log_prior if model.pseudo is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     x_train = torch.from_numpy(np.ascontiguousarray(train))
     x_val = torch.from_numpy(np.ascontiguousarray(val)).to(device)
@@ -150,7 +155,7 @@ def fit(
                 xb_in = xb
             beta = settings.beta * min(1.0, step / anneal) if anneal else settings.beta
             out = model(xb_in)
-            loss = vae_loss(out, xb, beta=beta, free_bits=settings.free_bits)
+            loss = vae_loss(out, xb, beta=beta, free_bits=settings.free_bits, log_prior=log_prior)
             opt.zero_grad(set_to_none=True)
             loss.total.backward()  # type: ignore[no-untyped-call]
             # LSTMs occasionally spike gradients on rare windows; clipping keeps Adam stable.
@@ -202,7 +207,8 @@ def _evaluate(
     for i in range(0, len(x), 1024):
         xb = x[i : i + 1024]
         out = model(xb, sample=False)
-        loss = vae_loss(out, xb, beta=beta, free_bits=settings.free_bits)
+        log_prior = model.log_prior if model.pseudo is not None else None
+        loss = vae_loss(out, xb, beta=beta, free_bits=settings.free_bits, log_prior=log_prior)
         sums += np.array([loss.total.item(), loss.recon.item(), loss.kl.item()]) * len(xb)
         kl_dims += loss.kl_per_dim.cpu() * len(xb)
     s = sums / len(x)
