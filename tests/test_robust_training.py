@@ -2,7 +2,7 @@
 
 The same fleet twice: its normal signal is identical, only where faults are injected differs
 (``generate_fleet`` draws them after the signal). Clean: faults only after the training rows.
-Dirty: faults anywhere, about 5% of the training rows (7% of the windows). Trained on the dirty
+Dirty: faults anywhere, in 5% of the training windows (3% of the rows). Trained on the dirty
 rows as they are, the held-out tail's top scores are faults and the calibrated threshold lands
 among them: recall at that threshold collapses. With ``train.contamination`` the worst windows
 are trimmed before a second fit, the threshold is fitted on the tail below the set-aside top
@@ -33,7 +33,13 @@ def _train(f: Fleet, contamination: float) -> Artifact:
         env={},
         window={"size": W},
         model={"hidden": 32, "latent": 8},
-        train={"epochs": 12, "batch_size": 64, "lr": 3e-3, "contamination": contamination},
+        train={
+            "epochs": 10,
+            "batch_size": 64,
+            "lr": 3e-3,
+            "contamination": contamination,
+            "torch_threads": 1,
+        },
         scoring={"target_fpr": 0.01},
     )
     return train_artifact(_batch(f), f.feature_names, settings, device="cpu", progress=False)
@@ -63,25 +69,26 @@ def _rates(art: Artifact, test: Fleet) -> tuple[float, float]:
 
 
 def test_contamination_keeps_recall_within_5_points_of_clean_training() -> None:
-    clean = generate_fleet(12, 4, 1600, seed=7, anomaly_start=SPLIT, n_anomalies_per_series=2)
-    dirty = generate_fleet(12, 4, 1600, seed=7, anomaly_start=0, n_anomalies_per_series=2)
+    clean = generate_fleet(10, 4, 1500, seed=7, anomaly_start=SPLIT, n_anomalies_per_series=2)
+    dirty = generate_fleet(10, 4, 1500, seed=7, anomaly_start=0, n_anomalies_per_series=1.25)
     train_clean, test = clean.split(SPLIT)
     train_dirty = dirty.split(SPLIT)[0]
     assert not train_clean.labels.any()
-    assert 0.03 < train_dirty.labels.mean() < 0.08  # about 5% of the training rows are faults
+    touched = np.lib.stride_tricks.sliding_window_view(train_dirty.labels, W, axis=1).any(axis=2)
+    assert 0.04 < touched.mean() < 0.06  # 5% of the training windows hold a fault
     reference, ref_false = _rates(_train(train_clean, 0.0), test)
     untrimmed, _ = _rates(_train(train_dirty, 0.0), test)
-    art = _train(train_dirty, 0.1)
+    art = _train(train_dirty, 0.05)
     robust, robust_false = _rates(art, test)
     print(
         f"recall (false-alert rate): clean {reference:.3f} ({ref_false:.3f}), dirty "
-        f"{untrimmed:.3f}, dirty with contamination 0.1 {robust:.3f} ({robust_false:.3f})"
+        f"{untrimmed:.3f}, dirty with contamination 0.05 {robust:.3f} ({robust_false:.3f})"
     )
     assert untrimmed < reference - 0.15  # the harm is real: the threshold sits among faults
     assert robust >= reference - 0.05
     assert robust_false <= max(2 * ref_false, 0.03)  # not bought with false alerts
     record = art.training["metrics"]["trim"]
-    assert record["fraction"] == 0.1 and record["removed"] > 0
+    assert record["fraction"] == 0.05 and record["removed"] > 0
     assert record["kept"] == art.training["metrics"]["n_windows"]["train"]  # fitted on those
     assert art.calibration.method == "trimmed"
-    assert art.calibration.details["contamination"] == 0.1
+    assert art.calibration.details["contamination"] == 0.05
