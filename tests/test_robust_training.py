@@ -23,6 +23,12 @@ from stream_vae.training.build import train_artifact
 W, SPLIT = 16, 1000
 
 
+def _fleet(seed: int, anomaly_start: int, rate: float) -> Fleet:
+    return generate_fleet(
+        10, 4, 1500, seed=seed, anomaly_start=anomaly_start, n_anomalies_per_series=rate
+    )
+
+
 def _batch(f: Fleet) -> RecordBatch:
     sids, ts, values, _ = f.interleaved()
     return RecordBatch(tuple(sids), ts, values)
@@ -69,26 +75,33 @@ def _rates(art: Artifact, test: Fleet) -> tuple[float, float]:
 
 
 def test_contamination_keeps_recall_within_5_points_of_clean_training() -> None:
-    clean = generate_fleet(10, 4, 1500, seed=7, anomaly_start=SPLIT, n_anomalies_per_series=2)
-    dirty = generate_fleet(10, 4, 1500, seed=7, anomaly_start=0, n_anomalies_per_series=1.25)
-    train_clean, test = clean.split(SPLIT)
-    train_dirty = dirty.split(SPLIT)[0]
-    assert not train_clean.labels.any()
-    touched = np.lib.stride_tricks.sliding_window_view(train_dirty.labels, W, axis=1).any(axis=2)
-    assert 0.04 < touched.mean() < 0.06  # 5% of the training windows hold a fault
-    reference, ref_false = _rates(_train(train_clean, 0.0), test)
-    untrimmed, _ = _rates(_train(train_dirty, 0.0), test)
-    art = _train(train_dirty, 0.05)
-    robust, robust_false = _rates(art, test)
-    print(
-        f"recall (false-alert rate): clean {reference:.3f} ({ref_false:.3f}), dirty "
-        f"{untrimmed:.3f}, dirty with contamination 0.05 {robust:.3f} ({robust_false:.3f})"
-    )
-    assert untrimmed < reference - 0.15  # the harm is real: the threshold sits among faults
-    assert robust >= reference - 0.05
-    assert robust_false <= max(2 * ref_false, 0.03)  # not bought with false alerts
-    record = art.training["metrics"]["trim"]
-    assert record["fraction"] == 0.05 and record["removed"] > 0
-    assert record["kept"] == art.training["metrics"]["n_windows"]["train"]  # fitted on those
-    assert art.calibration.method == "trimmed"
-    assert art.calibration.details["contamination"] == 0.05
+    """Three fleets (recall at a calibrated threshold on one fleet's ~200 faulty windows moves by
+    ±0.1 between fleets, so one fleet cannot show a 5-point bound): the mean recall with
+    ``contamination = 0.05`` is within 5 points of clean training's, at no more false alerts.
+    Measured: clean 0.475 (false alerts 1.4%), dirty 0.097 (0%), dirty with contamination
+    0.443 (1.0%)."""
+    clean_rates: list[tuple[float, float]] = []
+    robust_rates: list[tuple[float, float]] = []
+    for seed in (7, 8, 9):
+        clean, dirty = _fleet(seed, SPLIT, 2.0), _fleet(seed, 0, 1.25)
+        train_clean, test = clean.split(SPLIT)
+        train_dirty = dirty.split(SPLIT)[0]
+        assert not train_clean.labels.any()
+        view = np.lib.stride_tricks.sliding_window_view
+        touched = view(train_dirty.labels, W, axis=1).any(axis=2)
+        assert 0.04 < touched.mean() < 0.065  # 5-6% of the training windows hold a fault
+        clean_rates.append(_rates(_train(train_clean, 0.0), test))
+        art = _train(train_dirty, 0.05)
+        robust_rates.append(_rates(art, test))
+        if seed == 7:  # the harm is real: trained as they are, the threshold sits among faults
+            untrimmed, _ = _rates(_train(train_dirty, 0.0), test)
+            assert untrimmed < clean_rates[0][0] - 0.15, (untrimmed, clean_rates[0])
+        record = art.training["metrics"]["trim"]
+        assert record["fraction"] == 0.05 and record["removed"] > 0
+        assert record["kept"] == art.training["metrics"]["n_windows"]["train"]  # fitted on those
+        assert art.calibration.method == "trimmed"
+        assert art.calibration.details["contamination"] == 0.05
+    (recall, false), (robust, robust_false) = np.mean(clean_rates, 0), np.mean(robust_rates, 0)
+    print(f"recall (false alerts): clean {clean_rates}, dirty with contamination {robust_rates}")
+    assert robust >= recall - 0.05, (clean_rates, robust_rates)
+    assert robust_false <= max(1.5 * false, 0.02), (clean_rates, robust_rates)

@@ -288,11 +288,12 @@ def trimmed_tail_threshold(
     set-aside top was normal tail, and the fit puts it back), and a sample whose top holds
     anomalies gets the threshold of its normal part.
 
-    The shape is fixed at ξ = 0: a generalised Pareto shape is not identified from a 5% slice
-    of a truncated tail. With it free, thresholds for a 1% target ranged from 0.1× to 250× the
-    true quantile on exponential, log-normal, Gaussian and Pareto samples; fixed, the false-
-    positive rate stayed within 0.1-4.4% (docs/scoring.md). A light tail (Gaussian) makes the
-    threshold conservative, a heavy one (Pareto) lets more through.
+    The shape is fixed at ξ = 0: a generalised Pareto shape is not identified from a slice of a
+    truncated tail. With it free, thresholds for a 1% target ranged from 0.6× to 250× the true
+    quantile on exponential, log-normal, Gaussian and Pareto samples; fixed, the rate on fresh
+    normal scores was 0.6-1.6% on exponential and log-normal ones (bench/trimmed_threshold.py).
+    A lighter tail (Gaussian) makes the threshold conservative, a heavier one (Pareto) lets
+    more through (up to 4%).
 
     Examples
     --------
