@@ -111,16 +111,26 @@ def test_calibrated_threshold_holds_its_false_positive_rate(trained: Trained) ->
     assert 0.005 <= fpr <= 0.02, f"FPR {fpr:.4f} for a 1% target"
 
 
-@pytest.mark.parametrize("value", [1e20, 1.2345679e29, -3e38])
-def test_an_absurd_finite_value_alerts_instead_of_crashing(value: float) -> None:
-    """Issue 16: `{"values": [1e20, 43.0]}` squared to inf in float32, the series' EMA raised
-    and the service crash-looped on the record. The point is clipped at MAX_SCALED standard
-    deviations: its window scores finite and high, and the series opens an episode."""
-    settings = load_settings(env={}, **tomllib.loads(TINY_TOML))  # the tiny model's settings
+@pytest.fixture(scope="module")
+def small() -> tuple[Fleet, Artifact]:
+    """The tiny model's settings, trained on three clean 2-feature machines."""
+    settings = load_settings(env={}, **tomllib.loads(TINY_TOML))
     fleet = generate_fleet(3, 2, 400, seed=5, n_anomalies_per_series=0)
     sids, ts, values, _ = fleet.interleaved()
     art = train_artifact(RecordBatch(tuple(sids), ts, values), fleet.feature_names, settings,
                          device="cpu", progress=False)  # fmt: skip
+    return fleet, art
+
+
+@pytest.mark.parametrize("value", [1e20, 1.2345679e29, -3e38])
+def test_an_absurd_finite_value_alerts_instead_of_crashing(
+    value: float, small: tuple[Fleet, Artifact]
+) -> None:
+    """Issue 16: `{"values": [1e20, 43.0]}` squared to inf in float32, the series' EMA raised
+    and the service crash-looped on the record. The point is clipped at MAX_SCALED standard
+    deviations: its window scores finite and high, and the series opens an episode."""
+    fleet, art = small
+    sids, ts, values, _ = fleet.interleaved()
     live = LiveModel(art, DetectorOptions(device="cpu"))
     live.process(RecordBatch(tuple(sids), ts, values))  # warm: every series has its window
     step = float(fleet.ts[1] - fleet.ts[0])
