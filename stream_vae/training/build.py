@@ -110,7 +110,8 @@ def rescore_artifact(art: Artifact, batch: RecordBatch, settings: Settings) -> A
     """``art``'s weights and scaler under ``settings.scoring``: the references, the hybrid and
     the threshold refitted on the same split of the same training records (``settings``' window
     and train sections must be those ``art`` was trained with). One training serves every
-    latent mode in an evaluation (``vae-hybrid-<mode>``)."""
+    latent mode in an evaluation (``vae-hybrid-<mode>``). With ``train.contamination`` the
+    references are fitted on every training window (which ones the fit trimmed is not kept)."""
     if settings.window != art.spec.window or settings.model != art.spec.model:
         raise ArtifactError("rescore_artifact: the window and model settings must be the model's")
     _, w_train, w_val = _split_windows(batch.in_time_order(), settings)
