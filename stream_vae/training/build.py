@@ -283,13 +283,13 @@ def _trim(
     scaler: Scaler,
     settings: Settings,
     train_windows: np.ndarray,
-    device: object,
+    device: torch.device,
 ) -> tuple[np.ndarray, dict[str, float | int]]:
     """The training windows without the worst-reconstructed ``train.contamination`` of them
     (by the first fit's mean reconstruction error over the window's values), and a record of
     what was removed."""
     win = settings.window
-    backend = TorchBackend(first.model, device)  # type: ignore[arg-type]
+    backend = TorchBackend(first.model, device)
     parts = Detector(backend, scaler, win.size, n_context=win.n_context).infer(train_windows)
     err = parts.recon_features.astype(np.float64).mean(axis=1)  # (n,)
     cutoff = float(np.quantile(err, 1.0 - settings.train.contamination))
