@@ -317,7 +317,9 @@ def trimmed_tail_threshold(
     if y.size < _MIN_PEAKS or u <= t:
         raise CalibrationError(
             f"the trimmed tail fit needs at least {_MIN_PEAKS} distinct scores between the "
-            f"{cut_q - _TRIMMED_PEAK_SHARE:g} and {cut_q:g} quantiles, got {y.size} of {n}"
+            f"{cut_q - _TRIMMED_PEAK_SHARE:g} and {cut_q:g} quantiles, got {y.size} of {n}: "
+            f"give it at least ~{math.ceil(_MIN_PEAKS / _TRIMMED_PEAK_SHARE)} held-out windows, "
+            "or set train.contamination = 0"
         )
     cut = u - t
     mean = max(float(y.mean()), 1e-12 * cut)
