@@ -131,9 +131,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     for scored in live.stream(batch, args.batch):
         alert = scored.is_alert
         rows.extend(
-            (k, float(t), float(s), float(r), scored.threshold, bool(a))
-            for k, t, s, r, a in zip(
-                scored.keys, scored.ts, scored.smoothed, scored.raw, alert, strict=True
+            (k, float(t), float(s), float(r), float(z), bool(a))
+            for k, t, s, r, z, a in zip(
+                scored.keys,
+                scored.ts,
+                scored.smoothed,
+                scored.raw,
+                scored.threshold,
+                alert,
+                strict=True,
             )
         )
         n_alerts += sum(1 for a in scored.alerts if a.event == "open")

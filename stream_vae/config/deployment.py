@@ -86,6 +86,19 @@ class AlertSettings(BaseModel):
     close_after: int = Field(3, ge=1, description="windows below before an episode closes")
     cooldown: int = Field(0, ge=0, description="windows after a close before a new open")
     top_k: int = Field(3, ge=1, description="features named in an alert")
+    # "static": every row meets the model's calibrated threshold. "dspot": each series' own
+    # threshold follows its recent normal scores (stream_vae.scoring.spot), starting from the
+    # calibration, never below threshold_floor × it nor above threshold_ceiling × it.
+    threshold_mode: Literal["static", "dspot"] = "static"
+    threshold_depth: int = Field(
+        2000, ge=10, description="windows of a streaming threshold's memory"
+    )
+    threshold_floor: float = Field(
+        0.5, gt=0, le=1, description="lowest streaming threshold, × calibrated"
+    )
+    threshold_ceiling: float = Field(
+        3.0, ge=1, description="highest streaming threshold, × calibrated"
+    )
 
 
 # Kafka's rule for a topic name (org.apache.kafka.common.internals.Topic): the broker refuses any

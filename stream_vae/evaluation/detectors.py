@@ -49,9 +49,10 @@ import torch
 from ..config import Settings
 from ..core.records import RecordBatch
 from ..lifecycle.policy import RetrainPolicy
-from ..runtime.live import DetectorOptions, LiveModel
+from ..runtime.live import DetectorOptions, LiveModel, streaming_threshold
 from ..scoring.alerts import Alert
 from ..scoring.ema import SeriesEMA
+from ..scoring.episodes import EpisodeTracker
 from ..storage.artifact import Artifact
 from ..training.build import rescore_artifact, train_artifact
 from ..training.gate import retrain
@@ -114,13 +115,16 @@ class _Episodes:
 
     def feed(self, alerts: Iterable[Alert]) -> None:
         for a in alerts:
-            row = int(self._series.test_rows([a.ts])[0])
-            if a.event == "open":
-                blamed = [self._index[f] for f, _ in a.top_features][: self.top.shape[1]]
-                self._opened = (row, blamed)
-            elif self._opened is not None:
-                _mark(self.predictions, self.top, self._opened, row)
-                self._opened = None
+            self.event(a.ts, a.event, [self._index[f] for f, _ in a.top_features])
+
+    def event(self, ts: float, event: str, blamed: list[int]) -> None:
+        """One open or close at stream time ``ts``; an open blames these feature indices."""
+        row = int(self._series.test_rows([ts])[0])
+        if event == "open":
+            self._opened = (row, blamed[: self.top.shape[1]])
+        elif self._opened is not None:
+            _mark(self.predictions, self.top, self._opened, row)
+            self._opened = None
 
     def finish(self) -> None:
         if self._opened is not None:
@@ -163,7 +167,10 @@ def _product(series: LabelledSeries, art: Artifact, settings: Settings) -> dict[
     live = _live(art, settings)
     novelty = novelty_stage(settings.evaluation)
     episodes = _Episodes(series, settings.alerts.top_k)
+    stream_ts, stream_smoothed = [], []  # every window, in stream order
     for out in live.stream(_as_batch(series, "test"), _CHUNK):
+        stream_ts.append(out.ts)
+        stream_smoothed.append(out.smoothed)
         rows = series.test_rows(out.ts)
         cols["smoothed"][rows] = out.smoothed
         cols["recon"][rows] = out.recon
@@ -185,10 +192,39 @@ def _product(series: LabelledSeries, art: Artifact, settings: Settings) -> dict[
             art.calibration.threshold,
             np.nan_to_num(cols["novelty"]),
         ),
+        **_other_threshold(series, art, settings, stream_ts, stream_smoothed),
         "vae-recon": Output(_ema(_fill(cols["recon"]), beta)),
         "vae-latent": Output(_ema(_fill(cols["latent"]), beta)),
         **linear,
     }
+
+
+def _other_threshold(
+    series: LabelledSeries,
+    art: Artifact,
+    settings: Settings,
+    ts: list[F64],
+    smoothed: list[F64],
+) -> dict[str, Output]:
+    """The product as it alerts under the other threshold mode (``stream-vae-dspot`` when the
+    settings say ``static``, and the reverse): the same smoothed scores, its own thresholds and
+    episodes. Empty for a model with no streaming-threshold start."""
+    mode = "dspot" if settings.alerts.threshold_mode == "static" else "static"
+    a = settings.alerts.model_copy(update={"threshold_mode": mode})
+    if mode == "dspot" and "stream" not in art.calibration.details:
+        return {}
+    t, s = np.concatenate(ts), np.concatenate(smoothed)
+    keys = [series.name] * len(t)
+    thr = np.full(len(t), art.threshold)
+    if mode == "dspot":
+        thr = streaming_threshold(art, a).update(keys, s)
+    episodes = _Episodes(series, a.top_k)
+    for e in EpisodeTracker(a.hysteresis, a.close_after, a.cooldown).update(keys, t, s, thr):
+        episodes.event(e.ts, e.event, [])
+    episodes.finish()
+    scores = np.full(len(series.test), np.nan)
+    scores[series.test_rows(t)] = s
+    return {f"stream-vae-{mode}": Output(_fill(scores), episodes.predictions)}
 
 
 def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:

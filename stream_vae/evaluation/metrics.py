@@ -41,6 +41,7 @@ __all__ = [
     "best_f1",
     "detection_delays",
     "event_prf",
+    "false_alarms",
     "parse_interpretation",
     "point_adjusted_f1",
     "point_prf",
@@ -156,6 +157,21 @@ def event_prf(predictions: npt.ArrayLike, labels: npt.ArrayLike, tolerance: int 
     p_starts, p_ends = label_runs(p)
     true_alarms = covered[p_ends + 1] > covered[p_starts]
     return _prf(int(true_alarms.sum()), len(p_starts), int(detected.sum()), len(starts))
+
+
+def false_alarms(predictions: npt.ArrayLike, labels: npt.ArrayLike) -> int:
+    """Predicted events (runs of 1s) that touch no labelled point: the alerts a person would
+    have looked into for nothing.
+
+    Examples
+    --------
+    >>> false_alarms([1, 0, 0, 1, 1, 0, 1], [0, 0, 0, 0, 1, 0, 0])
+    2
+    """
+    p, y = _pair(predictions, labels, need_positive=False)
+    starts, ends = label_runs(p)
+    hit = np.r_[0, np.cumsum(y)]
+    return int((hit[ends + 1] == hit[starts]).sum())
 
 
 def point_adjusted_f1(predictions: npt.ArrayLike, labels: npt.ArrayLike) -> float:

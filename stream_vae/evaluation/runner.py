@@ -6,7 +6,10 @@ series:
 
 * threshold-free: ``roc_auc``, ``auc_pr``, ``vus_pr`` (buffer up to 2·W, TSB-AD's choice);
 * at the detector's own threshold (ours: the calibrated one, no test labels): point-wise and
-  event-wise ``precision``/``recall``/``f1``, ``alert_rate``, ``delay`` (steps from an event's
+  event-wise ``precision``/``recall``/``f1``, ``alert_rate``, ``normal_alert_rate`` (the share
+  of normal points alerted: what the calibration's ``target_fpr`` aims at; the summary gives
+  its median and worst series too), ``false_alerts_per_day`` (alert episodes touching no
+  labelled point, per day of test data), ``delay`` (steps from an event's
   start to its first alert), ``attribution`` (share of detected events whose alert blamed one
   of the labelled features), and ``pa_f1`` (point-adjusted: inflated, printed next to the others,
   never alone);
@@ -71,6 +74,8 @@ METRICS = (
     "delay",
     "attribution",
     "alert_rate",
+    "normal_alert_rate",
+    "false_alerts_per_day",
     "best_f1",
     "pa_f1",
 )
@@ -81,8 +86,10 @@ def series_metrics(
     labels: npt.NDArray[np.bool_],
     interpretation: Sequence[tuple[int, int, frozenset[int]]],
     window: int,
+    days: float = math.nan,
 ) -> dict[str, float]:
-    """One detector's metrics on one series (NaN where a metric does not apply)."""
+    """One detector's metrics on one series (NaN where a metric does not apply); ``days``: how
+    long the test part lasts (for false alerts per day)."""
     s = out.scores
     m: dict[str, float] = {
         "roc_auc": M.roc_auc(s, labels),
@@ -103,6 +110,9 @@ def series_metrics(
         "event_recall": event.recall,
         "event_f1": event.f1,
         "alert_rate": float(p.mean()),
+        # what the calibration aims at: the share of normal points alerted (target_fpr)
+        "normal_alert_rate": float(p[~labels].mean()) if (~labels).any() else math.nan,
+        "false_alerts_per_day": M.false_alarms(p, labels) / days,
         "delay": statistics.fmean(delays) if delays else math.nan,
         "pa_f1": M.point_adjusted_f1(p, labels),
     }
@@ -130,12 +140,22 @@ def evaluate(
         for name in detectors:
             t0 = time.perf_counter()
             for det, out in run_detector(name, s, settings, seed).items():
-                m = series_metrics(out, s.labels, s.interpretation, settings.window.size)
+                m = series_metrics(out, s.labels, s.interpretation, settings.window.size, _days(s))
                 per.setdefault(det, {})[s.name] = m
                 outputs.setdefault(det, {})[s.name] = out
                 if on_series is not None:
                     on_series(det, s.name, m, time.perf_counter() - t0)
     return per, outputs
+
+
+# Metrics whose median and worst series the summary also gives.
+_SPREAD = ("normal_alert_rate",)
+
+
+def _days(s: LabelledSeries) -> float:
+    """How long a series' test part lasts, in days (one step per row beyond the last)."""
+    ts = s.ts
+    return (float(ts[-1] - ts[0]) + s.step_s) / 86_400.0
 
 
 def summarise(per: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
@@ -148,6 +168,9 @@ def summarise(per: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str
             if vals:
                 row[key] = statistics.fmean(vals)
                 row[f"{key}_std"] = statistics.pstdev(vals)
+                if key in _SPREAD:  # a target on the typical and the worst series
+                    row[f"{key}_median"] = statistics.median(vals)
+                    row[f"{key}_max"] = max(vals)
         out[det] = row
     return out
 
@@ -178,6 +201,7 @@ def evaluate_to(
         f"\n\n{len(series)} series, window {settings.window.size}, seed {seed}, "
         f"{time.perf_counter() - t0:.0f} s. Means ± std over series. best_f1 is an oracle "
         "(threshold chosen with the test labels); pa_f1 is point-adjusted (inflated)."
+        + _alert_rate_note(summary, settings.scoring.target_fpr)
     )
     write_report(
         out,
@@ -188,6 +212,22 @@ def evaluate_to(
     if "stream-vae" in outputs:
         plot_outputs(out / "series.png", series, outputs["stream-vae"])
     return table + note
+
+
+def _alert_rate_note(summary: dict[str, dict[str, Any]], target: float) -> str:
+    """What users get at each detector's own threshold: its alert rate on normal points against
+    the calibration's target, on the median and the worst series."""
+    lines = [
+        f"- {det}: median {row['normal_alert_rate_median']:.4f} "
+        f"({row['normal_alert_rate_median'] / target:.1f}× the target), worst "
+        f"{row['normal_alert_rate_max']:.4f} ({row['normal_alert_rate_max'] / target:.1f}×)"
+        for det, row in summary.items()
+        if "normal_alert_rate_median" in row
+    ]
+    if not lines:
+        return ""
+    head = f"\n\nAlert rate on normal points at the detector's own threshold (target {target:g}):"
+    return head + "\n" + "\n".join(lines)
 
 
 def nab_unit_scores(out: Output, settings: Settings) -> F64:

@@ -32,9 +32,16 @@ from ..model.vae import pick_device
 from ..scoring.alerts import Alert
 from ..scoring.hybrid import ScoreParts
 from ..scoring.scorer import ScoredBatch, Scorer
+from ..scoring.spot import StreamingThreshold, TailStart
 from ..storage.artifact import Artifact
 
-__all__ = ["DetectorOptions", "LiveModel", "build_detector", "build_scorer"]
+__all__ = [
+    "DetectorOptions",
+    "LiveModel",
+    "build_detector",
+    "build_scorer",
+    "streaming_threshold",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,26 @@ def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Sco
         close_after=a.close_after,
         cooldown=a.cooldown,
         top_k=a.top_k,
+        streaming=None if a.threshold_mode == "static" else streaming_threshold(artifact, a),
+    )
+
+
+def streaming_threshold(artifact: Artifact, alerts: AlertSettings) -> StreamingThreshold:
+    """The per-series streaming threshold of ``artifact``, started from its calibration."""
+    start = artifact.calibration.details.get("stream")
+    if start is None:
+        raise ConfigError(
+            f"model {artifact.version} has no streaming-threshold start in its calibration "
+            "(it was trained before alerts.threshold_mode existed): retrain it, or set "
+            "alerts.threshold_mode = 'static'"
+        )
+    return StreamingThreshold(
+        TailStart.from_dict(start),
+        artifact.threshold,
+        artifact.calibration.target_fpr,
+        depth=alerts.threshold_depth,
+        floor=alerts.threshold_floor,
+        ceiling=alerts.threshold_ceiling,
     )
 
 
@@ -214,7 +241,8 @@ class LiveModel:
 
         An episode and its ``alert_id`` belong to the version that opened it, so open episodes
         close with reason ``model_swap``; the EMA restarts, because the new model's scores are
-        on its own scale; the windows carry over, so features, window size and calendar must
+        on its own scale; each series' streaming threshold carries over, relative to the
+        calibration; the windows carry over, so features, window size and calendar must
         match (:class:`ArtifactError` otherwise, and nothing changes). ``detector`` is one
         already built for ``artifact`` (a service builds it off its event loop).
         """
@@ -222,9 +250,10 @@ class LiveModel:
         if why is not None:
             raise ArtifactError(f"cannot swap {self.version} → {artifact.version}: {why}")
         new_detector = detector or build_detector(artifact, self.options)
+        new_scorer = build_scorer(artifact, self.alerts)
         closed = self.scorer.close(ts, "model_swap")
-        self.artifact, self.detector = artifact, new_detector
-        self.scorer = build_scorer(artifact, self.alerts)
+        new_scorer.carry(self.scorer)
+        self.artifact, self.detector, self.scorer = artifact, new_detector, new_scorer
         return closed
 
     # -- per-series state (stream_vae.core.state.SeriesState) ------------------------------

@@ -1,5 +1,8 @@
 """The streaming scorer: hybrid score → per-series EMA → threshold → alert episodes.
 
+The threshold is the calibrated one (``static``), or each series' own streaming threshold
+(:class:`~stream_vae.scoring.spot.StreamingThreshold`), which starts from it.
+
 Pure and stateful per series; the service, the offline CLI and evaluation all call
 :meth:`Scorer.update` with the windows' keys, timestamps and the model's :class:`ScoreParts`.
 """
@@ -17,6 +20,7 @@ from .alerts import Alert, alert_id, top_features
 from .ema import SeriesEMA
 from .episodes import EpisodeTracker
 from .hybrid import HybridScore, ScoreParts
+from .spot import StreamingThreshold
 
 __all__ = ["ScoredBatch", "Scorer"]
 
@@ -33,7 +37,7 @@ class ScoredBatch:
     smoothed: F64  # (n,) per-series EMA of raw: what the threshold applies to
     recon: F64  # (n,) normalised reconstruction component
     latent: F64  # (n,) normalised latent component
-    threshold: float
+    threshold: F64  # (n,) the threshold each row met (the calibrated one, unless streaming)
     alerts: tuple[Alert, ...]
     linear: F64 | None = None  # (n,) normalised linear residual, when the model has one
 
@@ -60,6 +64,7 @@ class Scorer:
         close_after: int = 3,
         cooldown: int = 0,
         top_k: int = 3,
+        streaming: StreamingThreshold | None = None,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -70,6 +75,8 @@ class Scorer:
         self.close_after = close_after
         self.cooldown = cooldown
         self.top_k = top_k
+        # None: every row meets the calibrated threshold
+        self.streaming = streaming
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
 
@@ -84,7 +91,12 @@ class Scorer:
             raise ValueError(f"Scorer.update: {len(keys)} keys for {n} windows")
         h = self.hybrid.raw(parts)
         smoothed = np.asarray(self._ema.update(keys, h.raw), dtype=np.float64)
-        events = self._episodes.update(keys, ts_arr, smoothed, self.threshold)
+        thr = (
+            np.full(n, self.threshold)
+            if self.streaming is None
+            else self.streaming.update(keys, smoothed)
+        )
+        events = self._episodes.update(keys, ts_arr, smoothed, thr)
         # Attribution only for the rows that raised an event: most batches raise none.
         rel = self.hybrid.feature_errors(parts.take(np.array([e.row for e in events], np.intp)))
         alerts = tuple(
@@ -95,7 +107,7 @@ class Scorer:
                 ts=float(ts_arr[e.row]),
                 episode_start_ts=float(e.episode_start_ts),
                 score=float(smoothed[e.row]),
-                threshold=self.threshold,
+                threshold=float(thr[e.row]),
                 raw_score=float(h.raw[e.row]),
                 recon_score=float(h.recon[e.row]),
                 latent_score=float(h.latent[e.row]),
@@ -105,9 +117,7 @@ class Scorer:
             )
             for i, e in enumerate(events)
         )
-        return ScoredBatch(
-            keys, ts_arr, h.raw, smoothed, h.recon, h.latent, self.threshold, alerts, h.linear
-        )
+        return ScoredBatch(keys, ts_arr, h.raw, smoothed, h.recon, h.latent, thr, alerts, h.linear)
 
     def open_series(self) -> frozenset[str]:
         """Series in an alert episode now."""
@@ -120,6 +130,8 @@ class Scorer:
         ``reason``: ``model_swap`` before this model is replaced (an episode belongs to the
         version that opened it, and its ``alert_id`` too), ``evicted`` when its series leaves
         the window store (idle, or over the series bound)."""
+        closed = self._episodes.close(series)
+        ratios = {} if self.streaming is None else self.streaming.ratios(s for s, _, _ in closed)
         return tuple(
             Alert(
                 alert_id=alert_id(s, start, self.model_version),
@@ -128,7 +140,7 @@ class Scorer:
                 ts=ts,
                 episode_start_ts=start,
                 score=float("nan"),
-                threshold=self.threshold,
+                threshold=self.threshold * ratios.get(s, 1.0),
                 raw_score=float("nan"),
                 recon_score=float("nan"),
                 latent_score=float("nan"),
@@ -137,17 +149,30 @@ class Scorer:
                 model_version=self.model_version,
                 reason=reason,
             )
-            for s, start, peak in self._episodes.close(series)
+            for s, start, peak in closed
         )
 
+    def carry(self, old: Scorer) -> None:
+        """Take over the streaming thresholds of the scorer this one replaces (a model swap:
+        each series keeps where its threshold stood against the calibration)."""
+        if self.streaming is not None and old.streaming is not None:
+            self.streaming.carry(old.streaming)
+
+    def _parts(self) -> tuple[SeriesEMA | EpisodeTracker | StreamingThreshold, ...]:
+        parts: tuple[SeriesEMA | EpisodeTracker | StreamingThreshold, ...] = (
+            self._ema,
+            self._episodes,
+        )
+        return parts if self.streaming is None else (*parts, self.streaming)
+
     def series(self) -> frozenset[str]:
-        return self._ema.series() | self._episodes.series()
+        return frozenset().union(*(p.series() for p in self._parts()))
 
     def nbytes(self) -> int:
-        return self._ema.nbytes() + self._episodes.nbytes()
+        return sum(p.nbytes() for p in self._parts())
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget the state of these series (e.g. their partition was revoked)."""
         keys = list(keys)
-        self._ema.drop(keys)
-        self._episodes.drop(keys)
+        for p in self._parts():
+            p.drop(keys)

@@ -47,6 +47,7 @@ __all__ = [
     "CalibrationError",
     "PotFit",
     "calibrate",
+    "fit_gpd",
     "pot_threshold",
     "quantile_threshold",
     "trimmed_tail_threshold",
@@ -213,7 +214,7 @@ def pot_threshold(
             f"exceedance rate of the initial threshold ({k}/{n} = {k / n:.3g}); "
             f"use method='quantile' or raise initial_quantile"
         )
-    xi, sigma = _fit_gpd(y)
+    xi, sigma = fit_gpd(y)
     log_r = math.log(q * n / k)  # < 0
     if abs(xi) < _XI_ZERO:  # the exponential limit of the formula below
         return PotFit(t - sigma * log_r, t, xi, sigma, k, n)
@@ -233,7 +234,7 @@ def _profile_loglik(theta: float, z: F64) -> tuple[float, float]:
     return -math.log(xi / theta) - 1.0 - xi, xi
 
 
-def _fit_gpd(y: F64) -> tuple[float, float]:
+def fit_gpd(y: F64) -> tuple[float, float]:
     """Maximum-likelihood (ξ, σ) of a GPD with location 0 for excesses ``y > 0``.
 
     Grimshaw (1993) reduces the fit to one parameter θ = ξ/σ > −1/max(y). The profile

@@ -36,6 +36,7 @@ from ..scoring.reference import (
     PriorReference,
     ScoreReference,
 )
+from ..scoring.spot import with_stream_start
 from ..scoring.threshold import calibrate
 from ..storage.artifact import Artifact
 from .fit import FitResult, fit, make_windows, split_by_time
@@ -259,6 +260,7 @@ def package_artifact(
         settings.scoring.threshold_method,
         contamination=settings.train.contamination,
     )
+    calibration = with_stream_start(calibration, smoothed)
     metrics = {
         "n_windows": {"train": len(train_windows), "val": len(val_windows)},
         **_auc_metrics(weight_aucs, hybrid.has_linear),

@@ -40,6 +40,7 @@ from ..errors import DataError
 from ..model.backends import TorchBackend
 from ..model.detector import Detector
 from ..model.vae import kl_per_dim, point_error
+from ..scoring.spot import with_stream_start
 from ..scoring.threshold import calibrate
 from ..storage.artifact import Artifact
 from .build import fit_artifact
@@ -202,9 +203,8 @@ def retrain(
     )
     if gate.passed:
         # recalibrate on every held-out window now that the gate has used its half
-        cal = calibrate(
-            _raw_scores(candidate, holdout.windows), target, live.spec.scoring.threshold_method
-        )
+        held = _raw_scores(candidate, holdout.windows)
+        cal = with_stream_start(calibrate(held, target, live.spec.scoring.threshold_method), held)
         candidate = replace(candidate, calibration=cal, version="")
     return RetrainResult(
         candidate,

@@ -35,6 +35,7 @@ from stream_vae.scoring.ema import SeriesEMA
 from stream_vae.scoring.episodes import EpisodeTracker
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts
 from stream_vae.scoring.scorer import Scorer
+from stream_vae.scoring.spot import StreamingThreshold, TailStart
 from stream_vae.service.offsets import ReplayWatermark
 
 from ..conftest import TinyModel
@@ -106,6 +107,24 @@ def _scorer() -> Scorer:
         rng.gamma(2.0, 1.0, size=200).astype(np.float32),
     )
     return Scorer(HybridScore(0.7).fit(fit_on), 1.2, ("a", "b", "c"), "v-test", close_after=2)
+
+
+# a start whose threshold is 1.5 (level 1, peaks above 1.2 at 5%, ξ 0.1) and a short memory,
+# so that a few hundred rows move it
+_START = TailStart(level=1.0, peak_threshold=1.2, peak_rate=0.05, shape=0.1, scale=0.4)
+
+
+def _spot() -> StreamingThreshold:
+    return StreamingThreshold(_START, 1.5, 0.01, depth=50, floor=0.6, ceiling=2.0)
+
+
+def _spot_feed(t: StreamingThreshold, s: Stream, i: int, j: int) -> list[Any]:
+    return t.update(s["keys"][i:j], s["x"][i:j]).tolist()  # type: ignore[no-any-return]
+
+
+def _dspot_scorer() -> Scorer:
+    base = _scorer()
+    return Scorer(base.hybrid, 1.2, base.feature_names, "v-test", close_after=2, streaming=_spot())
 
 
 def _scorer_feed(sc: Scorer, s: Stream, i: int, j: int) -> list[Any]:
@@ -204,6 +223,8 @@ CASES = [
     ),
     Case("EpisodeTracker", lambda: EpisodeTracker(0.8, 2, 3), _score_stream, _episode_feed),
     Case("Scorer", _scorer, _parts_stream, _scorer_feed),
+    Case("StreamingThreshold", _spot, _score_stream, _spot_feed),
+    Case("Scorer-dspot", _dspot_scorer, _parts_stream, _scorer_feed),
     # The drift monitor: with max_samples_per_batch at least a batch's sampled rows, chunking
     # changes nothing: the thinning counters and every KSWIN see the same samples in the same
     # order, and the rate limit looks at events in order. With the cap binding, the batch is
@@ -440,6 +461,8 @@ STATE_CASES = [
         n_again=2,
     ),
     StateCase("Scorer", lambda _: _low_threshold_scorer(), _scorer_state_feed, 4, 2),
+    StateCase("StreamingThreshold", lambda _: _spot(), _ema_state_feed, n_first=4, n_again=2),
+    StateCase("Scorer-dspot", lambda _: _dspot_scorer(), _scorer_state_feed, 4, 2),
     StateCase(
         "DriftMonitor",
         lambda _: DriftMonitor(window_size=30, stat_size=10, thin_every=3),
