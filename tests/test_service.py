@@ -552,9 +552,70 @@ def test_an_absurd_finite_value_is_scored_and_committed_not_a_crash_loop(
     assert acc["consumed"] == len(rows) and acc["dead_letters"] == 0 and acc["unaccounted"] == 0
     messages = [_json.loads(m.value) for m in alerts]  # type: ignore[attr-defined]
     opened = [a for a in messages if a["event"] == "open" and a["ts"] == poison.ts]
-    assert [a["series_id"] for a in opened] == [poison.series_id], messages
-    assert opened[0]["score"] > 10 * opened[0]["threshold"]
+    # the model's alert, and the data-quality one that does not ask the model
+    assert sorted((a["series_id"], a["kind"]) for a in opened) == [
+        (poison.series_id, "anomaly"),
+        (poison.series_id, "out_of_range"),
+    ], messages
+    anomaly = next(a for a in opened if a["kind"] == "anomaly")
+    assert anomaly["score"] > 10 * anomaly["threshold"]
+    beyond = next(a for a in opened if a["kind"] == "out_of_range")
+    assert beyond["score"] > 1e10 and [f["feature"] for f in beyond["top_features"]][:1] in (
+        [table.feature_names[0]],
+        [table.feature_names[2]],
+    )
     assert committed is not None and committed > 0  # the commit moved past the start
+
+
+def test_a_frozen_sensor_gives_a_flatline_alert_on_the_topic(
+    broker: EmbeddedBroker, tiny: TinyModel
+) -> None:
+    """Issue 18: a sensor frozen at a plausible level is reconstructed well, and the score does
+    not move; the data-quality check sees it and publishes an alert of kind ``flatline``."""
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        env={},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g-flat-{tag}",
+            "input_topics": [f"in-flat-{tag}"],
+            "alert_topic": f"alerts-flat-{tag}",
+            "dead_letter_topic": f"dlq-flat-{tag}",
+            "topic_partitions": 1,
+        },
+        service={
+            "max_batch_records": 100,
+            "max_wait_ms": 20,
+            "device": "cpu",
+            "metrics_port": None,
+        },
+    )
+    k = settings.kafka
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    rows = [r for r in table.batch.in_time_order().records()][:400]
+    sid = rows[0].series_id
+    mine = [r for r in rows if r.series_id == sid]
+    last, frozen = mine[-1], float(mine[-1].values[1])
+    for i in range(1, 41):  # sensor 1 stuck at its last value; the others go on
+        v = np.array(mine[-1 - (i % 10)].values, np.float32)
+        v[1] = frozen
+        rows.append(Record(sid, last.ts + i, v))
+
+    async def scenario() -> tuple[dict[str, int], list[Any]]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        await _send_all(k, rows, table.feature_names)
+        service = await _serve_until_consumed(settings, tiny.artifact, len(rows))
+        return service.accounting(), await _consume(
+            k, k.alert_topic, service.accounting()["alerts"]
+        )
+
+    acc, alerts = asyncio.run(scenario())
+    assert acc["consumed"] == len(rows) and acc["unaccounted"] == 0
+    messages = [_json.loads(m.value) for m in alerts]  # type: ignore[attr-defined]
+    flat = [a for a in messages if a["kind"] == "flatline" and a["event"] == "open"]
+    assert [a["series_id"] for a in flat] == [sid], messages
+    assert flat[0]["top_features"][0]["feature"] == table.feature_names[1]
+    assert flat[0]["ts"] > last.ts  # raised by the frozen rows, not before
 
 
 def test_an_oversized_record_is_dead_lettered_cut_to_fit_not_a_poison_pill(

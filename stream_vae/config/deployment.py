@@ -91,13 +91,23 @@ class AlertSettings(BaseModel):
     # calibration, never below threshold_floor × it nor above threshold_ceiling × it.
     threshold_mode: Literal["static", "dspot"] = "static"
     threshold_depth: int = Field(
-        2000, ge=10, description="windows of a streaming threshold's memory"
+        500, ge=10, description="windows of a streaming threshold's memory"
     )
     threshold_floor: float = Field(
         0.5, gt=0, le=1, description="lowest streaming threshold, × calibrated"
     )
     threshold_ceiling: float = Field(
         3.0, ge=1, description="highest streaming threshold, × calibrated"
+    )
+    # Data-quality alerts that do not ask the model (stream_vae.scoring.quality), each its own
+    # alert kind; a model trained before they existed has no reference for them and gives none.
+    quality_kinds: tuple[Literal["flatline", "out_of_range"], ...] = ("flatline", "out_of_range")
+    flatline_ratio: float = Field(
+        0.05, gt=0, lt=1, description="a feature moving less than this × its training movement"
+    )
+    flatline_windows: int = Field(5, ge=1, description="flat windows in a row before an alert")
+    range_margin: float = Field(
+        0.5, ge=0, description="how far beyond the training range, in ranges, is out of range"
     )
 
 

@@ -114,8 +114,11 @@ class _Episodes:
         self._opened: tuple[int, list[int]] | None = None
 
     def feed(self, alerts: Iterable[Alert]) -> None:
+        """The anomaly alerts' episodes (a data-quality alert is of another kind, with episodes
+        of its own: not in these predictions)."""
         for a in alerts:
-            self.event(a.ts, a.event, [self._index[f] for f, _ in a.top_features])
+            if a.kind == "anomaly":
+                self.event(a.ts, a.event, [self._index[f] for f, _ in a.top_features])
 
     def event(self, ts: float, event: str, blamed: list[int]) -> None:
         """One open or close at stream time ``ts``; an open blames these feature indices."""

@@ -31,6 +31,7 @@ from ..model.detector import MAX_BATCH, Detector
 from ..model.vae import pick_device
 from ..scoring.alerts import Alert
 from ..scoring.hybrid import ScoreParts
+from ..scoring.quality import QualityMonitor
 from ..scoring.scorer import ScoredBatch, Scorer
 from ..scoring.spot import StreamingThreshold, TailStart
 from ..storage.artifact import Artifact
@@ -40,6 +41,7 @@ __all__ = [
     "LiveModel",
     "build_detector",
     "build_scorer",
+    "quality_monitor",
     "streaming_threshold",
 ]
 
@@ -116,6 +118,23 @@ def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Sco
         cooldown=a.cooldown,
         top_k=a.top_k,
         streaming=None if a.threshold_mode == "static" else streaming_threshold(artifact, a),
+        quality=quality_monitor(artifact, a),
+    )
+
+
+def quality_monitor(artifact: Artifact, alerts: AlertSettings) -> QualityMonitor | None:
+    """The data-quality checks the deployment asks for, against ``artifact``'s training data
+    (None: none asked for, or a model trained before they existed)."""
+    ref = artifact.reference.quality
+    if ref is None or not alerts.quality_kinds:
+        return None
+    return QualityMonitor(
+        ref,
+        kinds=alerts.quality_kinds,
+        flatline_ratio=alerts.flatline_ratio,
+        flatline_windows=alerts.flatline_windows,
+        range_margin=alerts.range_margin,
+        close_after=alerts.close_after,
     )
 
 
@@ -208,7 +227,7 @@ class LiveModel:
 
     def score(self, ready: ReadyWindows, parts: ScoreParts) -> ScoredBatch:
         """Scores of the windows, and the alert events they caused."""
-        return self.scorer.update(ready.keys, ready.ts, parts)
+        return self.scorer.update(ready.keys, ready.ts, parts, ready.values)
 
     def step(self, batch: RecordBatch) -> tuple[ReadyWindows, ScoredBatch]:
         """:meth:`prepare`, :meth:`infer` and :meth:`score` in one call: the windows and their

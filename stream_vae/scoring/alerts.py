@@ -47,6 +47,10 @@ class Alert:
     # the episode was replaced), "evicted" (the series left the window store: idle, or over
     # the series bound); see Scorer.close. Empty for score-driven events.
     reason: str = ""
+    # "anomaly" (the model's score), or a data-quality kind that does not ask the model:
+    # "flatline", "out_of_range" (stream_vae.scoring.quality). For those, score and threshold
+    # are the check's own measure and limit, and top_features the features it flagged.
+    kind: str = "anomaly"
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -63,16 +67,22 @@ class Alert:
             "peak_score": self.peak_score,
             "top_features": [{"feature": f, "share": s} for f, s in self.top_features],
             "model_version": self.model_version,
+            "kind": self.kind,
         }
         if self.reason:
             d["reason"] = self.reason
         return d
 
 
-def alert_id(series_id: str, episode_start_ts: float, model_version: str) -> str:
-    """Deterministic id of an episode: 16 hex chars of SHA-256 over its identity."""
-    key = f"{series_id}\x1f{episode_start_ts!r}\x1f{model_version}".encode()
-    return hashlib.sha256(key).hexdigest()[:16]
+def alert_id(
+    series_id: str, episode_start_ts: float, model_version: str, kind: str = "anomaly"
+) -> str:
+    """Deterministic id of an episode: 16 hex chars of SHA-256 over its identity (an anomaly's
+    id reads as it did before alerts had kinds)."""
+    key = f"{series_id}\x1f{episode_start_ts!r}\x1f{model_version}"
+    if kind != "anomaly":
+        key += f"\x1f{kind}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def top_features(

@@ -35,7 +35,14 @@ import numpy.typing as npt
 
 from ..errors import check_shape
 
-__all__ = ["KNN_K", "LatentReference", "LinearReference", "PriorReference", "ScoreReference"]
+__all__ = [
+    "KNN_K",
+    "LatentReference",
+    "LinearReference",
+    "PriorReference",
+    "QualityReference",
+    "ScoreReference",
+]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -139,12 +146,45 @@ class PriorReference:
 
 
 @dataclass(frozen=True, slots=True)
+class QualityReference:
+    """The training data's range and movement per feature, in its own units, for the data-quality
+    alerts that do not ask the model (:mod:`stream_vae.scoring.quality`): the lowest and highest
+    value seen, and the median over training windows of a feature's standard deviation within a
+    window (how much it moves in a normal window).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.stack([np.c_[np.arange(4.0), np.full(4, 2.0)]] * 3)  # (3 windows, 4 points, 2)
+    >>> q = QualityReference.fit(w)
+    >>> q.low.tolist(), q.high.tolist(), [round(float(s), 3) for s in q.window_std]
+    ([0.0, 2.0], [3.0, 2.0], [1.118, 0.0])
+    """
+
+    low: F32  # (d,)
+    high: F32  # (d,)
+    window_std: F32  # (d,)
+
+    @classmethod
+    def fit(cls, windows: npt.ArrayLike) -> QualityReference:
+        """From raw training windows (n, W, d): the data's features only, no context."""
+        w = np.asarray(windows, dtype=np.float64)
+        check_shape("QualityReference.fit windows", w.shape, (None, None, None))
+        return cls(
+            w.min(axis=(0, 1)).astype(np.float32),
+            w.max(axis=(0, 1)).astype(np.float32),
+            np.median(w.std(axis=1), axis=0).astype(np.float32),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ScoreReference:
     """The references a model's score components need (each may be absent)."""
 
     latent: LatentReference | None = None
     linear: LinearReference | None = None
     prior: PriorReference | None = None
+    quality: QualityReference | None = None  # models trained before it have none
 
     def to_arrays(self) -> dict[str, F32]:
         """Named float32 arrays (stored beside the weights)."""
@@ -159,11 +199,22 @@ class ScoreReference:
         if self.prior is not None:
             out["prior.mu"] = self.prior.mu
             out["prior.logvar"] = self.prior.logvar
+        if self.quality is not None:
+            out["quality.low"] = self.quality.low
+            out["quality.high"] = self.quality.high
+            out["quality.window_std"] = self.quality.window_std
         return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, npt.NDArray[np.floating]]) -> ScoreReference:
-        latent = linear = prior = None
+        latent = linear = prior = quality = None
+        if "quality.low" in arrays:
+            quality = QualityReference(
+                *(
+                    np.asarray(arrays[f"quality.{k}"], np.float32)
+                    for k in ("low", "high", "window_std")
+                )
+            )
         if "prior.mu" in arrays:
             prior = PriorReference(
                 np.asarray(arrays["prior.mu"], np.float32),
@@ -180,4 +231,4 @@ class ScoreReference:
                 np.asarray(arrays["linear.centre"], np.float32),
                 np.asarray(arrays["linear.basis"], np.float32),
             )
-        return cls(latent, linear, prior)
+        return cls(latent, linear, prior, quality)

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ..core.state import SeriesState
 from ..errors import check_shape
 from .alerts import Alert, alert_id, top_features
 from .ema import SeriesEMA
 from .episodes import EpisodeTracker
 from .hybrid import HybridScore, ScoreParts
+from .quality import QualityEvent, QualityMonitor
 from .spot import StreamingThreshold
 
 __all__ = ["ScoredBatch", "Scorer"]
@@ -65,6 +68,7 @@ class Scorer:
         cooldown: int = 0,
         top_k: int = 3,
         streaming: StreamingThreshold | None = None,
+        quality: QualityMonitor | None = None,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -77,11 +81,20 @@ class Scorer:
         self.top_k = top_k
         # None: every row meets the calibrated threshold
         self.streaming = streaming
+        # None: no data-quality alerts (flatline, out_of_range) beside the anomaly ones
+        self.quality = quality
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
 
-    def update(self, keys: Sequence[str], ts: npt.ArrayLike, parts: ScoreParts) -> ScoredBatch:
-        """Score n windows in arrival order; returns scores and the open/close events caused."""
+    def update(
+        self,
+        keys: Sequence[str],
+        ts: npt.ArrayLike,
+        parts: ScoreParts,
+        windows: npt.NDArray[np.floating[Any]] | None = None,
+    ) -> ScoredBatch:
+        """Score n windows in arrival order; returns scores and the open/close events caused.
+        With the raw ``windows`` (n, W, c) the data-quality checks run on them too."""
         n = len(parts)
         ts_arr = np.asarray(ts, dtype=np.float64)
         check_shape("Scorer.update ts", ts_arr.shape, (n,))
@@ -117,11 +130,41 @@ class Scorer:
             )
             for i, e in enumerate(events)
         )
+        if self.quality is not None and windows is not None:
+            # in row order: a quality event and an anomaly event of one row keep that order
+            found = [
+                (e.row, self._quality_alert(e)) for e in self.quality.update(keys, ts_arr, windows)
+            ]
+            rows = [e.row for e in events] + [r for r, _ in found]
+            merged = [*alerts, *(a for _, a in found)]
+            alerts = tuple(merged[i] for i in np.argsort(rows, kind="stable"))
         return ScoredBatch(keys, ts_arr, h.raw, smoothed, h.recon, h.latent, thr, alerts, h.linear)
 
+    def _quality_alert(self, e: QualityEvent) -> Alert:
+        named = tuple((self.feature_names[f], round(1.0 / len(e.features), 4)) for f in e.features)
+        return Alert(
+            alert_id=alert_id(e.series_id, e.episode_start_ts, self.model_version, e.kind),
+            series_id=e.series_id,
+            event=e.event,
+            ts=e.ts,
+            episode_start_ts=e.episode_start_ts,
+            score=e.severity,
+            threshold=e.limit,
+            raw_score=e.severity,
+            recon_score=float("nan"),
+            latent_score=float("nan"),
+            peak_score=e.severity,
+            top_features=named[: self.top_k],
+            model_version=self.model_version,
+            kind=e.kind,
+        )
+
     def open_series(self) -> frozenset[str]:
-        """Series in an alert episode now."""
-        return frozenset(self._episodes.open_series())
+        """Series in an alert episode now (of any kind)."""
+        opened = frozenset(self._episodes.open_series())
+        if self.quality is None:
+            return opened
+        return opened.union(*self.quality.open_series().values())
 
     def close(
         self, ts: float, reason: str, series: Iterable[str] | None = None
@@ -130,6 +173,7 @@ class Scorer:
         ``reason``: ``model_swap`` before this model is replaced (an episode belongs to the
         version that opened it, and its ``alert_id`` too), ``evicted`` when its series leaves
         the window store (idle, or over the series bound)."""
+        series = None if series is None else list(series)  # read twice below
         closed = self._episodes.close(series)
         ratios = {} if self.streaming is None else self.streaming.ratios(s for s, _, _ in closed)
         return tuple(
@@ -150,6 +194,33 @@ class Scorer:
                 reason=reason,
             )
             for s, start, peak in closed
+        ) + self._close_quality(ts, reason, series)
+
+    def _close_quality(
+        self, ts: float, reason: str, series: Iterable[str] | None
+    ) -> tuple[Alert, ...]:
+        if self.quality is None:
+            return ()
+        nan = float("nan")
+        return tuple(
+            Alert(
+                alert_id=alert_id(s, start, self.model_version, kind),
+                series_id=s,
+                event="close",
+                ts=ts,
+                episode_start_ts=start,
+                score=nan,
+                threshold=nan,
+                raw_score=nan,
+                recon_score=nan,
+                latent_score=nan,
+                peak_score=nan,
+                top_features=(),
+                model_version=self.model_version,
+                reason=reason,
+                kind=kind,
+            )
+            for kind, s, start in self.quality.close(series)
         )
 
     def carry(self, old: Scorer) -> None:
@@ -158,12 +229,9 @@ class Scorer:
         if self.streaming is not None and old.streaming is not None:
             self.streaming.carry(old.streaming)
 
-    def _parts(self) -> tuple[SeriesEMA | EpisodeTracker | StreamingThreshold, ...]:
-        parts: tuple[SeriesEMA | EpisodeTracker | StreamingThreshold, ...] = (
-            self._ema,
-            self._episodes,
-        )
-        return parts if self.streaming is None else (*parts, self.streaming)
+    def _parts(self) -> tuple[SeriesState, ...]:
+        optional = (self.streaming, self.quality)
+        return (self._ema, self._episodes, *(p for p in optional if p is not None))
 
     def series(self) -> frozenset[str]:
         return frozenset().union(*(p.series() for p in self._parts()))

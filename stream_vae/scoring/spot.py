@@ -199,7 +199,7 @@ class StreamingThreshold:
         threshold: float,
         target_fpr: float,
         *,
-        depth: int = 2000,
+        depth: int = 500,
         floor: float = 0.5,
         ceiling: float = 3.0,
     ) -> None:

@@ -356,10 +356,11 @@ class Service:
                 printable(sid),
                 self._watermark.partition_of(sid),
             )
+        still_open = self.live.open_series() if alerts else frozenset()
         for a in alerts:
             if a.event == "open":
                 self._watermark.episode_opened(a.series_id)
-            else:
+            elif a.series_id not in still_open:  # no episode of another kind holds it
                 self._watermark.episode_closed(a.series_id)
 
     async def _publish_events(self, events: list[dict[str, object]]) -> None:

@@ -90,7 +90,10 @@ class ReplayWatermark:
         return first_moves
 
     def episode_opened(self, series_id: str) -> None:
-        """Pin the series at what it needed before the batch in which its episode opened."""
+        """Pin the series at what it needed before the batch in which its episode opened (an
+        earlier pin stays: an episode of another kind opened first and is open still)."""
+        if series_id in self._open:
+            return
         front = self._front_before.get(series_id)
         if front is None:
             tail = self._tail.get(series_id)

@@ -34,6 +34,7 @@ from ..scoring.reference import (
     LatentReference,
     LinearReference,
     PriorReference,
+    QualityReference,
     ScoreReference,
 )
 from ..scoring.spot import with_stream_start
@@ -325,8 +326,10 @@ def _fit_reference(
         with torch.no_grad():
             mu, logvar = (c.detach().cpu().numpy().astype(np.float32) for c in comps)
         prior = PriorReference(mu, logvar)
+    # the data-quality alerts' reference: the values' range and movement (not the calendar)
+    quality = QualityReference.fit(train_windows[:, :, : train_windows.shape[2] - win.n_context])
     if not need_latent and s.linear_variance == 0:
-        return ScoreReference(prior=prior)
+        return ScoreReference(prior=prior, quality=quality)
     rng = np.random.default_rng(settings.train.seed)
     n = min(MAX_LINEAR_ROWS, len(train_windows))
     sample = train_windows[np.sort(rng.choice(len(train_windows), size=n, replace=False))]
@@ -338,7 +341,7 @@ def _fit_reference(
     if s.linear_variance > 0:
         data = probe.scaled(sample)[:, :, : probe.n_values]  # the values, not the calendar
         linear = LinearReference.fit(data.reshape(n, -1), s.linear_variance, rng)
-    return ScoreReference(latent, linear, prior)
+    return ScoreReference(latent, linear, prior, quality)
 
 
 def _auc_metrics(aucs: dict[Weights, float], has_linear: bool) -> dict[str, dict[str, float]]:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from aiokafka import TopicPartition
 
+from stream_vae import _json
 from stream_vae.core.records import RecordBatch
 from stream_vae.core.state import SeriesState, StateRegistry
 from stream_vae.core.windows import WindowStore
@@ -34,6 +35,8 @@ from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.scoring.ema import SeriesEMA
 from stream_vae.scoring.episodes import EpisodeTracker
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts
+from stream_vae.scoring.quality import QualityMonitor
+from stream_vae.scoring.reference import QualityReference
 from stream_vae.scoring.scorer import Scorer
 from stream_vae.scoring.spot import StreamingThreshold, TailStart
 from stream_vae.service.offsets import ReplayWatermark
@@ -122,6 +125,29 @@ def _spot_feed(t: StreamingThreshold, s: Stream, i: int, j: int) -> list[Any]:
     return t.update(s["keys"][i:j], s["x"][i:j]).tolist()  # type: ignore[no-any-return]
 
 
+def _quality() -> QualityMonitor:
+    ref = QualityReference.fit(np.random.default_rng(0).normal(size=(40, 4, 2)))
+    return QualityMonitor(ref, flatline_windows=2, close_after=2)
+
+
+def _quality_stream(rng: np.random.Generator, n: int) -> Stream:
+    w = rng.normal(size=(n, 4, 2))
+    w[rng.random(n) < 0.3, :, 1] = 0.5  # frozen channel in some windows
+    w[rng.random(n) < 0.1, -1, 0] = 9.0  # out of range in some
+    return {"keys": _keys(rng, n), "ts": np.arange(n, dtype=np.float64), "w": w}
+
+
+def _quality_feed(m: QualityMonitor, s: Stream, i: int, j: int) -> list[Any]:
+    events = m.update(s["keys"][i:j], s["ts"][i:j], s["w"][i:j])
+    return [(e.series_id, e.kind, e.event, e.ts, e.features) for e in events]
+
+
+def _quality_state_feed(m: QualityMonitor, keys: list[str], t0: float, seed: int) -> list[Any]:
+    w = np.random.default_rng(seed).normal(size=(len(keys), 4, 2))
+    w[:, :, 1] = 0.5  # every window flat: each series opens after two
+    return [(e.series_id, e.kind, e.event, e.ts) for e in m.update(keys, _row_ts(keys, t0), w)]
+
+
 def _dspot_scorer() -> Scorer:
     base = _scorer()
     return Scorer(base.hybrid, 1.2, base.feature_names, "v-test", close_after=2, streaming=_spot())
@@ -132,7 +158,7 @@ def _scorer_feed(sc: Scorer, s: Stream, i: int, j: int) -> list[Any]:
     out = sc.update(s["keys"][i:j], s["ts"][i:j], s["parts"].take(idx))
     # one entry per row: its smoothed score and the alert events it caused (ts is unique here)
     return [
-        (t, v, [a.to_dict() for a in out.alerts if a.ts == t])
+        (t, v, [_json.dumps(a.to_dict()) for a in out.alerts if a.ts == t])
         for t, v in zip(out.ts.tolist(), out.smoothed.tolist(), strict=True)
     ]
 
@@ -225,6 +251,7 @@ CASES = [
     Case("Scorer", _scorer, _parts_stream, _scorer_feed),
     Case("StreamingThreshold", _spot, _score_stream, _spot_feed),
     Case("Scorer-dspot", _dspot_scorer, _parts_stream, _scorer_feed),
+    Case("QualityMonitor", _quality, _quality_stream, _quality_feed),
     # The drift monitor: with max_samples_per_batch at least a batch's sampled rows, chunking
     # changes nothing: the thinning counters and every KSWIN see the same samples in the same
     # order, and the rate limit looks at events in order. With the cap binding, the batch is
@@ -394,7 +421,7 @@ def _scorer_state_feed(sc: Scorer, keys: list[str], t0: float, seed: int) -> lis
         rng.gamma(2.0, 1.0, size=len(keys)).astype(np.float32),
     )
     out = sc.update(keys, _row_ts(keys, t0), parts)
-    return [out.smoothed.tolist(), [a.to_dict() for a in out.alerts]]
+    return [out.smoothed.tolist(), [_json.dumps(a.to_dict()) for a in out.alerts]]
 
 
 def _drift_state_feed(m: DriftMonitor, keys: list[str], t0: float, seed: int) -> list[Any]:
@@ -429,7 +456,7 @@ def _live_feed(live: LiveModel, keys: list[str], t0: float, seed: int) -> list[A
         list(ready.keys),
         ready.ts.tolist(),
         scored.smoothed.tolist(),
-        [a.to_dict() for a in scored.alerts],
+        [_json.dumps(a.to_dict()) for a in scored.alerts],
     ]
 
 
@@ -463,6 +490,7 @@ STATE_CASES = [
     StateCase("Scorer", lambda _: _low_threshold_scorer(), _scorer_state_feed, 4, 2),
     StateCase("StreamingThreshold", lambda _: _spot(), _ema_state_feed, n_first=4, n_again=2),
     StateCase("Scorer-dspot", lambda _: _dspot_scorer(), _scorer_state_feed, 4, 2),
+    StateCase("QualityMonitor", lambda _: _quality(), _quality_state_feed, 4, 2),
     StateCase(
         "DriftMonitor",
         lambda _: DriftMonitor(window_size=30, stat_size=10, thin_every=3),

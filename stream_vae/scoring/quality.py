@@ -1,0 +1,231 @@
+"""Data-quality alerts that do not ask the model: a channel that flat-lines, a value out of range.
+
+A frozen sensor at a plausible level is reconstructed well, and a value far outside anything
+seen in training is only "very anomalous" to the model; both are among the commonest faults of
+sensor telemetry, and both are plain to see in the raw window. Measured against the training
+data's :class:`~stream_vae.scoring.reference.QualityReference`, per window of a series:
+
+* ``flatline``: a feature's standard deviation within the window is below ``flatline_ratio`` ×
+  its typical one in training windows, for ``flatline_windows`` windows in a row (a feature that
+  does not move in a typical training window is never flagged); the episode closes at the first
+  window where every feature moves again.
+* ``out_of_range``: the window's newest value of a feature lies beyond the training range by
+  more than ``range_margin`` × that range; the episode closes after ``close_after`` windows back
+  in range.
+
+Each kind has its own episodes (:class:`~stream_vae.scoring.episodes.EpisodeTracker`), apart
+from the anomaly score's: a flat-lined channel is one alert of kind ``flatline``, whatever the
+score does.
+
+Examples
+--------
+>>> import numpy as np
+>>> from stream_vae.scoring.reference import QualityReference
+>>> rng = np.random.default_rng(0)
+>>> ref = QualityReference.fit(rng.normal(size=(50, 8, 2)))
+>>> mon = QualityMonitor(ref, flatline_windows=2)
+>>> w = rng.normal(size=(4, 8, 2))
+>>> w[1:, :, 1] = 0.3  # feature 1 freezes from the second window on
+>>> w[3, -1, 0] = 40.0  # and feature 0 jumps far out of range in the last one
+>>> [(e.row, e.kind, e.event, e.features) for e in mon.update(["a"] * 4, np.arange(4.0), w)]
+[(2, 'flatline', 'open', (1,)), (3, 'out_of_range', 'open', (0,))]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ..core.state import KEY_BYTES
+from ..errors import ConfigError, check_shape
+from .episodes import EpisodeTracker
+from .reference import QualityReference
+
+__all__ = ["QUALITY_KINDS", "QualityEvent", "QualityMonitor"]
+
+F64 = npt.NDArray[np.float64]
+QualityKind = Literal["flatline", "out_of_range"]
+QUALITY_KINDS: tuple[QualityKind, ...] = ("flatline", "out_of_range")
+
+
+@dataclass(frozen=True, slots=True)
+class QualityEvent:
+    """One open or close of a data-quality episode of one series."""
+
+    row: int  # index of the causing window in the batch given to QualityMonitor.update
+    series_id: str
+    kind: QualityKind
+    event: Literal["open", "close"]
+    ts: float
+    episode_start_ts: float
+    # flatline: how many times flatter than in training the flattest flagged feature is;
+    # out_of_range: how far beyond the training range the farthest value is, in ranges
+    severity: float
+    limit: float  # the severity from which a window counts
+    features: tuple[int, ...]  # the features flagged in the causing window (indices)
+
+
+class QualityMonitor:
+    """Per-series flatline and out-of-range episodes over raw windows.
+
+    Parameters
+    ----------
+    reference : QualityReference
+        The training data's range and movement, per feature (d,).
+    kinds : sequence of str
+        The checks to run (``"flatline"``, ``"out_of_range"``).
+    flatline_ratio : float
+        In (0, 1); a feature moves less than this share of its typical training movement.
+    flatline_windows : int
+        >= 1; windows in a row that must be flat.
+    range_margin : float
+        >= 0; how far beyond the training range (in ranges) a value must lie.
+    close_after : int
+        >= 1; windows back in range that close an ``out_of_range`` episode.
+    """
+
+    def __init__(
+        self,
+        reference: QualityReference,
+        *,
+        kinds: Sequence[str] = QUALITY_KINDS,
+        flatline_ratio: float = 0.05,
+        flatline_windows: int = 5,
+        range_margin: float = 0.5,
+        close_after: int = 3,
+    ) -> None:
+        unknown = set(kinds) - set(QUALITY_KINDS)
+        if unknown:
+            raise ConfigError(f"QualityMonitor: unknown kinds {sorted(unknown)}")
+        if not 0.0 < flatline_ratio < 1.0 or flatline_windows < 1 or range_margin < 0:
+            raise ConfigError(
+                "QualityMonitor: need 0 < flatline_ratio < 1, flatline_windows >= 1 and "
+                f"range_margin >= 0, got {flatline_ratio!r}, {flatline_windows!r}, "
+                f"{range_margin!r}"
+            )
+        self.reference = reference
+        self.kinds = tuple(k for k in QUALITY_KINDS if k in kinds)
+        self.flatline_ratio = flatline_ratio
+        self.flatline_windows = flatline_windows
+        self.range_margin = range_margin
+        self.close_after = close_after
+        self._flat_runs: dict[str, int] = {}  # series -> flat windows in a row (> 0 only)
+        self._episodes = {
+            "flatline": EpisodeTracker(1.0, close_after=1),
+            "out_of_range": EpisodeTracker(1.0, close_after=close_after),
+        }
+        lo = reference.low.astype(np.float64)
+        hi = reference.high.astype(np.float64)
+        # a feature constant in training has a range of 0: any other value is out of range
+        self._span = np.maximum(hi - lo, 1e-9 * np.maximum(np.abs(hi), 1.0))
+        self._lo, self._hi = lo, hi
+        self._typical = reference.window_std.astype(np.float64)
+
+    @property
+    def n_features(self) -> int:
+        return int(self._lo.shape[0])
+
+    def update(
+        self, keys: Sequence[str], ts: npt.ArrayLike, windows: npt.ArrayLike
+    ) -> list[QualityEvent]:
+        """Feed raw windows (n, W, c), in order (the first ``d`` channels are the features the
+        reference knows; the rest, the calendar, are left out); returns the events caused.
+
+        Unlike the other mutators this one returns a value: the events.
+        """
+        w = np.asarray(windows, dtype=np.float64)
+        n, d = len(keys), self.n_features
+        check_shape("QualityMonitor.update windows", w.shape, (n, None, None))
+        if w.shape[2] < d:
+            raise ValueError(f"QualityMonitor.update: {w.shape[2]} channels for {d} features")
+        t = np.asarray(ts, dtype=np.float64)
+        v = w[:, :, :d]  # (n, W, d)
+        events: list[QualityEvent] = []
+        if "flatline" in self.kinds:
+            events += self._flatline(keys, t, v)
+        if "out_of_range" in self.kinds:
+            events += self._out_of_range(keys, t, v)
+        return sorted(events, key=lambda e: e.row)
+
+    def _flatline(self, keys: Sequence[str], t: F64, v: F64) -> list[QualityEvent]:
+        std = v.std(axis=1)  # (n, d)
+        moves = self._typical > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flatness = np.where(moves, self._typical / std, 0.0)  # (n, d): × flatter; inf: frozen
+        flat = moves & (std < self.flatline_ratio * self._typical)  # (n, d)
+        any_flat = flat.any(axis=1)
+        hot = np.zeros(len(keys))
+        runs = self._flat_runs
+        for i, k in enumerate(keys):  # in order: a run of flat windows is per series
+            if any_flat[i]:
+                runs[k] = runs.get(k, 0) + 1
+                hot[i] = runs[k] >= self.flatline_windows
+            elif k in runs:
+                del runs[k]
+        limit = 1.0 / self.flatline_ratio
+        return [
+            QualityEvent(
+                e.row,
+                e.series_id,
+                "flatline",
+                e.event,
+                e.ts,
+                e.episode_start_ts,
+                float(flatness[e.row][flat[e.row]].max(initial=0.0)),
+                limit,
+                tuple(np.flatnonzero(flat[e.row]).tolist()),
+            )
+            for e in self._episodes["flatline"].update(keys, t, hot, 0.5)
+        ]
+
+    def _out_of_range(self, keys: Sequence[str], t: F64, v: F64) -> list[QualityEvent]:
+        last = v[:, -1, :]  # (n, d)
+        beyond = np.maximum(self._lo - last, last - self._hi) / self._span  # (n, d), in ranges
+        beyond = np.nan_to_num(beyond, nan=0.0)
+        out = beyond > self.range_margin
+        hot = out.any(axis=1).astype(np.float64)
+        return [
+            QualityEvent(
+                e.row,
+                e.series_id,
+                "out_of_range",
+                e.event,
+                e.ts,
+                e.episode_start_ts,
+                float(beyond[e.row].max()),
+                self.range_margin,
+                tuple(np.flatnonzero(out[e.row]).tolist()),
+            )
+            for e in self._episodes["out_of_range"].update(keys, t, hot, 0.5)
+        ]
+
+    def open_series(self) -> dict[str, tuple[str, ...]]:
+        """Series in a data-quality episode now, by kind."""
+        return {k: tr.open_series() for k, tr in self._episodes.items()}
+
+    def close(self, keys: Iterable[str] | None = None) -> list[tuple[str, str, float]]:
+        """End the open episodes of these series (None: all): (kind, series, start ts) each."""
+        keys = None if keys is None else list(keys)
+        return [
+            (kind, s, start)
+            for kind, tr in self._episodes.items()
+            for s, start, _ in tr.close(keys)
+        ]
+
+    def series(self) -> frozenset[str]:
+        return frozenset(self._flat_runs).union(*(t.series() for t in self._episodes.values()))
+
+    def nbytes(self) -> int:
+        runs = (KEY_BYTES + 32) * len(self._flat_runs)
+        return runs + sum(t.nbytes() for t in self._episodes.values())
+
+    def drop(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for k in keys:
+            self._flat_runs.pop(k, None)
+        for t in self._episodes.values():
+            t.drop(keys)

@@ -1,0 +1,86 @@
+"""Data-quality alerts: a flat-lined channel and a value out of range give their own alert kinds,
+open and close where they should, and leave the anomaly alerts as they were."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from stream_vae.config import AlertSettings
+from stream_vae.core.records import RecordBatch
+from stream_vae.errors import ConfigError
+from stream_vae.runtime.live import DetectorOptions, LiveModel
+from stream_vae.scoring.alerts import alert_id
+from stream_vae.scoring.quality import QualityMonitor
+from stream_vae.scoring.reference import QualityReference, ScoreReference
+
+
+def _reference() -> QualityReference:
+    # feature 0 moves, feature 1 moves, feature 2 never moves within a window in training
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(200, 8, 3))
+    w[:, :, 2] = rng.normal(size=(200, 1))
+    return QualityReference.fit(w)
+
+
+def test_a_flatline_opens_after_k_flat_windows_and_closes_when_it_moves() -> None:
+    mon = QualityMonitor(_reference(), kinds=["flatline"], flatline_windows=3)
+    w = np.random.default_rng(1).normal(size=(12, 8, 3))
+    w[2:8, :, 0] = 1.25  # feature 0 frozen in windows 2..7
+    ev = mon.update(["a"] * 12, np.arange(12.0), w)
+    assert [(e.row, e.event, e.features) for e in ev] == [(4, "open", (0,)), (8, "close", ())]
+    assert ev[0].severity == np.inf and ev[0].limit == pytest.approx(20.0)
+    # feature 2 never moves inside a training window: never flagged
+    assert not [e for e in ev if 2 in e.features]
+
+
+def test_out_of_range_opens_on_the_value_and_closes_after_close_after_windows() -> None:
+    ref = _reference()
+    mon = QualityMonitor(ref, kinds=["out_of_range"], range_margin=0.5, close_after=2)
+    w = np.random.default_rng(2).normal(size=(8, 8, 3)) * 0.1
+    span = float(ref.high[1] - ref.low[1])
+    w[3, -1, 1] = ref.high[1] + 0.4 * span  # beyond the range, inside the margin: nothing
+    w[4, -1, 1] = ref.high[1] + 0.6 * span  # out of range
+    ev = mon.update(["a"] * 8, np.arange(8.0), w)
+    assert [(e.row, e.event) for e in ev] == [(4, "open"), (6, "close")]
+    assert ev[0].features == (1,) and ev[0].severity == pytest.approx(0.6, rel=1e-4)
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ConfigError):
+        QualityMonitor(_reference(), kinds=["stale"])
+    with pytest.raises(ConfigError):
+        QualityMonitor(_reference(), flatline_ratio=1.5)
+
+
+def test_a_frozen_sensor_gives_a_flatline_alert_through_the_live_model(tiny) -> None:  # type: ignore[no-untyped-def]
+    art = tiny.artifact
+    assert art.reference.quality is not None  # training stores the reference
+    w = art.vae_config.window
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(w + 40, 3)).astype(np.float32)
+    x = x * art.scaler.std[:3] + art.scaler.mean[:3]  # normal-looking values
+    x[w:, 1] = x[w, 1]  # the second sensor freezes at a plausible level
+    x[-1, 0] = art.reference.quality.high[0] * 10 + 100  # and the last value is absurd
+    batch = RecordBatch(("m-1",) * len(x), np.arange(len(x), dtype=np.float64), x)
+    live = LiveModel(art, DetectorOptions(device="cpu"))
+    alerts = [a for s in live.stream(batch) for a in s.alerts]
+    kinds = {(a.kind, a.event) for a in alerts}
+    assert ("flatline", "open") in kinds and ("out_of_range", "open") in kinds
+    flat = next(a for a in alerts if a.kind == "flatline")
+    assert flat.top_features[0][0] == art.feature_names[1]
+    assert flat.alert_id == alert_id("m-1", flat.episode_start_ts, art.version, "flatline")
+    assert flat.alert_id != alert_id("m-1", flat.episode_start_ts, art.version)
+    assert flat.to_dict()["kind"] == "flatline"
+    assert "m-1" in live.open_series()
+    # a swap closes them like anomaly episodes, and switching the checks off silences them
+    closed = live.install(replace(art, version="v-next"), float(len(x)))
+    assert {a.kind for a in closed} >= {"flatline", "out_of_range"}
+    assert all(a.reason == "model_swap" for a in closed)
+    quiet = LiveModel(art, DetectorOptions(device="cpu"), alerts=AlertSettings(quality_kinds=()))
+    assert all(a.kind == "anomaly" for s in quiet.stream(batch) for a in s.alerts)
+    # a model trained before the checks existed has no reference: no quality alerts, no error
+    old = replace(art, reference=ScoreReference(), version="")
+    assert LiveModel(old, DetectorOptions(device="cpu")).scorer.quality is None
