@@ -14,9 +14,10 @@ under any model, and carries over a swap). For each series:
   ``[floor, ceiling]``: never below ``floor·t0``, never above ``ceiling·t0``.
 
 A row updates the state only when its score is *below* the threshold it met: an anomaly does not
-raise its own bar. Every series starts from the trained calibration (:class:`TailStart`, from the
-held-out scores, its threshold equal to ``t0``), with the weight of ``depth`` rows, and forgets
-at the rate ``1/depth`` per row.
+raise its own bar (its first rows count as censored peaks: they passed it, by an unknown amount;
+then nothing is learned until ten rows in a row are below it again). Every series starts from
+the trained calibration (:class:`TailStart`, from the held-out scores, its threshold equal to
+``t0``); the level forgets at the rate ``1/depth`` per row, the tail ten times slower.
 
 The trade-off: a threshold that adapts also adapts to a fault that grows slowly enough. A rise
 that stays below the threshold moves the level with it; the ``ceiling`` bounds what can be
@@ -79,6 +80,12 @@ _XI_ZERO = 1e-9
 # tests/test_streaming_threshold.py's ramp). Three rows: an excursion of a smoothed normal score
 # rarely lasts longer; ten: a plateau's noise seldom dips below for ten rows running.
 _CENSORED_ROWS = 3
+# The tail remembers this many times longer than the level. With one memory of 500 windows and
+# 2% peaks, the tail rested on 10 peaks: the rows of a fault ramping in just below the threshold
+# each added a near-maximal excess, and the threshold ran away ahead of the fault (a fault adding
+# 1× the calibrated threshold over 100 windows was never alerted). At 10× the same fault alerts
+# when it ramps in over up to 300 windows (docs/scoring.md has the table).
+_TAIL_DEPTHS = 10
 _RESUME_ROWS = 10.0
 # A series' state: level, weighted rows, peaks, uncensored peaks, sum of excesses, rows still to
 # wait, censored rows of this excursion (7 floats in a list, ~220 B, plus its key).
@@ -174,8 +181,9 @@ class StreamingThreshold:
     target_fpr : float
         ``q``: the share of normal rows meant to reach the threshold.
     depth : int
-        Rows of memory (>= 10): the start weighs as much as ``depth`` rows, and each row's
-        weight decays by ``1 − 1/depth`` per later normal row.
+        Rows of the level's memory (>= 10): it is the EMA of normal scores with weight
+        ``1/depth``; the tail's counts remember ``10·depth`` rows (the start weighs as much as
+        that many, and each row's weight decays by ``1 − 1/(10·depth)`` per later normal row).
     floor, ceiling : float
         The threshold stays in ``[floor·t0, ceiling·t0]``, ``0 < floor <= 1 <= ceiling``.
 
@@ -199,7 +207,7 @@ class StreamingThreshold:
         threshold: float,
         target_fpr: float,
         *,
-        depth: int = 500,
+        depth: int = 300,
         floor: float = 0.5,
         ceiling: float = 3.0,
     ) -> None:
@@ -223,12 +231,13 @@ class StreamingThreshold:
         t0 = threshold  # the state is in units of t0
         self._u = start.peak_threshold / t0
         self._xi = start.shape
+        tail = depth * _TAIL_DEPTHS
         self._new = (
             start.level / t0,
-            float(depth),
-            start.peak_rate * depth,
-            start.peak_rate * depth,
-            start.peak_rate * depth * start.scale / t0 / (1.0 - start.shape),
+            float(tail),
+            start.peak_rate * tail,
+            start.peak_rate * tail,
+            start.peak_rate * tail * start.scale / t0 / (1.0 - start.shape),
             0.0,
             0.0,
         )
@@ -247,7 +256,7 @@ class StreamingThreshold:
         t0 = self.threshold
         x = (s / t0).tolist()
         out = [0.0] * len(x)
-        lam = 1.0 - 1.0 / self.depth
+        lam = 1.0 - 1.0 / (self.depth * _TAIL_DEPTHS)
         a = 1.0 / self.depth
         u, xi, q = self._u, self._xi, self.target_fpr
         lo, hi = self.floor, self.ceiling
