@@ -139,7 +139,11 @@ def test_an_absurd_finite_value_alerts_instead_of_crashing(
     scored = live.process(RecordBatch(("machine-000",), np.array([t]), bad))
     assert np.isfinite(scored.raw).all() and np.isfinite(scored.smoothed).all()
     assert scored.smoothed[0] > 10 * art.threshold
-    assert [(a.series_id, a.event) for a in scored.alerts] == [("machine-000", "open")]
+    # the model's alert, and the out-of-range one that does not ask the model
+    assert [(a.series_id, a.event, a.kind) for a in scored.alerts] == [
+        ("machine-000", "open", "anomaly"),
+        ("machine-000", "open", "out_of_range"),
+    ]
     # and the series goes on: the next normal point is scored, finite
     normal = fleet.values[0, -1:]  # (1, d): machine-000's last normal point
     nxt = live.process(RecordBatch(("machine-000",), np.array([t + step]), normal))

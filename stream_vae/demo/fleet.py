@@ -157,10 +157,12 @@ def run_fleet_demo(
     def on_alert(a: dict[str, Any]) -> None:
         when = datetime.fromtimestamp(a["ts"], UTC).strftime("%Y-%m-%d %H:%M")
         top = ", ".join(f"{t['feature']} {t['share']:.0%}" for t in a["top_features"])
-        say(
-            f"{when}  {a['event'].upper():5}  {a['series_id']}  score {a['score']:.2f} "
-            f"(threshold {a['threshold']:.2f})  top: {top}",
-        )
+        head = f"{when}  {a['event'].upper():5}  {a['series_id']}"
+        if a.get("kind", "anomaly") != "anomaly":  # a data-quality alert: its kind says it all
+            names = ", ".join(t["feature"] for t in a["top_features"])
+            say(f"{head}  {a['kind']}  {names}")
+            return
+        say(f"{head}  score {a['score']:.2f} (threshold {a['threshold']:.2f})  top: {top}")
 
     def on_progress(sent: int, total: int, acc: dict[str, int]) -> None:
         now = time.monotonic()

@@ -5,10 +5,11 @@ seen in training is only "very anomalous" to the model; both are among the commo
 sensor telemetry, and both are plain to see in the raw window. Measured against the training
 data's :class:`~stream_vae.scoring.reference.QualityReference`, per window of a series:
 
-* ``flatline``: a feature's standard deviation within the window is below ``flatline_ratio`` ×
-  its typical one in training windows, for ``flatline_windows`` windows in a row (a feature that
-  does not move in a typical training window is never flagged); the episode closes at the first
-  window where every feature moves again.
+* ``flatline``: a feature's standard deviation over the window's newest ``FLAT_POINTS`` (8)
+  points is below ``flatline_ratio`` × its typical one in training windows, for
+  ``flatline_windows`` windows in a row (a feature that does not move over 8 points of a typical
+  training window is never flagged); the episode closes at the first window where every
+  feature moves again.
 * ``out_of_range``: the window's newest value of a feature lies beyond the training range by
   more than ``range_margin`` × that range; the episode closes after ``close_after`` windows back
   in range.
@@ -43,7 +44,7 @@ import numpy.typing as npt
 from ..core.state import KEY_BYTES
 from ..errors import ConfigError, check_shape
 from .episodes import EpisodeTracker
-from .reference import QualityReference
+from .reference import FLAT_POINTS, QualityReference
 
 __all__ = ["QUALITY_KINDS", "QualityEvent", "QualityMonitor"]
 
@@ -152,7 +153,7 @@ class QualityMonitor:
         return sorted(events, key=lambda e: e.row)
 
     def _flatline(self, keys: Sequence[str], t: F64, v: F64) -> list[QualityEvent]:
-        std = v.std(axis=1)  # (n, d)
+        std = v[:, -FLAT_POINTS:, :].std(axis=1)  # (n, d)
         moves = self._typical > 0
         with np.errstate(divide="ignore", invalid="ignore"):
             flatness = np.where(moves, self._typical / std, 0.0)  # (n, d): × flatter; inf: frozen

@@ -36,6 +36,7 @@ import numpy.typing as npt
 from ..errors import check_shape
 
 __all__ = [
+    "FLAT_POINTS",
     "KNN_K",
     "LatentReference",
     "LinearReference",
@@ -145,12 +146,18 @@ class PriorReference:
     logvar: F32
 
 
+# A flatline is judged on the newest points of a window, not all of them: a sensor stuck for 30
+# points hides in a window of 64 that still holds its last movements. Eight points: enough for a
+# standard deviation, few enough that a stuck sensor shows within a few windows.
+FLAT_POINTS = 8
+
+
 @dataclass(frozen=True, slots=True)
 class QualityReference:
     """The training data's range and movement per feature, in its own units, for the data-quality
     alerts that do not ask the model (:mod:`stream_vae.scoring.quality`): the lowest and highest
-    value seen, and the median over training windows of a feature's standard deviation within a
-    window (how much it moves in a normal window).
+    value seen, and the median over training windows of a feature's standard deviation over a
+    window's newest ``FLAT_POINTS`` points (how much it moves in a normal stretch).
 
     Examples
     --------
@@ -173,7 +180,7 @@ class QualityReference:
         return cls(
             w.min(axis=(0, 1)).astype(np.float32),
             w.max(axis=(0, 1)).astype(np.float32),
-            np.median(w.std(axis=1), axis=0).astype(np.float32),
+            np.median(w[:, -FLAT_POINTS:, :].std(axis=1), axis=0).astype(np.float32),
         )
 
 

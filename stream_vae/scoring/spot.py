@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 # the tail the peaks describe).
 _PEAK_SHARE = 0.02
 _PEAK_TARGETS = 5.0
+_MIN_PEAKS = 10
 # The shape is kept in [0, 0.45]: a negative shape puts an end point on the tail that a series'
 # few peaks would move about, and at ξ ≥ 0.5 the mean excess (what σ is read from) has no
 # variance.
@@ -117,15 +118,18 @@ class TailStart:
         """
         s = np.asarray(scores, dtype=np.float64)
         check_shape("TailStart.fit scores", s.shape, (None,))
-        if s.size < 50 or not np.isfinite(s).all():
-            raise CalibrationError("a streaming threshold's start needs >= 50 finite scores")
-        share = min(max(_PEAK_SHARE, _PEAK_TARGETS * target_fpr), 0.5)
+        if s.size < 2 * _MIN_PEAKS or not np.isfinite(s).all():
+            raise CalibrationError(
+                f"a streaming threshold's start needs >= {2 * _MIN_PEAKS} finite scores"
+            )
+        # a short held-out tail (NAB's: ~90 windows) reads its tail from more of its scores
+        share = min(max(_PEAK_SHARE, _PEAK_TARGETS * target_fpr, _MIN_PEAKS / s.size), 0.5)
         level = float(s.mean())
         r = s - level
         u = float(np.quantile(r, 1.0 - share))
         y = r[r > u] - u
-        if y.size < 10:
-            raise CalibrationError(f"a streaming threshold's start needs >= 10 peaks, got {y.size}")
+        if y.size < _MIN_PEAKS // 2:  # ties at the quantile
+            raise CalibrationError(f"a streaming threshold's start needs peaks, got {y.size}")
         xi = min(max(fit_gpd(y)[0], _XI_RANGE[0]), _XI_RANGE[1])
         rate = y.size / s.size
         # Anchor the scale so the start's threshold is exactly the calibrated one (which may
