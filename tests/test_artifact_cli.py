@@ -137,6 +137,25 @@ def test_cli_score_writes_one_row_per_window(
     assert "alert episodes" in capsys.readouterr().out
 
 
+def test_cli_score_writes_the_reconstruction_next_to_the_scores(
+    tiny: TinyModel, tmp_path: Path
+) -> None:
+    out = tmp_path / "scores.csv"
+    args = ["score", "--model", str(tiny.model_dir), "--data", str(tiny.test_csv)]
+    assert main([*args, "--out", str(out), "--reconstruction"]) == 0
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    names = tiny.artifact.feature_names
+    assert list(rows[0])[6:] == [f"expected_{f}" for f in names]
+    live = LiveModel(tiny.artifact, DetectorOptions(device="cpu"))
+    table = read_table(tiny.test_csv, feature_names=names)
+    want = np.concatenate(
+        [s.expected for s in live.stream(table.batch.in_series_time_order()[0], 2048)]
+    )
+    got = np.array([[float(r[f"expected_{f}"]) for f in names] for r in rows])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_cli_export(tiny: TinyModel, tmp_path: Path) -> None:
     assert main(["export", "--model", str(tiny.model_dir), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "model.onnx").stat().st_size > 1000

@@ -144,6 +144,13 @@ def test_an_absurd_finite_value_alerts_instead_of_crashing(
         ("machine-000", "open", "anomaly"),
         ("machine-000", "open", "out_of_range"),
     ]
+    # what was seen against what the model expected there, in the data's units
+    for alert in scored.alerts:
+        seen = {f: (o, e) for f, o, e in alert.expected}
+        observed, expected = seen[art.feature_names[0]]
+        assert observed == float(np.float32(value))
+        lo, hi = art.reference.quality.low[0], art.reference.quality.high[0]  # type: ignore[union-attr]
+        assert lo - 10 * (hi - lo) < expected < hi + 10 * (hi - lo)  # a normal value, not the input
     # and the series goes on: the next normal point is scored, finite
     normal = fleet.values[0, -1:]  # (1, d): machine-000's last normal point
     nxt = live.process(RecordBatch(("machine-000",), np.array([t + step]), normal))

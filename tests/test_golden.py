@@ -141,10 +141,13 @@ def test_scores_and_alerts_match_the_golden_file(
         np.testing.assert_allclose(run["rows"][c], golden["rows"][c], rtol=1e-5, atol=1e-6)
 
     def exact(a: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in a.items() if not isinstance(v, float) or k.endswith("ts")}
+        out = {k: v for k, v in a.items() if not isinstance(v, float) or k.endswith("ts")}
+        out["expected"] = [e["feature"] for e in a.get("expected", [])]  # values: approx
+        return out
 
     def approx(a: dict[str, Any]) -> list[float]:
-        return [v for k, v in sorted(a.items()) if isinstance(v, float) and not k.endswith("ts")]
+        values = [v for k, v in sorted(a.items()) if isinstance(v, float) and not k.endswith("ts")]
+        return values + [x for e in a.get("expected", []) for x in (e["observed"], e["expected"])]
 
     assert [exact(a) for a in run["alerts"]] == [exact(a) for a in golden["alerts"]]
     for got, want in zip(run["alerts"], golden["alerts"], strict=True):

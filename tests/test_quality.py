@@ -84,3 +84,20 @@ def test_a_frozen_sensor_gives_a_flatline_alert_through_the_live_model(tiny) -> 
     # a model trained before the checks existed has no reference: no quality alerts, no error
     old = replace(art, reference=ScoreReference(), version="")
     assert LiveModel(old, DetectorOptions(device="cpu")).scorer.quality is None
+
+
+def test_alerts_show_the_models_reconstruction_of_the_newest_point(tiny) -> None:  # type: ignore[no-untyped-def]
+    """``expected`` is the decoder's output at z = μ for the window's newest point, unscaled."""
+    import torch
+
+    art = tiny.artifact
+    w, d = art.vae_config.window, art.vae_config.n_features
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(5, w, d)) * art.scaler.std + art.scaler.mean).astype(np.float32)
+    live = LiveModel(art, DetectorOptions(device="cpu"))
+    parts = live.detector.infer(x)
+    with torch.no_grad():
+        out = art.model()(torch.from_numpy(art.scaler.transform(x)), sample=False)
+    want = out.recon[:, -1, :].numpy() * art.scaler.std + art.scaler.mean
+    assert parts.expected is not None
+    np.testing.assert_allclose(parts.expected, want, rtol=1e-5, atol=1e-5)

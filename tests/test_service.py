@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -616,6 +617,10 @@ def test_a_frozen_sensor_gives_a_flatline_alert_on_the_topic(
     assert [a["series_id"] for a in flat] == [sid], messages
     assert flat[0]["top_features"][0]["feature"] == table.feature_names[1]
     assert flat[0]["ts"] > last.ts  # raised by the frozen rows, not before
+    # what the sensor says, and what the model expected of it there
+    seen = {e["feature"]: e for e in flat[0]["expected"]}[table.feature_names[1]]
+    assert seen["observed"] == pytest.approx(frozen) and math.isfinite(seen["expected"])
+    assert all("expected" in a for a in messages if a["event"] == "open")
 
 
 def test_an_oversized_record_is_dead_lettered_cut_to_fit_not_a_poison_pill(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from aiokafka.errors import KafkaError
 
@@ -127,8 +128,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         alerts=_settings(args).alerts,
     )
     rows: list[tuple[str, float, float, float, float, bool]] = []
+    expected: list[np.ndarray] = []  # (n, d) per chunk, with --reconstruction
     n_alerts = 0
     for scored in live.stream(batch, args.batch):
+        if args.reconstruction and scored.expected is not None:
+            expected.append(scored.expected)
         alert = scored.is_alert
         rows.extend(
             (k, float(t), float(s), float(r), float(z), bool(a))
@@ -144,7 +148,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
         n_alerts += sum(1 for a in scored.alerts if a.event == "open")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_scores(args.out, rows)
+    recon = None
+    if args.reconstruction:
+        d = len(art.feature_names)
+        recon = (art.feature_names, np.concatenate(expected) if expected else np.empty((0, d)))
+    write_scores(args.out, rows, recon)
     c = live.store.counters
     print(
         f"scored {len(rows)} windows of {len(set(batch.series_ids))} series with "

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--batch", type=int, default=2048, help="records per micro-batch")
     s.add_argument(
+        "--reconstruction",
+        action="store_true",
+        help="also write the model's value of each window's newest point (expected_<feature>)",
+    )
+    s.add_argument(
         "--backend",
         default="torch",
         choices=["torch", "onnx"],

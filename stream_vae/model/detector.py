@@ -183,16 +183,24 @@ class Detector:
         parts = ScoreParts.concat(chunks)
         if self.n_context:  # the data's features only
             values = np.ascontiguousarray(parts.recon_features[:, : self.n_values])
-            return ScoreParts(values, parts.latent, parts.linear)
+            expected = None if parts.expected is None else parts.expected[:, : self.n_values]
+            return ScoreParts(values, parts.latent, parts.linear, expected)
         return parts
+
+    def _expected(self, recon: F32) -> F32:
+        """The reconstruction of each window's newest point, back in the data's units: (n, c)."""
+        last = recon[:, -1, :].astype(np.float32)  # (n, W, c) → (n, c)
+        return last * self.scaler.std + self.scaler.mean
 
     def _chunk_parts(self, x: F32) -> ScoreParts:
         """The parts of one chunk of scaled windows (n, W, d)."""
-        if self.latent_mode not in SAMPLED_MODES:
-            return score_parts(
-                x, self.backend(x), self.recon_mode, self.latent_mode, self.reference, self.n_values
-            )
         out = self.backend(x)
+        expected = self._expected(out[0])
+        if self.latent_mode not in SAMPLED_MODES:
+            p = score_parts(
+                x, out, self.recon_mode, self.latent_mode, self.reference, self.n_values
+            )
+            return ScoreParts(p.recon_features, p.latent, p.linear, expected)
         parts = score_parts(x, out, self.recon_mode, "kl", self.reference, self.n_values)
         backend = self.backend
         assert isinstance(backend, TorchBackend)  # checked in __init__
@@ -202,4 +210,5 @@ class Detector:
             self.latent_mode,  # type: ignore[arg-type]
             self.latent_samples,
         )
-        return ScoreParts(parts.recon_features, latent.float().cpu().numpy(), parts.linear)
+        latent_np = latent.float().cpu().numpy()
+        return ScoreParts(parts.recon_features, latent_np, parts.linear, expected)

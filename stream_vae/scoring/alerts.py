@@ -51,6 +51,9 @@ class Alert:
     # "flatline", "out_of_range" (stream_vae.scoring.quality). For those, score and threshold
     # are the check's own measure and limit, and top_features the features it flagged.
     kind: str = "anomaly"
+    # For the top features: (feature, observed, expected): the window's newest value and the
+    # model's reconstruction of it, in the data's units. Empty where the scorer had no windows.
+    expected: tuple[tuple[str, float, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -71,6 +74,10 @@ class Alert:
         }
         if self.reason:
             d["reason"] = self.reason
+        if self.expected:
+            d["expected"] = [
+                {"feature": f, "observed": o, "expected": e} for f, o, e in self.expected
+            ]
         return d
 
 

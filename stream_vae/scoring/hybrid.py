@@ -45,6 +45,9 @@ class ScoreParts:
     recon_features: F32  # (n, d) reconstruction error per feature (scaled units)
     latent: F32  # (n,) latent term (see ScoringSettings.latent_mode)
     linear: F32 | None = None  # (n,) residual off the normal subspace, if the model has one
+    # (n, d) the model's reconstruction of each window's newest point, in the data's units (what
+    # an alert shows beside the observed value); None where the caller did not ask for it
+    expected: F32 | None = None
 
     def __len__(self) -> int:
         return int(self.latent.shape[0])
@@ -55,19 +58,28 @@ class ScoreParts:
         check_shape("ScoreParts.recon_features", self.recon_features.shape, (n, None))
         if self.linear is not None:
             check_shape("ScoreParts.linear", self.linear.shape, (n,))
+        if self.expected is not None:
+            check_shape("ScoreParts.expected", self.expected.shape, self.recon_features.shape)
 
     def take(self, idx: npt.NDArray[np.intp]) -> ScoreParts:
         linear = None if self.linear is None else self.linear[idx]
-        return ScoreParts(self.recon_features[idx], self.latent[idx], linear)
+        expected = None if self.expected is None else self.expected[idx]
+        return ScoreParts(self.recon_features[idx], self.latent[idx], linear, expected)
 
     @staticmethod
     def concat(parts: list[ScoreParts]) -> ScoreParts:
-        linear = [p.linear for p in parts]
         return ScoreParts(
             np.concatenate([p.recon_features for p in parts]),
             np.concatenate([p.latent for p in parts]),
-            None if any(x is None for x in linear) else np.concatenate(linear),  # type: ignore[arg-type]
+            _concat_optional([p.linear for p in parts]),
+            _concat_optional([p.expected for p in parts]),
         )
+
+
+def _concat_optional(arrays: list[F32 | None]) -> F32 | None:
+    """One array from every part's, or None where any part has none."""
+    have = [a for a in arrays if a is not None]
+    return np.concatenate(have) if have and len(have) == len(arrays) else None
 
 
 @dataclass(frozen=True, slots=True)

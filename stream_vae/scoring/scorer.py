@@ -43,6 +43,8 @@ class ScoredBatch:
     threshold: F64  # (n,) the threshold each row met (the calibrated one, unless streaming)
     alerts: tuple[Alert, ...]
     linear: F64 | None = None  # (n,) normalised linear residual, when the model has one
+    # (n, d) the model's value of each window's newest point, in the data's units
+    expected: npt.NDArray[np.float32] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -112,6 +114,7 @@ class Scorer:
         events = self._episodes.update(keys, ts_arr, smoothed, thr)
         # Attribution only for the rows that raised an event: most batches raise none.
         rel = self.hybrid.feature_errors(parts.take(np.array([e.row for e in events], np.intp)))
+        tops = [top_features(rel[i], self.feature_names, self.top_k) for i in range(len(events))]
         alerts = tuple(
             Alert(
                 alert_id=alert_id(e.series_id, e.episode_start_ts, self.model_version),
@@ -125,22 +128,44 @@ class Scorer:
                 recon_score=float(h.recon[e.row]),
                 latent_score=float(h.latent[e.row]),
                 peak_score=float(e.peak_score),
-                top_features=top_features(rel[i], self.feature_names, self.top_k),
+                top_features=tops[i],
                 model_version=self.model_version,
+                expected=self._expected(e.row, tops[i], parts, windows),
             )
             for i, e in enumerate(events)
         )
         if self.quality is not None and windows is not None:
             # in row order: a quality event and an anomaly event of one row keep that order
             found = [
-                (e.row, self._quality_alert(e)) for e in self.quality.update(keys, ts_arr, windows)
+                (e.row, self._quality_alert(e, parts, windows))
+                for e in self.quality.update(keys, ts_arr, windows)
             ]
             rows = [e.row for e in events] + [r for r, _ in found]
             merged = [*alerts, *(a for _, a in found)]
             alerts = tuple(merged[i] for i in np.argsort(rows, kind="stable"))
-        return ScoredBatch(keys, ts_arr, h.raw, smoothed, h.recon, h.latent, thr, alerts, h.linear)
+        return ScoredBatch(
+            keys, ts_arr, h.raw, smoothed, h.recon, h.latent, thr, alerts, h.linear, parts.expected
+        )
 
-    def _quality_alert(self, e: QualityEvent) -> Alert:
+    def _expected(
+        self,
+        row: int,
+        top: tuple[tuple[str, float], ...],
+        parts: ScoreParts,
+        windows: npt.NDArray[np.floating[Any]] | None,
+    ) -> tuple[tuple[str, float, float], ...]:
+        """(feature, observed, expected) of the row's newest point, for its top features."""
+        if parts.expected is None or windows is None:
+            return ()
+        index = {f: i for i, f in enumerate(self.feature_names)}
+        return tuple(
+            (f, float(windows[row, -1, index[f]]), float(parts.expected[row, index[f]]))
+            for f, _ in top
+        )
+
+    def _quality_alert(
+        self, e: QualityEvent, parts: ScoreParts, windows: npt.NDArray[np.floating[Any]]
+    ) -> Alert:
         named = tuple((self.feature_names[f], round(1.0 / len(e.features), 4)) for f in e.features)
         return Alert(
             alert_id=alert_id(e.series_id, e.episode_start_ts, self.model_version, e.kind),
@@ -157,6 +182,7 @@ class Scorer:
             top_features=named[: self.top_k],
             model_version=self.model_version,
             kind=e.kind,
+            expected=self._expected(e.row, named[: self.top_k], parts, windows),
         )
 
     def open_series(self) -> frozenset[str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from ..core.records import RecordBatch, parse_ts
 from ..errors import DataError, RecordError
@@ -286,14 +287,22 @@ def _reorder(table: Table, feature_names: Sequence[str], p: Path) -> Table:
 
 
 def write_scores(
-    path: str | Path, rows: Sequence[tuple[str, float, float, float, float, bool]]
+    path: str | Path,
+    rows: Sequence[tuple[str, float, float, float, float, bool]],
+    expected: tuple[Sequence[str], npt.NDArray[np.floating[Any]]] | None = None,
 ) -> None:
-    """Write ``series_id, ts, score, raw_score, threshold, is_alert`` rows."""
+    """Write ``series_id, ts, score, raw_score, threshold, is_alert`` rows; with ``expected``
+    (feature names, values (n, d)), an ``expected_<feature>`` column each after them."""
+    names = [] if expected is None else [f"expected_{f}" for f in expected[0]]
+    values = None if expected is None else expected[1]
     try:
         with Path(path).open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(["series_id", "ts", "score", "raw_score", "threshold", "is_alert"])
-            for sid, ts, score, raw, thr, alert in rows:
-                w.writerow([sid, repr(ts), f"{score:.6g}", f"{raw:.6g}", f"{thr:.6g}", int(alert)])
+            w.writerow(["series_id", "ts", "score", "raw_score", "threshold", "is_alert", *names])
+            for i, (sid, ts, score, raw, thr, alert) in enumerate(rows):
+                row = [sid, repr(ts), f"{score:.6g}", f"{raw:.6g}", f"{thr:.6g}", int(alert)]
+                if values is not None:
+                    row += [f"{v:.6g}" for v in values[i].tolist()]
+                w.writerow(row)
     except OSError as exc:  # a directory in the way, permissions, a full disk
         raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from None
