@@ -36,6 +36,12 @@ from stream_vae.scoring.episodes import EpisodeTracker
 from stream_vae.scoring.spot import StreamingThreshold, TailStart
 from stream_vae.training.build import train_artifact
 
+_START_KEYS = ("level", "peak_threshold", "peak_rate", "shape", "scale")
+
+
+def _start(a: np.ndarray) -> dict[str, float] | None:
+    return dict(zip(_START_KEYS, a.tolist(), strict=True)) if a.size else None
+
 
 def _series(layout: str, root: Path) -> tuple[list[LabelledSeries], list[Any]]:
     if layout == "smd":
@@ -79,7 +85,7 @@ def _score(series: LabelledSeries, settings: Settings) -> dict[str, Any]:
         "smoothed": np.concatenate(smoothed),
         "t0": art.threshold,
         "q": art.calibration.target_fpr,
-        "start": art.calibration.details["stream"],
+        "start": art.calibration.details.get("stream"),  # None: too few held-out windows
     }
 
 
@@ -87,7 +93,7 @@ def _predictions(series: LabelledSeries, cached: dict[str, Any], a: AlertSetting
     ts, s = cached["ts"], cached["smoothed"]
     keys = [series.name] * len(ts)
     thr = np.full(len(ts), cached["t0"])
-    if a.threshold_mode == "dspot":
+    if a.threshold_mode == "dspot" and cached["start"] is not None:
         spot = StreamingThreshold(
             TailStart.from_dict(cached["start"]),
             cached["t0"],
@@ -164,13 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 "smoothed": loaded[f"{s.name}/smoothed"],
                 "t0": float(loaded[f"{s.name}/t0"]),
                 "q": float(loaded[f"{s.name}/q"]),
-                "start": dict(
-                    zip(
-                        ("level", "peak_threshold", "peak_rate", "shape", "scale"),
-                        loaded[f"{s.name}/start"].tolist(),
-                        strict=True,
-                    )
-                ),
+                "start": _start(loaded[f"{s.name}/start"]),
             }
             for s in series
         }
@@ -187,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}/t0": np.float64(c["t0"]),
                 f"{name}/q": np.float64(c["q"]),
                 f"{name}/start": np.array(
-                    [
-                        c["start"][k]
-                        for k in ("level", "peak_threshold", "peak_rate", "shape", "scale")
-                    ]
+                    [] if c["start"] is None else [c["start"][k] for k in _START_KEYS]
                 ),
             }
         np.savez(args.cache, **flat)

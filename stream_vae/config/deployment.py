@@ -109,6 +109,13 @@ class AlertSettings(BaseModel):
     range_margin: float = Field(
         0.5, ge=0, description="how far beyond the training range, in ranges, is out of range"
     )
+    # Alert shaping (stream_vae.scoring.shaping): a fleet incident when this share of the active
+    # series (and at least incident_min_series) open within incident_window_s; 0 = no incidents.
+    incident_share: float = Field(0.5, ge=0, le=1)
+    incident_window_s: float = Field(900.0, gt=0)
+    incident_min_series: int = Field(5, ge=2)
+    # A series publishes at most this many opens an hour (stream time); 0 = no budget.
+    max_opens_per_hour: int = Field(0, ge=0)
 
 
 # Kafka's rule for a topic name (org.apache.kafka.common.internals.Topic): the broker refuses any

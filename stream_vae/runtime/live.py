@@ -33,12 +33,14 @@ from ..scoring.alerts import Alert
 from ..scoring.hybrid import ScoreParts
 from ..scoring.quality import QualityMonitor
 from ..scoring.scorer import ScoredBatch, Scorer
+from ..scoring.shaping import AlertShaper
 from ..scoring.spot import StreamingThreshold, TailStart
 from ..storage.artifact import Artifact
 
 __all__ = [
     "DetectorOptions",
     "LiveModel",
+    "alert_shaper",
     "build_detector",
     "build_scorer",
     "quality_monitor",
@@ -119,6 +121,20 @@ def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Sco
         top_k=a.top_k,
         streaming=None if a.threshold_mode == "static" else streaming_threshold(artifact, a),
         quality=quality_monitor(artifact, a),
+        shaper=alert_shaper(a),
+    )
+
+
+def alert_shaper(alerts: AlertSettings) -> AlertShaper | None:
+    """The deployment's fleet incidents and alert budget (None: neither is on)."""
+    if alerts.incident_share == 0 and alerts.max_opens_per_hour == 0:
+        return None
+    return AlertShaper(
+        max_opens_per_hour=alerts.max_opens_per_hour,
+        incident_share=alerts.incident_share,
+        incident_window_s=alerts.incident_window_s,
+        incident_min_series=alerts.incident_min_series,
+        top_k=alerts.top_k,
     )
 
 

@@ -54,6 +54,8 @@ class Alert:
     # For the top features: (feature, observed, expected): the window's newest value and the
     # model's reconstruction of it, in the data's units. Empty where the scorer had no windows.
     expected: tuple[tuple[str, float, float], ...] = ()
+    # An incident's series: (series id, open ts, suppressed: its own open was not published)
+    members: tuple[tuple[str, float, bool], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -77,6 +79,10 @@ class Alert:
         if self.expected:
             d["expected"] = [
                 {"feature": f, "observed": o, "expected": e} for f, o, e in self.expected
+            ]
+        if self.members:
+            d["members"] = [
+                {"series_id": m, "ts": t, "suppressed": sup} for m, t, sup in self.members
             ]
         return d
 

@@ -10,7 +10,7 @@ Pure and stateful per series; the service, the offline CLI and evaluation all ca
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from .ema import SeriesEMA
 from .episodes import EpisodeTracker
 from .hybrid import HybridScore, ScoreParts
 from .quality import QualityEvent, QualityMonitor
+from .shaping import AlertShaper
 from .spot import StreamingThreshold
 
 __all__ = ["ScoredBatch", "Scorer"]
@@ -45,6 +46,9 @@ class ScoredBatch:
     linear: F64 | None = None  # (n,) normalised linear residual, when the model has one
     # (n, d) the model's value of each window's newest point, in the data's units
     expected: npt.NDArray[np.float32] | None = None
+    # alert opens this batch did not publish, by reason ("budget", "incident"): counted, never
+    # dropped silently
+    suppressed: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -71,6 +75,7 @@ class Scorer:
         top_k: int = 3,
         streaming: StreamingThreshold | None = None,
         quality: QualityMonitor | None = None,
+        shaper: AlertShaper | None = None,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -85,6 +90,8 @@ class Scorer:
         self.streaming = streaming
         # None: no data-quality alerts (flatline, out_of_range) beside the anomaly ones
         self.quality = quality
+        # None: every alert event is published as it comes (no incidents, no budget)
+        self.shaper = shaper
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
 
@@ -143,8 +150,25 @@ class Scorer:
             rows = [e.row for e in events] + [r for r, _ in found]
             merged = [*alerts, *(a for _, a in found)]
             alerts = tuple(merged[i] for i in np.argsort(rows, kind="stable"))
+        suppressed: dict[str, int] = {}
+        if self.shaper is not None:
+            before = dict(self.shaper.counters)
+            alerts = self.shaper.shape(alerts, len(self._ema))
+            suppressed = {
+                k: v - before[k] for k, v in self.shaper.counters.items() if v > before[k]
+            }
         return ScoredBatch(
-            keys, ts_arr, h.raw, smoothed, h.recon, h.latent, thr, alerts, h.linear, parts.expected
+            keys,
+            ts_arr,
+            h.raw,
+            smoothed,
+            h.recon,
+            h.latent,
+            thr,
+            alerts,
+            h.linear,
+            parts.expected,
+            suppressed,
         )
 
     def _expected(
@@ -202,7 +226,7 @@ class Scorer:
         series = None if series is None else list(series)  # read twice below
         closed = self._episodes.close(series)
         ratios = {} if self.streaming is None else self.streaming.ratios(s for s, _, _ in closed)
-        return tuple(
+        closes = tuple(
             Alert(
                 alert_id=alert_id(s, start, self.model_version),
                 series_id=s,
@@ -221,6 +245,8 @@ class Scorer:
             )
             for s, start, peak in closed
         ) + self._close_quality(ts, reason, series)
+        # a close whose open was suppressed is dropped, and an incident may close with them
+        return closes if self.shaper is None else self.shaper.shape(closes, len(self._ema))
 
     def _close_quality(
         self, ts: float, reason: str, series: Iterable[str] | None
@@ -256,7 +282,7 @@ class Scorer:
             self.streaming.carry(old.streaming)
 
     def _parts(self) -> tuple[SeriesState, ...]:
-        optional = (self.streaming, self.quality)
+        optional = (self.streaming, self.quality, self.shaper)
         return (self._ema, self._episodes, *(p for p in optional if p is not None))
 
     def series(self) -> frozenset[str]:

@@ -118,19 +118,18 @@ class TailStart:
         """
         s = np.asarray(scores, dtype=np.float64)
         check_shape("TailStart.fit scores", s.shape, (None,))
-        if s.size < 2 * _MIN_PEAKS or not np.isfinite(s).all():
-            raise CalibrationError(
-                f"a streaming threshold's start needs >= {2 * _MIN_PEAKS} finite scores"
-            )
+        if s.size < 4 or not np.isfinite(s).all():
+            raise CalibrationError("a streaming threshold's start needs >= 4 finite scores")
         # a short held-out tail (NAB's: ~90 windows) reads its tail from more of its scores
         share = min(max(_PEAK_SHARE, _PEAK_TARGETS * target_fpr, _MIN_PEAKS / s.size), 0.5)
         level = float(s.mean())
         r = s - level
         u = float(np.quantile(r, 1.0 - share))
         y = r[r > u] - u
-        if y.size < _MIN_PEAKS // 2:  # ties at the quantile
+        if y.size < 2:  # ties at the quantile
             raise CalibrationError(f"a streaming threshold's start needs peaks, got {y.size}")
-        xi = min(max(fit_gpd(y)[0], _XI_RANGE[0]), _XI_RANGE[1])
+        # a shape from fewer peaks is noise: an exponential tail then
+        xi = min(max(fit_gpd(y)[0], _XI_RANGE[0]), _XI_RANGE[1]) if y.size >= _MIN_PEAKS else 0.0
         rate = y.size / s.size
         # Anchor the scale so the start's threshold is exactly the calibrated one (which may
         # come from another estimator: POT on raw scores, or the trimmed fit); where the

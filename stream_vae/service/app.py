@@ -341,6 +341,8 @@ class Service:
         late = store.counters["late"] - late_before
         self._record(batch, len(ready), late, alerts, inference_s)
         self.metrics.add_windows_scored(len(scored), int(scored.is_alert.sum()))
+        for reason, n in scored.suppressed.items():
+            self.metrics.add_alerts_suppressed(reason, n)
         return alerts
 
     def _track(self, batch: SourceBatch, alerts: Sequence[Alert]) -> None:

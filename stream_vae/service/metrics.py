@@ -143,6 +143,11 @@ class ServiceMetrics:
         self._alerts = counter("alerts", "Alert events published.", "event")
         for event in sorted(_ALERT_EVENTS):  # a closed set: export zeros so rate() works at once
             self._alerts.labels(event=event)
+        self._suppressed = counter(
+            "alerts_suppressed", "Alert opens not published (their close neither).", "reason"
+        )
+        for reason in ("budget", "incident"):
+            self._suppressed.labels(reason=reason)
         self._batch_size = histogram("batch_size", "Records per micro-batch.", _BATCH_BUCKETS)
         self._inference = histogram(
             "inference_seconds", "Forward-pass time per micro-batch.", _INFERENCE_BUCKETS
@@ -212,6 +217,11 @@ class ServiceMetrics:
         if event not in _ALERT_EVENTS:
             raise ValueError(f"alert event must be one of {sorted(_ALERT_EVENTS)}, got {event!r}")
         self._alerts.labels(event=event).inc(n_alerts)
+
+    def add_alerts_suppressed(self, reason: str, n_alerts: int = 1) -> None:
+        """Count alert opens shaping kept back: ``budget`` (a series over its hourly budget) or
+        ``incident`` (part of an open fleet incident)."""
+        self._suppressed.labels(reason=reason).inc(n_alerts)
 
     def add_records_replayed(self, n_records: int) -> None:
         self._replayed.inc(n_records)
