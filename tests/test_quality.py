@@ -101,3 +101,23 @@ def test_alerts_show_the_models_reconstruction_of_the_newest_point(tiny) -> None
     want = out.recon[:, -1, :].numpy() * art.scaler.std + art.scaler.mean
     assert parts.expected is not None
     np.testing.assert_allclose(parts.expected, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_silent_series_is_stale_until_it_comes_back(tiny) -> None:  # type: ignore[no-untyped-def]
+    art = tiny.artifact
+    rng = np.random.default_rng(5)
+
+    def records(series: list[str], t0: int, n: int) -> RecordBatch:
+        keys = [s for _ in range(n) for s in series]
+        ts = np.array([60.0 * (t0 + i) for i in range(n) for _ in series])
+        x = rng.normal(size=(len(keys), 3)) * art.scaler.std[:3] + art.scaler.mean[:3]
+        return RecordBatch(tuple(keys), ts, x.astype(np.float32))
+
+    live = LiveModel(art, DetectorOptions(device="cpu"), alerts=AlertSettings(stale_factor=5))
+    quiet = [a for a in live.process(records(["a", "b"], 0, 30)).alerts if a.kind == "stale"]
+    assert quiet == []
+    gone = [a for a in live.process(records(["b"], 30, 10)).alerts if a.kind == "stale"]
+    assert [(a.series_id, a.event) for a in gone] == [("a", "open")]
+    assert gone[0].ts == 60.0 * 39 and gone[0].score > 5  # silent 10 intervals at the check
+    back = [a for a in live.process(records(["a", "b"], 40, 1)).alerts if a.kind == "stale"]
+    assert [(a.series_id, a.event, a.alert_id) for a in back] == [("a", "close", gone[0].alert_id)]

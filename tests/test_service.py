@@ -568,11 +568,12 @@ def test_an_absurd_finite_value_is_scored_and_committed_not_a_crash_loop(
     assert committed is not None and committed > 0  # the commit moved past the start
 
 
-def test_a_frozen_sensor_gives_a_flatline_alert_on_the_topic(
+def test_a_frozen_sensor_and_silent_series_give_their_alert_kinds_on_the_topic(
     broker: EmbeddedBroker, tiny: TinyModel
 ) -> None:
     """Issue 18: a sensor frozen at a plausible level is reconstructed well, and the score does
-    not move; the data-quality check sees it and publishes an alert of kind ``flatline``."""
+    not move; the data-quality check sees it and publishes an alert of kind ``flatline``. The
+    machines that fall silent meanwhile each get one of kind ``stale``."""
     tag = uuid.uuid4().hex[:8]
     settings = load_settings(
         env={},
@@ -597,10 +598,11 @@ def test_a_frozen_sensor_gives_a_flatline_alert_on_the_topic(
     sid = rows[0].series_id
     mine = [r for r in rows if r.series_id == sid]
     last, frozen = mine[-1], float(mine[-1].values[1])
-    for i in range(1, 41):  # sensor 1 stuck at its last value; the others go on
+    step = last.ts - mine[-2].ts
+    for i in range(1, 41):  # sensor 1 stuck at its last value; the other machines fall silent
         v = np.array(mine[-1 - (i % 10)].values, np.float32)
         v[1] = frozen
-        rows.append(Record(sid, last.ts + i, v))
+        rows.append(Record(sid, last.ts + i * step, v))
 
     async def scenario() -> tuple[dict[str, int], list[Any]]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
@@ -620,7 +622,10 @@ def test_a_frozen_sensor_gives_a_flatline_alert_on_the_topic(
     # what the sensor says, and what the model expected of it there
     seen = {e["feature"]: e for e in flat[0]["expected"]}[table.feature_names[1]]
     assert seen["observed"] == pytest.approx(frozen) and math.isfinite(seen["expected"])
-    assert all("expected" in a for a in messages if a["event"] == "open")
+    assert all("expected" in a for a in messages if a["event"] == "open" and a["kind"] != "stale")
+    # the other machines fell silent while it went on: each is stale (stream time), it is not
+    stale = {a["series_id"] for a in messages if a["kind"] == "stale" and a["event"] == "open"}
+    assert stale == {r.series_id for r in rows} - {sid}, messages
 
 
 def test_an_oversized_record_is_dead_lettered_cut_to_fit_not_a_poison_pill(

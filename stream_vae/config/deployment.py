@@ -101,7 +101,13 @@ class AlertSettings(BaseModel):
     )
     # Data-quality alerts that do not ask the model (stream_vae.scoring.quality), each its own
     # alert kind; a model trained before they existed has no reference for them and gives none.
-    quality_kinds: tuple[Literal["flatline", "out_of_range"], ...] = ("flatline", "out_of_range")
+    quality_kinds: tuple[Literal["flatline", "out_of_range", "stale"], ...] = (
+        "flatline",
+        "out_of_range",
+        "stale",
+    )
+    # stale: a series silent (in stream time) for this many times its usual interval
+    stale_factor: float = Field(5.0, gt=1)
     flatline_ratio: float = Field(
         0.05, gt=0, lt=1, description="a feature moving less than this × its training movement"
     )

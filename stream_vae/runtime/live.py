@@ -31,7 +31,7 @@ from ..model.detector import MAX_BATCH, Detector
 from ..model.vae import pick_device
 from ..scoring.alerts import Alert
 from ..scoring.hybrid import ScoreParts
-from ..scoring.quality import QualityMonitor
+from ..scoring.quality import QUALITY_KINDS, QualityMonitor, StaleMonitor
 from ..scoring.scorer import ScoredBatch, Scorer
 from ..scoring.shaping import AlertShaper
 from ..scoring.spot import StreamingThreshold, TailStart
@@ -122,6 +122,7 @@ def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Sco
         streaming=None if a.threshold_mode == "static" else streaming_threshold(artifact, a),
         quality=quality_monitor(artifact, a),
         shaper=alert_shaper(a),
+        stale=StaleMonitor(a.stale_factor) if "stale" in a.quality_kinds else None,
     )
 
 
@@ -142,11 +143,12 @@ def quality_monitor(artifact: Artifact, alerts: AlertSettings) -> QualityMonitor
     """The data-quality checks the deployment asks for, against ``artifact``'s training data
     (None: none asked for, or a model trained before they existed)."""
     ref = artifact.reference.quality
-    if ref is None or not alerts.quality_kinds:
+    kinds = [k for k in alerts.quality_kinds if k in QUALITY_KINDS]  # the windows' checks
+    if ref is None or not kinds:
         return None
     return QualityMonitor(
         ref,
-        kinds=alerts.quality_kinds,
+        kinds=kinds,
         flatline_ratio=alerts.flatline_ratio,
         flatline_windows=alerts.flatline_windows,
         range_margin=alerts.range_margin,

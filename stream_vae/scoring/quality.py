@@ -34,6 +34,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -46,10 +47,10 @@ from ..errors import ConfigError, check_shape
 from .episodes import EpisodeTracker
 from .reference import FLAT_POINTS, QualityReference
 
-__all__ = ["QUALITY_KINDS", "QualityEvent", "QualityMonitor"]
+__all__ = ["QUALITY_KINDS", "QualityEvent", "QualityMonitor", "StaleMonitor"]
 
 F64 = npt.NDArray[np.float64]
-QualityKind = Literal["flatline", "out_of_range"]
+QualityKind = Literal["flatline", "out_of_range", "stale"]
 QUALITY_KINDS: tuple[QualityKind, ...] = ("flatline", "out_of_range")
 
 
@@ -230,3 +231,100 @@ class QualityMonitor:
             self._flat_runs.pop(k, None)
         for t in self._episodes.values():
             t.drop(keys)
+
+
+class StaleMonitor:
+    """Per-series ``stale`` episodes: a series silent for ``factor`` times its usual interval.
+
+    A series' usual interval is the exponentially weighted mean of the gaps between its windows
+    (weight ``1/16``); it is known after ``min_gaps`` gaps. Time is the stream's: the newest
+    timestamp any series has reached (a fleet that goes silent all at once does not move it;
+    see the README). A series is checked once per :meth:`update`; its episode opens at that
+    time and closes at its next window.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mon = StaleMonitor(factor=5.0, min_gaps=3)
+    >>> ev = mon.update(["a", "b"] * 5, np.repeat(np.arange(5.0), 2))  # both every second
+    >>> ev = mon.update(["b"] * 10, np.arange(5.0, 15.0))  # a falls silent
+    >>> [(e.series_id, e.event, e.ts, e.severity) for e in ev]
+    [('a', 'open', 14.0, 10.0)]
+    >>> [(e.series_id, e.event, e.ts) for e in mon.update(["a"], [15.0])]
+    [('a', 'close', 15.0)]
+    """
+
+    def __init__(self, factor: float = 5.0, min_gaps: int = 3) -> None:
+        if factor <= 1.0 or min_gaps < 1:
+            raise ConfigError(f"StaleMonitor: need factor > 1 and min_gaps >= 1, got {factor!r}")
+        self.factor = factor
+        self.min_gaps = min_gaps
+        # series -> [last ts, mean gap (nan: none yet), gaps seen, stale since (nan: not stale)]
+        self._state: dict[str, list[float]] = {}
+        self._now = -math.inf
+        self._min_gap = math.inf  # the smallest usual interval of any series
+        self._next_check = -math.inf
+
+    def update(self, keys: Sequence[str], ts: npt.ArrayLike) -> list[QualityEvent]:
+        """Feed windows (their series and ts) in order; returns the closes of series that came
+        back (at their row) and the opens of series now silent too long (row ``len(keys)``)."""
+        t = np.asarray(ts, dtype=np.float64).tolist()
+        events: list[QualityEvent] = []
+        state = self._state
+        for i, (k, ti) in enumerate(zip(keys, t, strict=True)):
+            st = state.get(k)
+            if st is None:
+                state[k] = [ti, math.nan, 0.0, math.nan]
+                continue
+            last, gap, n, since = st
+            if not math.isnan(since):  # it came back
+                events.append(QualityEvent(i, k, "stale", "close", ti, since, 0.0, self.factor, ()))
+                st[3] = math.nan
+            d = ti - last
+            if d > 0:
+                st[1] = d if math.isnan(gap) else gap + (d - gap) / 16.0
+                self._min_gap = min(self._min_gap, st[1])
+                st[2] = n + 1.0
+                st[0] = ti
+        if t:
+            self._now = max(self._now, max(t))
+        now, n_rows = self._now, len(keys)
+        # The check walks every series: at most once per smallest usual interval of stream
+        # time (a fleet of 100k series reporting each minute: once a minute, not every batch).
+        if now < self._next_check:
+            return events
+        if math.isfinite(self._min_gap):
+            self._next_check = now + self._min_gap
+        for k, st in state.items():
+            last, gap, n, since = st
+            if math.isnan(since) and n >= self.min_gaps and now - last > self.factor * gap:
+                st[3] = now
+                silent = (now - last) / gap
+                events.append(
+                    QualityEvent(n_rows, k, "stale", "open", now, now, silent, self.factor, ())
+                )
+        return events
+
+    def open_series(self) -> tuple[str, ...]:
+        return tuple(sorted(k for k, st in self._state.items() if not math.isnan(st[3])))
+
+    def close(self, keys: Iterable[str] | None = None) -> list[tuple[str, float]]:
+        """End the stale episodes of these series (None: all): (series, start ts) each."""
+        wanted = self._state.keys() if keys is None else set(keys) & self._state.keys()
+        out = []
+        for k in sorted(wanted):
+            st = self._state[k]
+            if not math.isnan(st[3]):
+                out.append((k, st[3]))
+                st[3] = math.nan
+        return out
+
+    def series(self) -> frozenset[str]:
+        return frozenset(self._state)
+
+    def nbytes(self) -> int:
+        return (KEY_BYTES + 150) * len(self._state)
+
+    def drop(self, keys: Iterable[str]) -> None:
+        for k in keys:
+            self._state.pop(k, None)

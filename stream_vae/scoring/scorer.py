@@ -22,7 +22,7 @@ from .alerts import Alert, alert_id, top_features
 from .ema import SeriesEMA
 from .episodes import EpisodeTracker
 from .hybrid import HybridScore, ScoreParts
-from .quality import QualityEvent, QualityMonitor
+from .quality import QualityEvent, QualityMonitor, StaleMonitor
 from .shaping import AlertShaper
 from .spot import StreamingThreshold
 
@@ -76,6 +76,7 @@ class Scorer:
         streaming: StreamingThreshold | None = None,
         quality: QualityMonitor | None = None,
         shaper: AlertShaper | None = None,
+        stale: StaleMonitor | None = None,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -92,6 +93,8 @@ class Scorer:
         self.quality = quality
         # None: every alert event is published as it comes (no incidents, no budget)
         self.shaper = shaper
+        # None: no alert for a series that falls silent
+        self.stale = stale
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
 
@@ -141,12 +144,14 @@ class Scorer:
             )
             for i, e in enumerate(events)
         )
+        found_events: list[QualityEvent] = []
         if self.quality is not None and windows is not None:
+            found_events += self.quality.update(keys, ts_arr, windows)
+        if self.stale is not None:
+            found_events += self.stale.update(keys, ts_arr)
+        if found_events:
             # in row order: a quality event and an anomaly event of one row keep that order
-            found = [
-                (e.row, self._quality_alert(e, parts, windows))
-                for e in self.quality.update(keys, ts_arr, windows)
-            ]
+            found = [(e.row, self._quality_alert(e, parts, windows)) for e in found_events]
             rows = [e.row for e in events] + [r for r, _ in found]
             merged = [*alerts, *(a for _, a in found)]
             alerts = tuple(merged[i] for i in np.argsort(rows, kind="stable"))
@@ -188,7 +193,7 @@ class Scorer:
         )
 
     def _quality_alert(
-        self, e: QualityEvent, parts: ScoreParts, windows: npt.NDArray[np.floating[Any]]
+        self, e: QualityEvent, parts: ScoreParts, windows: npt.NDArray[np.floating[Any]] | None
     ) -> Alert:
         named = tuple((self.feature_names[f], round(1.0 / len(e.features), 4)) for f in e.features)
         return Alert(
@@ -212,9 +217,11 @@ class Scorer:
     def open_series(self) -> frozenset[str]:
         """Series in an alert episode now (of any kind)."""
         opened = frozenset(self._episodes.open_series())
-        if self.quality is None:
-            return opened
-        return opened.union(*self.quality.open_series().values())
+        if self.quality is not None:
+            opened = opened.union(*self.quality.open_series().values())
+        if self.stale is not None:
+            opened = opened.union(self.stale.open_series())
+        return opened
 
     def close(
         self, ts: float, reason: str, series: Iterable[str] | None = None
@@ -251,8 +258,9 @@ class Scorer:
     def _close_quality(
         self, ts: float, reason: str, series: Iterable[str] | None
     ) -> tuple[Alert, ...]:
-        if self.quality is None:
-            return ()
+        opened = [] if self.quality is None else self.quality.close(series)
+        if self.stale is not None:
+            opened += [("stale", s, start) for s, start in self.stale.close(series)]
         nan = float("nan")
         return tuple(
             Alert(
@@ -272,7 +280,7 @@ class Scorer:
                 reason=reason,
                 kind=kind,
             )
-            for kind, s, start in self.quality.close(series)
+            for kind, s, start in opened
         )
 
     def carry(self, old: Scorer) -> None:
@@ -282,7 +290,7 @@ class Scorer:
             self.streaming.carry(old.streaming)
 
     def _parts(self) -> tuple[SeriesState, ...]:
-        optional = (self.streaming, self.quality, self.shaper)
+        optional = (self.streaming, self.quality, self.shaper, self.stale)
         return (self._ema, self._episodes, *(p for p in optional if p is not None))
 
     def series(self) -> frozenset[str]:
