@@ -117,3 +117,55 @@ def test_a_fleet_shift_through_the_live_model_is_one_incident(tiny) -> None:  # 
     )
     alone = [a for s in off.stream(batch, 64) for a in s.alerts if a.event == "open"]
     assert {a.series_id for a in alone} == {f"m{s}" for s in range(n_series)}
+
+
+def test_episodes_that_blame_the_same_features_are_one_recurring_kind(tiny) -> None:  # type: ignore[no-untyped-def]
+    art = tiny.artifact
+    w = art.vae_config.window
+    rng = np.random.default_rng(1)
+    # three machines; a and b get a fault on the first sensor, c on the third, at other times
+    faults = {"a": (w + 5, 0), "b": (w + 25, 0), "c": (w + 45, 2)}
+    keys, ts, values = [], [], []
+    for t in range(w + 60):
+        for s, (at, f) in faults.items():
+            x = rng.normal(size=3) * 0.3 * art.scaler.std[:3] + art.scaler.mean[:3]
+            if at <= t < at + 4:
+                x[f] += 25 * art.scaler.std[f]
+            keys.append(s)
+            ts.append(60.0 * t)
+            values.append(x)
+    batch = RecordBatch(tuple(keys), np.array(ts), np.array(values, np.float32))
+    settings = AlertSettings(quality_kinds=(), incident_share=0)
+    live = LiveModel(art, DetectorOptions(device="cpu"), alerts=settings)
+    opens = {}
+    for s in live.stream(batch, 64):
+        for a in s.alerts:
+            if a.event == "open" and a.ts >= 60.0 * (faults[a.series_id][0]):
+                opens.setdefault(a.series_id, a)
+    assert set(opens) == {"a", "b", "c"}
+    assert opens["a"].cluster == opens["b"].cluster != opens["c"].cluster
+    assert opens["b"].cluster_count == opens["a"].cluster_count + 1
+    assert opens["a"].to_dict()["cluster"] == opens["a"].cluster
+
+
+def test_the_incidents_command_summarises_a_topic_dump(
+    tmp_path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    from stream_vae import _json
+    from stream_vae.cli.main import main
+
+    shaper = AlertShaper(incident_share=0.5, incident_min_series=3, incident_window_s=100.0)
+    opens = [_alert(f"m{i}", "open", 10.0 * i, 10.0 * i) for i in range(6)]
+    opens += [_alert("m9", "open", 900.0, 900.0, feature="flow")]
+    dump = tmp_path / "alerts.jsonl"
+    dump.write_bytes(b"\n".join(_json.dumps(a.to_dict()) for a in shaper.shape(opens, 8)))
+    assert main(["incidents", "--alerts", str(dump)]) == 0
+    out = capsys.readouterr().out
+    # m0..m2 published, m3 tips the incident (4 of 8), m4, m5 and m9 join it
+    assert "anomaly: 3" in out and "incident: 1" in out and "fleet incidents: 1" in out
+    assert "3 episodes on 3 series, blaming temp, flow" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"event": "open", "series_id": "a"}\nnot json\n')
+    assert main(["incidents", "--alerts", str(bad)]) == 2
+    assert ":2: not a JSON object" in capsys.readouterr().err

@@ -260,6 +260,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from .. import _json
+    from ..scoring.digest import digest, format_digest
+
+    messages = []
+    try:
+        with args.alerts.open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        messages.append(_json.loads(line))
+                    except _json.JSONDecodeError as exc:
+                        raise DataError(f"{args.alerts}:{n}: not a JSON object: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{args.alerts}: cannot read: {exc.strerror or exc}") from None
+    bad = [i for i, m in enumerate(messages, 1) if not isinstance(m, dict) or "event" not in m]
+    if bad:
+        raise DataError(f"{args.alerts}:{bad[0]}: not an alert message (no 'event')")
+    print(format_digest(digest(messages, top=args.top)))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..storage.export import to_onnx, to_torchscript
 

@@ -57,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
         help="onnx: ONNX Runtime on the CPU (stream-vae[onnx])",
     )
 
+    i = sub.add_parser(
+        "incidents", help="summarise alert messages: kinds, incidents, recurring anomalies"
+    )
+    i.add_argument(
+        "--alerts", required=True, type=Path, help="alert messages, one JSON object per line"
+    )
+    i.add_argument("--top", type=int, default=5, help="series and kinds listed")
+
     e = sub.add_parser("export", help="export a model to TorchScript and/or ONNX")
     e.add_argument("--model", required=True, type=Path)
     e.add_argument("--out", required=True, type=Path, help="directory for the exported files")

@@ -122,6 +122,9 @@ class AlertSettings(BaseModel):
     incident_min_series: int = Field(5, ge=2)
     # A series publishes at most this many opens an hour (stream time); 0 = no budget.
     max_opens_per_hour: int = Field(0, ge=0)
+    # Episodes grouped into recurring kinds by attribution (stream_vae.scoring.clusters): an
+    # episode joins a kind at this cosine similarity; 0 = no clustering.
+    cluster_similarity: float = Field(0.85, ge=0, le=1)
 
 
 # Kafka's rule for a topic name (org.apache.kafka.common.internals.Topic): the broker refuses any

@@ -30,6 +30,7 @@ from ..model.backends import Backend, OrtBackend, Precision, TorchBackend, onnx_
 from ..model.detector import MAX_BATCH, Detector
 from ..model.vae import pick_device
 from ..scoring.alerts import Alert
+from ..scoring.clusters import EpisodeClusters
 from ..scoring.hybrid import ScoreParts
 from ..scoring.quality import QUALITY_KINDS, QualityMonitor, StaleMonitor
 from ..scoring.scorer import ScoredBatch, Scorer
@@ -123,6 +124,7 @@ def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Sco
         quality=quality_monitor(artifact, a),
         shaper=alert_shaper(a),
         stale=StaleMonitor(a.stale_factor) if "stale" in a.quality_kinds else None,
+        clusters=EpisodeClusters(a.cluster_similarity) if a.cluster_similarity > 0 else None,
     )
 
 

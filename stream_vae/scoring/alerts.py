@@ -56,6 +56,10 @@ class Alert:
     expected: tuple[tuple[str, float, float], ...] = ()
     # An incident's series: (series id, open ts, suppressed: its own open was not published)
     members: tuple[tuple[str, float, bool], ...] = ()
+    # The recurring kind of anomaly this episode is (stream_vae.scoring.clusters), and how many
+    # episodes of that kind there have been, this one included; "" where not clustered.
+    cluster: str = ""
+    cluster_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -80,6 +84,9 @@ class Alert:
             d["expected"] = [
                 {"feature": f, "observed": o, "expected": e} for f, o, e in self.expected
             ]
+        if self.cluster:
+            d["cluster"] = self.cluster
+            d["cluster_count"] = self.cluster_count
         if self.members:
             d["members"] = [
                 {"series_id": m, "ts": t, "suppressed": sup} for m, t, sup in self.members

@@ -19,8 +19,9 @@ import numpy.typing as npt
 from ..core.state import SeriesState
 from ..errors import check_shape
 from .alerts import Alert, alert_id, top_features
+from .clusters import EpisodeClusters
 from .ema import SeriesEMA
-from .episodes import EpisodeTracker
+from .episodes import EpisodeEvent, EpisodeTracker
 from .hybrid import HybridScore, ScoreParts
 from .quality import QualityEvent, QualityMonitor, StaleMonitor
 from .shaping import AlertShaper
@@ -77,6 +78,7 @@ class Scorer:
         quality: QualityMonitor | None = None,
         shaper: AlertShaper | None = None,
         stale: StaleMonitor | None = None,
+        clusters: EpisodeClusters | None = None,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -95,6 +97,9 @@ class Scorer:
         self.shaper = shaper
         # None: no alert for a series that falls silent
         self.stale = stale
+        # None: episodes are not grouped into recurring kinds
+        self.clusters = clusters
+        self._cluster_of: dict[str, tuple[str, int]] = {}  # series -> its open episode's kind
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
 
@@ -125,6 +130,7 @@ class Scorer:
         # Attribution only for the rows that raised an event: most batches raise none.
         rel = self.hybrid.feature_errors(parts.take(np.array([e.row for e in events], np.intp)))
         tops = [top_features(rel[i], self.feature_names, self.top_k) for i in range(len(events))]
+        kinds = self._kinds(events, rel)
         alerts = tuple(
             Alert(
                 alert_id=alert_id(e.series_id, e.episode_start_ts, self.model_version),
@@ -141,6 +147,8 @@ class Scorer:
                 top_features=tops[i],
                 model_version=self.model_version,
                 expected=self._expected(e.row, tops[i], parts, windows),
+                cluster=kinds[i][0],
+                cluster_count=kinds[i][1],
             )
             for i, e in enumerate(events)
         )
@@ -175,6 +183,20 @@ class Scorer:
             parts.expected,
             suppressed,
         )
+
+    def _kinds(self, events: Sequence[EpisodeEvent], rel: F64) -> list[tuple[str, int]]:
+        """Each event's recurring kind: an open is assigned by its attribution, a close says
+        its open's ("", 0 without clustering)."""
+        if self.clusters is None:
+            return [("", 0)] * len(events)
+        out = []
+        for i, e in enumerate(events):
+            if e.event == "open":
+                self._cluster_of[e.series_id] = self.clusters.assign(rel[i])
+                out.append(self._cluster_of[e.series_id])
+            else:
+                out.append(self._cluster_of.pop(e.series_id, ("", 0)))
+        return out
 
     def _expected(
         self,
@@ -249,8 +271,11 @@ class Scorer:
                 top_features=(),
                 model_version=self.model_version,
                 reason=reason,
+                cluster=kind[0],
+                cluster_count=kind[1],
             )
             for s, start, peak in closed
+            for kind in [self._cluster_of.pop(s, ("", 0))]
         ) + self._close_quality(ts, reason, series)
         # a close whose open was suppressed is dropped, and an incident may close with them
         return closes if self.shaper is None else self.shaper.shape(closes, len(self._ema))
@@ -304,3 +329,5 @@ class Scorer:
         keys = list(keys)
         for p in self._parts():
             p.drop(keys)
+        for k in keys:
+            self._cluster_of.pop(k, None)

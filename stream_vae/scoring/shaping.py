@@ -188,6 +188,8 @@ class AlertShaper:
             reason="",
             expected=(),
             members=members,
+            cluster="",
+            cluster_count=0,
         )
 
     def series(self) -> frozenset[str]:
