@@ -111,10 +111,14 @@ def run_drift_demo(
                 "registry": settings.registry.model_copy(update={"root": root, "poll_s": 0.5}),
             }
         )
+        alerts: list[dict[str, Any]] = []
         service, _, at_swap = asyncio.run(
-            drift_cycle(run_settings, registry, stream, on_event, rate=min(rate, 1500.0))
+            drift_cycle(
+                run_settings, registry, stream, on_event, rate=min(rate, 1500.0), alerts=alerts
+            )
         )
     acc = service.accounting()
+    say("\n" + _alert_line(alerts, service, n_series))
     if at_swap:
         t0, t1 = service.lifecycle.job_times[0]
         before = at_swap["windows_over_threshold"] / max(1, at_swap["windows"])
@@ -132,6 +136,26 @@ def run_drift_demo(
     return 0 if at_swap else 1
 
 
+def _alert_line(alerts: list[dict[str, Any]], service: Service, n_series: int) -> str:
+    """What the change looked like on the alert topic: fleet incidents, not one alert each."""
+    opens = [a for a in alerts if a["event"] == "open"]
+    incidents = [a for a in opens if a.get("kind") == "incident"]
+    anomalies = [a for a in opens if a.get("kind", "anomaly") == "anomaly"]
+    joined = service.metrics.registry.get_sample_value(
+        "stream_vae_alerts_suppressed_total", {"reason": "incident"}
+    )
+    first = ", ".join(
+        f"{len(i['members'])} machines at first, sharing "
+        + "/".join(t["feature"] for t in i["top_features"])
+        for i in incidents[:3]
+    )
+    return (
+        f"alerts: {len(incidents)} fleet incident(s) ({first or '-'}); {len(anomalies)} anomaly "
+        f"episodes published one by one, {int(joined or 0)} more joined an incident instead "
+        f"({n_series} machines)"
+    )
+
+
 async def drift_cycle(
     settings: Settings,
     registry: Registry,
@@ -140,9 +164,11 @@ async def drift_cycle(
     *,
     rate: float,
     timeout_s: float = 300.0,
+    alerts: list[dict[str, Any]] | None = None,
 ) -> tuple[Service, list[dict[str, Any]], dict[str, int]]:
     """Stream ``records`` through the service with drift monitoring and retraining on; report
-    model events as they arrive. Returns the service, the events and the counts at the swap."""
+    model events as they arrive. Returns the service, the events and the counts at the swap;
+    the alert messages are appended to ``alerts`` when given."""
     k = settings.kafka
     topic = k.input_topics[0]
     await ensure_topics(k, [topic, k.alert_topic, k.dead_letter_topic, k.model_events_topic])
@@ -158,6 +184,11 @@ async def drift_cycle(
     stop = asyncio.Event()
     events: list[dict[str, Any]] = []
     reader = asyncio.create_task(read_topic(settings, k.model_events_topic, events, on_event))
+    readers = [reader]
+    if alerts is not None:
+        readers.append(
+            asyncio.create_task(read_topic(settings, k.alert_topic, alerts, lambda _: None))
+        )
     running = asyncio.create_task(service.run(stop))
     try:
         await replay(
@@ -177,8 +208,9 @@ async def drift_cycle(
         stop.set()
         if not running.done():
             await running
-        await asyncio.sleep(1.0)  # the last events reach the reader
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await asyncio.sleep(1.0)  # the last events reach the readers
+        for r in readers:
+            r.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await r
     return service, events, at_swap
