@@ -6,9 +6,12 @@ For each batch size and backend (eager PyTorch, TorchScript, ONNX Runtime) it ti
   bare  : the backend's forward pass on already-scaled windows (n, W, d)
   full  : Detector.infer (scaling + forward + score components) + Scorer.update (hybrid score,
           EMA, threshold, episodes, attribution)
-and, for eager PyTorch, "full" with every component on (latent_mode "knn" against 2,048
-reference points, the linear residual at 95% variance, tail normalisers: what
-bench/configs/asd.toml runs), whose ratio to the default "full" is what those components cost.
+and, for eager PyTorch, "full" with every alert part on (the streaming threshold, the
+data-quality checks on the raw windows, stale series, incidents, a budget, recurring kinds:
+the ratio to "bare" is what alerting costs), and "full" with every component on
+(latent_mode "knn" against 2,048 reference points, the linear residual at 95% variance, tail
+normalisers: what bench/configs/asd.toml runs), whose ratio to the default "full" is what those
+components cost.
 Each figure is the median over --repeats runs; every run loops for at least --min-seconds.
 The ratio full/bare is what the scorer costs. Only public tools (time.perf_counter) are used.
 """
@@ -30,9 +33,18 @@ from stream_vae.core.scaler import Scaler
 from stream_vae.model.backends import OrtBackend, TorchBackend
 from stream_vae.model.detector import Detector
 from stream_vae.model.vae import LSTMVAE, VAEConfig
-from stream_vae.scoring.hybrid import HybridScore
-from stream_vae.scoring.reference import LatentReference, LinearReference, ScoreReference
+from stream_vae.scoring.clusters import EpisodeClusters
+from stream_vae.scoring.hybrid import HybridScore, ScoreParts
+from stream_vae.scoring.quality import QualityMonitor, StaleMonitor
+from stream_vae.scoring.reference import (
+    LatentReference,
+    LinearReference,
+    QualityReference,
+    ScoreReference,
+)
 from stream_vae.scoring.scorer import Scorer
+from stream_vae.scoring.shaping import AlertShaper
+from stream_vae.scoring.spot import StreamingThreshold, TailStart
 from stream_vae.storage.export import to_onnx, to_torchscript
 
 BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
@@ -127,6 +139,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.min_seconds,
             )
             row[name] = (bare, full)
+        det = Detector(backends["eager"], scaler, w, max_batch=max(args.batches))
+        alerting = _alerting_scorer(hybrid, calib, names, ref_x)
+        row["alerts"] = (
+            row["eager"][0],
+            _rate(
+                lambda det=det, sc=alerting, x=x, k=keys, t=ts: sc.update(k, t, det.infer(x), x),
+                b,
+                args.repeats,
+                args.min_seconds,
+            ),
+        )
         det = Detector(backends["eager"], scaler, w, max_batch=max(args.batches),
                        latent_mode="knn", reference=reference)  # fmt: skip
         scorer = Scorer(hybrid_all, 3.0, names, "bench")
@@ -152,15 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {args.repeats} runs, windows/s (bare forward / model+scorer, ratio).",
         "",
         "| batch | eager bare | eager +scorer | ratio | +scorer, every component | ratio to "
-        "+scorer | TorchScript bare | +scorer | ORT bare | ORT +scorer | ratio | "
-        "ORT/eager (+scorer) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "+scorer | +scorer, every alert part | ratio to bare | TorchScript bare | +scorer | "
+        "ORT bare | ORT +scorer | ratio | ORT/eager (+scorer) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         (eb, ef), (tb, tf), (ob, of) = r["eager"], r["torchscript"], r["onnxruntime"]
-        af = r["all"][1]
+        af, lf = r["all"][1], r["alerts"][1]
         lines.append(
             f"| {r['batch']} | {eb:,.0f} | {ef:,.0f} | {ef / eb:.2f} | {af:,.0f} | {af / ef:.2f} | "
+            f"{lf:,.0f} | {lf / eb:.2f} | "
             f"{tb:,.0f} | {tf:,.0f} | {ob:,.0f} | {of:,.0f} | {of / ob:.2f} | {of / ef:.2f} |"
         )
     text = "\n".join(lines)
@@ -169,6 +193,26 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     return 0
+
+
+def _alerting_scorer(
+    hybrid: HybridScore, calib: ScoreParts, names: list[str], ref_x: np.ndarray
+) -> Scorer:
+    """The scorer with every alert part on: the streaming threshold, the data-quality checks,
+    stale series, incidents and a budget, recurring kinds (what ``alerts.*`` can turn on)."""
+    t0 = 3.0
+    held = hybrid.raw(calib).raw
+    return Scorer(
+        hybrid,
+        t0,
+        names,
+        "bench",
+        streaming=StreamingThreshold(TailStart.fit(held, t0, 0.01), t0, 0.01),
+        quality=QualityMonitor(QualityReference.fit(ref_x)),
+        stale=StaleMonitor(),
+        shaper=AlertShaper(incident_share=0.5, max_opens_per_hour=10),
+        clusters=EpisodeClusters(),
+    )
 
 
 if __name__ == "__main__":
