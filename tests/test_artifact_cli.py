@@ -156,6 +156,41 @@ def test_cli_score_writes_the_reconstruction_next_to_the_scores(
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_cli_score_imputes_missing_values_with_the_model(tiny: TinyModel, tmp_path: Path) -> None:
+    with tiny.test_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    names = list(tiny.artifact.feature_names)
+    sid = rows[0]["series_id"]
+    mine = [i for i, r in enumerate(rows) if r["series_id"] == sid]
+    first, middle = mine[0], mine[40]  # before any window, and well after the first
+    rows[first][names[0]] = ""
+    rows[middle][names[1]] = "nan"
+    data = tmp_path / "gaps.csv"
+    with data.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out, filled = tmp_path / "scores.csv", tmp_path / "filled.csv"
+    args = ["score", "--model", str(tiny.model_dir), "--data", str(data), "--out", str(out)]
+    assert main(args) == 2  # a missing value is refused unless asked to impute
+    assert main([*args, "--impute", str(filled)]) == 0
+    with filled.open() as fh:
+        back = {(r["series_id"], float(r["ts"])): r for r in csv.DictReader(fh)}
+    assert len(back) == len(rows)
+
+    def at(i: int) -> dict[str, str]:
+        return back[(rows[i]["series_id"], float(rows[i]["ts"]))]
+
+    assert at(first)["imputed"] == f"{names[0]} (last)"  # no window yet: the training mean
+    assert float(at(first)[names[0]]) == pytest.approx(float(tiny.artifact.scaler.mean[0]))
+    assert at(middle)["imputed"] == names[1]  # the model's value
+    guess = float(at(middle)[names[1]])
+    carried = float(rows[mine[39]][names[1]])  # what carrying forward would have given
+    assert np.isfinite(guess) and guess != pytest.approx(carried, abs=1e-6)
+    assert at(middle)[names[0]] == f"{float(rows[middle][names[0]]):.7g}"  # others unchanged
+    assert sum(1 for r in back.values() if r["imputed"]) == 2
+
+
 def test_cli_export(tiny: TinyModel, tmp_path: Path) -> None:
     assert main(["export", "--model", str(tiny.model_dir), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "model.onnx").stat().st_size > 1000

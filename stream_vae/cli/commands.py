@@ -15,9 +15,11 @@ from aiokafka.errors import KafkaError
 from .. import _json
 from ..config import Settings, load_settings
 from ..errors import ArtifactError, ConfigError, DataError, KafkaUnavailableError
+from ..runtime.impute import impute
 from ..runtime.live import DetectorOptions, LiveModel
+from ..scoring.scorer import ScoredBatch
 from ..storage.files import check_destination, load_artifact, save_artifact
-from ..storage.tabular import read_rows, read_table, write_scores
+from ..storage.tabular import Table, read_rows, read_table, write_imputed, write_scores
 from ..training.build import MAX_TRAIN_ABS, train_artifact
 
 __all__ = [
@@ -118,7 +120,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     device = _device(args.device)
     _check_out(args.out, directory=False)
     art = load_artifact(args.model)
-    table = read_table(args.data, fmt=args.format, feature_names=art.feature_names)
+    if args.impute is not None:
+        _check_out(args.impute, directory=False)
+    table = read_table(
+        args.data, fmt=args.format, feature_names=art.feature_names, missing=bool(args.impute)
+    )
     # The file need not be in time order (as for train); the window store must see each series
     # in time order, or the rows that come back in time are skipped as late.
     batch, n_moved = table.batch.in_series_time_order()
@@ -130,10 +136,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     rows: list[tuple[str, float, float, float, float, bool]] = []
     expected: list[np.ndarray] = []  # (n, d) per chunk, with --reconstruction
     n_alerts = 0
-    for scored in live.stream(batch, args.batch):
+
+    def consume(scored: ScoredBatch) -> None:
+        nonlocal n_alerts
         if args.reconstruction and scored.expected is not None:
             expected.append(scored.expected)
-        alert = scored.is_alert
         rows.extend(
             (k, float(t), float(s), float(r), float(z), bool(a))
             for k, t, s, r, z, a in zip(
@@ -142,11 +149,25 @@ def cmd_score(args: argparse.Namespace) -> int:
                 scored.smoothed,
                 scored.raw,
                 scored.threshold,
-                alert,
+                scored.is_alert,
                 strict=True,
             )
         )
         n_alerts += sum(1 for a in scored.alerts if a.event == "open")
+
+    if args.impute is None:
+        for scored in live.stream(batch, args.batch):
+            consume(scored)
+    else:
+        done = impute(live, batch, args.batch, consume)
+        args.impute.parent.mkdir(parents=True, exist_ok=True)
+        write_imputed(
+            args.impute, Table(done.batch, art.feature_names), done.missing, done.by_model
+        )
+        print(
+            f"imputed {int(done.missing.sum())} missing values, {int(done.by_model.sum())} by "
+            f"the model (the rest carried forward: no window yet) -> {args.impute}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     recon = None
     if args.reconstruction:

@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also write the model's value of each window's newest point (expected_<feature>)",
     )
     s.add_argument(
+        "--impute",
+        type=Path,
+        metavar="FILE",
+        help="accept missing values (empty or nan cells) and write the data to FILE with them "
+        "filled by the model, flagged in an `imputed` column",
+    )
+    s.add_argument(
         "--backend",
         default="torch",
         choices=["torch", "onnx"],

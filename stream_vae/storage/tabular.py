@@ -28,7 +28,7 @@ import numpy.typing as npt
 from ..core.records import RecordBatch, parse_ts
 from ..errors import DataError, RecordError
 
-__all__ = ["Table", "read_rows", "read_table", "write_scores"]
+__all__ = ["Table", "read_rows", "read_table", "write_imputed", "write_scores"]
 
 Format = Literal["auto", "csv", "parquet", "smd"]
 _KEY_COLUMNS = ("series_id", "ts")
@@ -51,12 +51,14 @@ def read_table(
     feature_names: Sequence[str] | None = None,
     step_s: float = 300.0,
     max_abs: float = _F32_MAX,
+    missing: bool = False,
 ) -> Table:
     """Read one file, or every file of a directory (one series per file for SMD).
 
     ``feature_names`` puts the feature columns in that order (the set must match);
     ``max_abs`` refuses, at its file and line, any value of larger magnitude (training passes
-    :data:`stream_vae.training.build.MAX_TRAIN_ABS`).
+    :data:`stream_vae.training.build.MAX_TRAIN_ABS`); ``missing`` reads an empty cell or
+    ``nan`` as a missing value (NaN; ``score --impute``) instead of refusing it.
     """
     p = Path(path)
     if not p.exists():
@@ -68,7 +70,7 @@ def read_table(
     )
     if not files:
         raise DataError(f"{p}: directory has no data files")
-    tables = [_read_one(f, _guess(f, fmt), step_s, max_abs) for f in files]
+    tables = [_read_one(f, _guess(f, fmt), step_s, max_abs, missing) for f in files]
     names = tables[0].feature_names
     for f, t in zip(files, tables, strict=True):
         if t.feature_names != names:
@@ -95,16 +97,16 @@ def _guess(f: Path, fmt: Format) -> Format:
     return by_suffix.get(f.suffix.lower(), "csv")
 
 
-def _read_one(f: Path, fmt: Format, step_s: float, max_abs: float) -> Table:
+def _read_one(f: Path, fmt: Format, step_s: float, max_abs: float, missing: bool) -> Table:
     if fmt == "parquet":
-        return _read_parquet(f, max_abs)
+        return _read_parquet(f, max_abs, missing)
     rows = read_rows(f)
     if not rows:
         raise DataError(f"{f}: empty file")
     if fmt == "smd":
-        return _from_smd(f, rows, step_s, max_abs)
+        return _from_smd(f, rows, step_s, max_abs, missing)
     header = [c.strip() for c in rows[0][1]]
-    return _from_columns(f, header, rows[1:], max_abs)
+    return _from_columns(f, header, rows[1:], max_abs, missing)
 
 
 def read_rows(path: str | Path) -> list[Row]:
@@ -171,18 +173,22 @@ def _line_of(prefix: str) -> int:
     return prefix.count("\n") + prefix.count("\r") - prefix.count("\r\n") + 1
 
 
-def _from_smd(f: Path, rows: list[Row], step_s: float, max_abs: float) -> Table:
+def _from_smd(
+    f: Path, rows: list[Row], step_s: float, max_abs: float, missing: bool = False
+) -> Table:
     d = len(rows[0][1])
     names = tuple(f"m{i + 1}" for i in range(d))
-    values = _numbers(f, rows, names, max_abs)
+    values = _numbers(f, rows, names, max_abs, missing)
     ts = np.arange(len(rows), dtype=np.float64) * step_s
     return Table(RecordBatch((f.stem,) * len(rows), ts, values), names)
 
 
-def _from_columns(f: Path, header: list[str], rows: list[Row], max_abs: float) -> Table:
-    missing = [c for c in _KEY_COLUMNS if c not in header]
-    if missing:
-        raise DataError(f"{f}: missing column(s) {missing}; expected series_id, ts, <features>")
+def _from_columns(
+    f: Path, header: list[str], rows: list[Row], max_abs: float, missing: bool = False
+) -> Table:
+    absent = [c for c in _KEY_COLUMNS if c not in header]
+    if absent:
+        raise DataError(f"{f}: missing column(s) {absent}; expected series_id, ts, <features>")
     features = [c for c in header if c not in _KEY_COLUMNS]
     if not features:
         raise DataError(f"{f}: no feature columns besides series_id and ts")
@@ -205,7 +211,8 @@ def _from_columns(f: Path, header: list[str], rows: list[Row], max_abs: float) -
         except RecordError as exc:
             raise DataError(f"{f}:{line}: column ts: {exc.message}") from None
     cells = [(line, [r[i] for i in i_feat]) for line, r in rows]
-    return Table(RecordBatch(sids, ts, _numbers(f, cells, features, max_abs)), tuple(features))
+    values = _numbers(f, cells, features, max_abs, missing)
+    return Table(RecordBatch(sids, ts, values), tuple(features))
 
 
 def _positions(have: Sequence[str], want: Sequence[str]) -> list[int]:
@@ -222,12 +229,17 @@ def _maybe_number(cell: str) -> Any:
         return cell
 
 
-def _numbers(f: Path, rows: list[Row], names: Sequence[str], max_abs: float) -> np.ndarray:
+def _numbers(
+    f: Path, rows: list[Row], names: Sequence[str], max_abs: float, missing: bool = False
+) -> np.ndarray:
     out = np.empty((len(rows), len(names)), dtype=np.float32)
     for n, (line, r) in enumerate(rows):
         if len(r) != len(names):
             raise DataError(f"{f}:{line}: {len(r)} values, expected {len(names)}")
         for j, cell in enumerate(r):
+            if missing and cell.strip().lower() in ("", "nan"):
+                out[n, j] = np.nan
+                continue
             try:
                 v = float(cell)
             except ValueError:
@@ -245,7 +257,7 @@ def _numbers(f: Path, rows: list[Row], names: Sequence[str], max_abs: float) -> 
     return out
 
 
-def _read_parquet(f: Path, max_abs: float) -> Table:
+def _read_parquet(f: Path, max_abs: float, missing: bool = False) -> Table:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -264,7 +276,7 @@ def _read_parquet(f: Path, max_abs: float) -> Table:
     ]
     if not rows:
         raise DataError(f"{f}: no data rows")
-    return _from_columns(f, header, rows, max_abs)
+    return _from_columns(f, header, rows, max_abs, missing)
 
 
 def _reorder(table: Table, feature_names: Sequence[str], p: Path) -> Table:
@@ -305,4 +317,36 @@ def write_scores(
                     row += [f"{v:.6g}" for v in values[i].tolist()]
                 w.writerow(row)
     except OSError as exc:  # a directory in the way, permissions, a full disk
+        raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def write_imputed(
+    path: str | Path,
+    table: Table,
+    missing: npt.NDArray[np.bool_],
+    by_model: npt.NDArray[np.bool_],
+) -> None:
+    """Write the data with its missing values filled: ``series_id, ts, <features>, imputed``,
+    where ``imputed`` names the filled features, ``;``-separated, each marked ``(last)`` when
+    it was carried forward rather than filled by the model."""
+    names = table.feature_names
+    b = table.batch
+    try:
+        with Path(path).open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["series_id", "ts", *names, "imputed"])
+            for i in range(len(b.series_ids)):
+                flags = ";".join(
+                    names[j] + ("" if by_model[i, j] else " (last)")
+                    for j in np.flatnonzero(missing[i]).tolist()
+                )
+                w.writerow(
+                    [
+                        b.series_ids[i],
+                        repr(float(b.ts[i])),
+                        *(f"{v:.7g}" for v in b.values[i].tolist()),
+                        flags,
+                    ]
+                )
+    except OSError as exc:
         raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from None
