@@ -57,6 +57,7 @@ def test_evaluate_smd_writes_a_report_with_every_detector(smd_dir: Path, tmp_pat
     report = _json.loads((out / "report.json").read_bytes())
     assert set(report) == {
         "stream-vae",
+        "stream-vae-dspot",  # the same scores as they alert under the streaming threshold
         "vae-recon",
         "vae-latent",
         "lstm-ae",
@@ -69,13 +70,19 @@ def test_evaluate_smd_writes_a_report_with_every_detector(smd_dir: Path, tmp_pat
     # only our detector has its own threshold: the threshold metrics are ours alone
     assert {"f1", "event_f1", "delay", "alert_rate", "pa_f1"} <= set(ours)
     assert "f1" not in noise
+    # what users get: the alert rate on normal points (median and worst series), false alerts
+    what = {"normal_alert_rate", "normal_alert_rate_median", "normal_alert_rate_max"}
+    assert what | {"false_alerts_per_day"} <= set(ours) & set(report["stream-vae-dspot"])
+    assert 0.0 <= ours["normal_alert_rate_median"] <= ours["normal_alert_rate_max"] <= 1.0
+    assert report["stream-vae-dspot"]["vus_pr"] == ours["vus_pr"]  # same scores
+    assert "Alert rate on normal points" in (out / "report.md").read_text()
     # the injected faults are plain to see: far above noise on every threshold-free metric
     for key in ("vus_pr", "auc_pr", "roc_auc"):
         assert ours[key] > noise[key] + 0.1, (key, ours[key], noise[key])
     assert ours["roc_auc"] > 0.6
     assert 0.0 <= ours["attribution"] <= 1.0
     table = [x for x in (out / "report.md").read_text().splitlines() if x.startswith("| ")]
-    assert len(table) == 2 + 7  # header, rule, one row per detector
+    assert len(table) == 2 + 8  # header, rule, one row per detector
     details = _json.loads((out / "details.json").read_bytes())
     assert set(details["per_series"]["pca"]) == {"machine-000", "machine-001", "machine-002"}
 
