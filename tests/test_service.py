@@ -574,24 +574,7 @@ def test_a_frozen_sensor_and_silent_series_give_their_alert_kinds_on_the_topic(
     """Issue 18: a sensor frozen at a plausible level is reconstructed well, and the score does
     not move; the data-quality check sees it and publishes an alert of kind ``flatline``. The
     machines that fall silent meanwhile each get one of kind ``stale``."""
-    tag = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        env={},
-        kafka={
-            "bootstrap_servers": broker.bootstrap_servers,
-            "group_id": f"g-flat-{tag}",
-            "input_topics": [f"in-flat-{tag}"],
-            "alert_topic": f"alerts-flat-{tag}",
-            "dead_letter_topic": f"dlq-flat-{tag}",
-            "topic_partitions": 1,
-        },
-        service={
-            "max_batch_records": 100,
-            "max_wait_ms": 20,
-            "device": "cpu",
-            "metrics_port": None,
-        },
-    )
+    settings = _fault_settings(broker, "flat")
     k = settings.kafka
     table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
     rows = [r for r in table.batch.in_time_order().records()][:400]
@@ -632,7 +615,7 @@ def test_the_streaming_threshold_holds_its_rate_on_a_drifting_stream_and_finds_a
     broker: EmbeddedBroker, tiny: TinyModel
 ) -> None:
     """Issue 18: the same stream, a stationary part then a slow drift of every machine, with a
-    spike at the end, through two services: the calibrated threshold alerts on much of the
+    spike well into it, through two services: the calibrated threshold alerts on much of the
     drift; the streaming one follows it, keeping its rate near the target, and still alerts on
     the spike."""
     table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
@@ -647,43 +630,27 @@ def test_the_streaming_threshold_holds_its_rate_on_a_drifting_stream_and_finds_a
     victim, spike_ts = drift[at].series_id, drift[at].ts + 1.0
     spike = Record(victim, spike_ts, drift[at].values + 40.0 * std)
     rows = [*calm, *drift[: at + 1], spike, *drift[at + 1 :]]
-    tag = uuid.uuid4().hex[:8]
-    topic = f"in-drift-{tag}"
-
-    def settings(mode: str) -> Any:
-        return load_settings(
-            env={},
-            kafka={
-                "bootstrap_servers": broker.bootstrap_servers,
-                "group_id": f"g-drift-{mode}-{tag}",
-                "input_topics": [topic],
-                "alert_topic": f"alerts-drift-{mode}-{tag}",
-                "dead_letter_topic": f"dlq-drift-{tag}",
-                "topic_partitions": 1,
-            },
-            service={
-                "max_batch_records": 200,
-                "max_wait_ms": 20,
-                "device": "cpu",
-                "metrics_port": None,
-            },
+    runs = {
+        mode: _fault_settings(
+            broker,
+            f"drift-{mode}",
             alerts={"threshold_mode": mode, "threshold_depth": 50, "quality_kinds": []},
         )
+        for mode in ("static", "dspot")
+    }
 
     async def scenario() -> dict[str, tuple[float, list[dict[str, Any]]]]:
-        k = settings("static").kafka
-        await ensure_topics(k, [topic, k.dead_letter_topic])
-        await _send_all(k, rows, table.feature_names)
         out = {}
-        for mode in ("static", "dspot"):
-            s = settings(mode)
-            await ensure_topics(s.kafka, [s.kafka.alert_topic])
+        for mode, s in runs.items():
+            k = s.kafka
+            await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+            await _send_all(k, rows, table.feature_names)
             service = await _serve_until_consumed(s, tiny.artifact, len(rows))
             reg = service.metrics.registry
             rate = reg.get_sample_value("stream_vae_windows_over_threshold_total") / (
                 reg.get_sample_value("stream_vae_windows_scored_total")
             )
-            got = await _consume(s.kafka, s.kafka.alert_topic, service.accounting()["alerts"])
+            got = await _consume(k, k.alert_topic, service.accounting()["alerts"])
             out[mode] = (rate, [_json.loads(m.value) for m in got])  # type: ignore[attr-defined]
         return out
 
@@ -809,11 +776,18 @@ def test_an_evicted_series_closes_its_open_episode(broker: EmbeddedBroker, tiny:
         assert close["ts"] - poison.ts > 600.0  # closed when it was evicted, not before
 
 
-def _fault_settings(broker: EmbeddedBroker, name: str, partitions: int = 1, **service: Any) -> Any:
+def _fault_settings(
+    broker: EmbeddedBroker,
+    name: str,
+    partitions: int = 1,
+    alerts: dict[str, Any] | None = None,
+    **service: Any,
+) -> Any:
     """Settings on fresh topics for one fault test (tag ``name``)."""
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
     return load_settings(
         env={},
+        alerts=alerts or {},
         kafka={
             "bootstrap_servers": broker.bootstrap_servers,
             "group_id": f"g-{tag}",
