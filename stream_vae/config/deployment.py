@@ -91,7 +91,7 @@ class AlertSettings(BaseModel):
     # calibration, never below threshold_floor × it nor above threshold_ceiling × it.
     threshold_mode: Literal["static", "dspot"] = "static"
     threshold_depth: int = Field(
-        300, ge=10, description="windows of the streaming level's memory (the tail: 10×)"
+        200, ge=10, description="windows of the streaming level's memory (the tail: 10×)"
     )
     threshold_floor: float = Field(
         0.5, gt=0, le=1, description="lowest streaming threshold, × calibrated"

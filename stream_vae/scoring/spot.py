@@ -230,7 +230,7 @@ class StreamingThreshold:
         threshold: float,
         target_fpr: float,
         *,
-        depth: int = 300,
+        depth: int = 200,
         floor: float = 0.5,
         ceiling: float = 3.0,
     ) -> None:
