@@ -113,7 +113,8 @@ def test_a_silent_series_is_stale_until_it_comes_back(tiny) -> None:  # type: ig
         x = rng.normal(size=(len(keys), 3)) * art.scaler.std[:3] + art.scaler.mean[:3]
         return RecordBatch(tuple(keys), ts, x.astype(np.float32))
 
-    live = LiveModel(art, DetectorOptions(device="cpu"), alerts=AlertSettings(stale_factor=5))
+    on = AlertSettings(quality_kinds=("stale",), stale_factor=5)  # opt-in
+    live = LiveModel(art, DetectorOptions(device="cpu"), alerts=on)
     quiet = [a for a in live.process(records(["a", "b"], 0, 30)).alerts if a.kind == "stale"]
     assert quiet == []
     gone = [a for a in live.process(records(["b"], 30, 10)).alerts if a.kind == "stale"]

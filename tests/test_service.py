@@ -574,7 +574,8 @@ def test_a_frozen_sensor_and_silent_series_give_their_alert_kinds_on_the_topic(
     """Issue 18: a sensor frozen at a plausible level is reconstructed well, and the score does
     not move; the data-quality check sees it and publishes an alert of kind ``flatline``. The
     machines that fall silent meanwhile each get one of kind ``stale``."""
-    settings = _fault_settings(broker, "flat")
+    kinds = ["flatline", "out_of_range", "stale"]  # stale is opt-in
+    settings = _fault_settings(broker, "flat", alerts={"quality_kinds": kinds})
     k = settings.kafka
     table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
     rows = [r for r in table.batch.in_time_order().records()][:400]

@@ -104,9 +104,11 @@ class AlertSettings(BaseModel):
     quality_kinds: tuple[Literal["flatline", "out_of_range", "stale"], ...] = (
         "flatline",
         "out_of_range",
-        "stale",
     )
-    # stale: a series silent (in stream time) for this many times its usual interval
+    # stale (opt-in): a series silent for this many times its usual interval, in stream time
+    # (the newest timestamp any series reached). Off by default: a consumer that reads its
+    # partitions at uneven pace (a backlog on one) makes the lagging partition's series look
+    # silent; turn it on where the stream is consumed near real time.
     stale_factor: float = Field(5.0, gt=1)
     flatline_ratio: float = Field(
         0.05, gt=0, lt=1, description="a feature moving less than this × its training movement"

@@ -185,7 +185,7 @@ class AlertShaper:
             episode_start_ts=inc.start_ts,
             top_features=top,
             kind="incident",
-            reason="",
+            reason=cause.reason if event == "close" else "",  # e.g. its members' model_swap
             expected=(),
             members=members,
             cluster="",
