@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stream_vae.config import AlertSettings
-from stream_vae.errors import ConfigError
+from stream_vae.errors import ArtifactError, ConfigError
 from stream_vae.runtime.live import LiveModel, build_scorer, streaming_threshold
 from stream_vae.scoring.spot import StreamingThreshold, TailStart
 from stream_vae.scoring.threshold import calibrate
@@ -125,8 +125,13 @@ def test_training_stores_the_start_an_old_model_is_refused_and_a_swap_carries(ti
     }  # fmt: skip
     details = {k: v for k, v in art.calibration.details.items() if k != "stream"}
     old = replace(art, calibration=replace(art.calibration, details=details), version="")
-    with pytest.raises(ConfigError, match="threshold_mode"):
+    with pytest.raises(ArtifactError, match="threshold_mode"):
         build_scorer(old, dspot)
+    # a hot swap to it is refused, and the live model goes on
+    live = LiveModel(art, alerts=dspot)
+    with pytest.raises(ArtifactError):
+        live.install(old, ts=0.0)
+    assert live.version == art.version and live.scorer.streaming is not None
     live = LiveModel(art, alerts=dspot)
     assert live.scorer.streaming is not None
     assert streaming_threshold(art, dspot).update(["x"], [0.0])[0] == pytest.approx(art.threshold)

@@ -162,7 +162,8 @@ def streaming_threshold(artifact: Artifact, alerts: AlertSettings) -> StreamingT
     """The per-series streaming threshold of ``artifact``, started from its calibration."""
     start = artifact.calibration.details.get("stream")
     if start is None or start.get("units") != UNITS:
-        raise ConfigError(
+        # an ArtifactError: a hot swap to such a model is refused (and logged), not a crash
+        raise ArtifactError(
             f"model {artifact.version} has no streaming-threshold start in its calibration "
             "(it was trained before alerts.threshold_mode existed): retrain it, or set "
             "alerts.threshold_mode = 'static'"
