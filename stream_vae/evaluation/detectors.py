@@ -10,6 +10,8 @@ the rows before it, never a later one).
   ``scoring.latent_mode``) and, for a model with a linear component, ``vae-linear`` (the
   residual off the normal windows' principal subspace), each smoothed by the same per-series
   EMA.
+  Beside it, ``stream-vae-dspot`` (or ``stream-vae-static`` when the settings ask for the
+  streaming threshold): the same smoothed scores as they alert under the other threshold mode.
 * ``stream-vae-modes`` — one training of the product, scored in each latent mode
   (:data:`LATENT_MODES`): ``vae-hybrid-<mode>`` is the product with that mode (its hybrid,
   weights and threshold refitted), ``vae-latent-<mode>`` that latent term alone. Asked for by
@@ -48,6 +50,7 @@ import torch
 
 from ..config import Settings
 from ..core.records import RecordBatch
+from ..errors import ArtifactError
 from ..lifecycle.policy import RetrainPolicy
 from ..runtime.live import DetectorOptions, LiveModel, streaming_threshold
 from ..scoring.alerts import Alert
@@ -214,13 +217,14 @@ def _other_threshold(
     episodes. Empty for a model with no streaming-threshold start."""
     mode = "dspot" if settings.alerts.threshold_mode == "static" else "static"
     a = settings.alerts.model_copy(update={"threshold_mode": mode})
-    if mode == "dspot" and "stream" not in art.calibration.details:
-        return {}
     t, s = np.concatenate(ts), np.concatenate(smoothed)
     keys = [series.name] * len(t)
     thr = np.full(len(t), art.threshold)
     if mode == "dspot":
-        thr = streaming_threshold(art, a).update(keys, s)
+        try:
+            thr = streaming_threshold(art, a).update(keys, s)
+        except ArtifactError:  # too few held-out windows for a streaming start
+            return {}
     episodes = _Episodes(series, a.top_k)
     for e in EpisodeTracker(a.hysteresis, a.close_after, a.cooldown).update(keys, t, s, thr):
         episodes.event(e.ts, e.event, [])
