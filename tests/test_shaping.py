@@ -60,6 +60,19 @@ def test_a_fleet_wide_change_is_one_incident_with_its_members() -> None:
     assert [a.kind for a in shaper.shape([_alert("m1", "open", 900.0, 900.0)], 10)] == ["anomaly"]
 
 
+def test_an_incident_does_not_wait_for_a_member_that_closed_before_it() -> None:
+    shaper = AlertShaper(incident_share=0.5, incident_min_series=3, incident_window_s=100.0)
+    out = shaper.shape(
+        [_alert("a", "open", 0.0, 0.0), _alert("a", "close", 5.0, 0.0)]
+        + [_alert(s, "open", t, t) for s, t in (("b", 10.0), ("c", 20.0))],
+        n_active=4,
+    )
+    assert out[-1].kind == "incident" and {m for m, _, _ in out[-1].members} == {"a", "b", "c"}
+    # b and c close: the incident closes (a closed before it and is not waited for)
+    out = shaper.shape([_alert("b", "close", 30.0, 10.0), _alert("c", "close", 40.0, 20.0)], 4)
+    assert [(a.series_id, a.event) for a in out] == [("b", "close"), ("*", "close")]
+
+
 def test_opens_spread_out_in_time_make_no_incident() -> None:
     shaper = AlertShaper(incident_share=0.5, incident_min_series=3, incident_window_s=100.0)
     opens = [_alert(f"m{i}", "open", 150.0 * i, 150.0 * i) for i in range(8)]

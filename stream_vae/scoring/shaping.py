@@ -100,6 +100,7 @@ class AlertShaper:
         self._recent: deque[Alert] = deque()  # anomaly opens within the incident window
         self._published: dict[str, deque[float]] = {}  # series -> its opens' ts, last hour
         self._suppressed: set[str] = set()  # alert ids whose open was not published
+        self._open: set[str] = set()  # series in an anomaly episode now
         self._incident: _Incident | None = None
 
     def shape(self, alerts: Sequence[Alert], n_active: int) -> tuple[Alert, ...]:
@@ -110,12 +111,13 @@ class AlertShaper:
             if a.kind != "anomaly":
                 out.append(a)
             elif a.event == "open":
-                out.extend(self._open(a, n_active))
+                out.extend(self._opened(a, n_active))
             else:
                 out.extend(self._close(a))
         return tuple(out)
 
-    def _open(self, a: Alert, n_active: int) -> list[Alert]:
+    def _opened(self, a: Alert, n_active: int) -> list[Alert]:
+        self._open.add(a.series_id)
         recent = self._recent
         recent.append(a)
         while recent and recent[0].ts < a.ts - self.incident_window_s:
@@ -148,12 +150,14 @@ class AlertShaper:
         inc = _Incident(a.ts, a.model_version, {}, set())
         for r in self._recent:
             inc.members.setdefault(r.series_id, (r.ts, r is a))
-            inc.open_now.add(r.series_id)
             inc.features.update(f for f, _ in r.top_features)
+            if r.series_id in self._open:  # one that opened and closed already is not waited for
+                inc.open_now.add(r.series_id)
         self._incident = inc
         return self._incident_event(inc, "open", a.ts, a)
 
     def _close(self, a: Alert) -> list[Alert]:
+        self._open.discard(a.series_id)
         out: list[Alert] = []
         if a.alert_id in self._suppressed:
             self._suppressed.discard(a.alert_id)
@@ -202,3 +206,4 @@ class AlertShaper:
     def drop(self, keys: Iterable[str]) -> None:
         for k in keys:
             self._published.pop(k, None)
+            self._open.discard(k)
