@@ -73,6 +73,14 @@ def test_an_incident_does_not_wait_for_a_member_that_closed_before_it() -> None:
     assert [(a.series_id, a.event) for a in out] == [("b", "close"), ("*", "close")]
 
 
+def test_an_incident_whose_members_leave_the_replica_ends() -> None:
+    shaper = AlertShaper(incident_share=0.5, incident_min_series=2, incident_window_s=100.0)
+    out = shaper.shape([_alert("a", "open", 0.0, 0.0), _alert("b", "open", 1.0, 1.0)], 2)
+    assert out[-1].kind == "incident"
+    shaper.drop(["a", "b"])  # their partition was revoked
+    assert [a.kind for a in shaper.shape([_alert("c", "open", 500.0, 500.0)], 4)] == ["anomaly"]
+
+
 def test_opens_spread_out_in_time_make_no_incident() -> None:
     shaper = AlertShaper(incident_share=0.5, incident_min_series=3, incident_window_s=100.0)
     opens = [_alert(f"m{i}", "open", 150.0 * i, 150.0 * i) for i in range(8)]

@@ -204,6 +204,13 @@ class AlertShaper:
         return per * (len(self._published) + len(self._suppressed) + len(self._recent))
 
     def drop(self, keys: Iterable[str]) -> None:
+        inc = self._incident
         for k in keys:
             self._published.pop(k, None)
             self._open.discard(k)
+            if inc is not None:
+                inc.open_now.discard(k)
+        if inc is not None and not inc.open_now:
+            # its members left this replica (their partition was revoked): no close of theirs
+            # will come here to end it, and an incident left open would hold every later open
+            self._incident = None
