@@ -297,9 +297,9 @@ class LiveModel:
         return closed
 
     # -- per-series state (stream_vae.core.state.SeriesState) ------------------------------
-    def open_series(self) -> frozenset[str]:
-        """Series in an alert episode now."""
-        return self.scorer.open_series()
+    def open_series(self, *, all_kinds: bool = False) -> frozenset[str]:
+        """Series in an anomaly episode now (``all_kinds``: an episode of any kind)."""
+        return self.scorer.open_series(all_kinds=all_kinds)
 
     def series(self) -> frozenset[str]:
         return self.store.series() | self.scorer.series()

@@ -236,9 +236,15 @@ class Scorer:
             expected=self._expected(e.row, named[: self.top_k], parts, windows),
         )
 
-    def open_series(self) -> frozenset[str]:
-        """Series in an alert episode now (of any kind)."""
+    def open_series(self, *, all_kinds: bool = False) -> frozenset[str]:
+        """Series in an anomaly episode now; with ``all_kinds``, in an episode of any kind.
+
+        The retraining reservoir keeps the windows of series not in an anomaly episode: a
+        regime change puts values out of the training range, and those windows are the new
+        normal it must learn. What is pinned for replay is every kind's episodes."""
         opened = frozenset(self._episodes.open_series())
+        if not all_kinds:
+            return opened
         if self.quality is not None:
             opened = opened.union(*self.quality.open_series().values())
         if self.stale is not None:

@@ -358,7 +358,7 @@ class Service:
                 printable(sid),
                 self._watermark.partition_of(sid),
             )
-        still_open = self.live.open_series() if alerts else frozenset()
+        still_open = self.live.open_series(all_kinds=True) if alerts else frozenset()
         for a in alerts:
             if a.event == "open":
                 self._watermark.episode_opened(a.series_id)
