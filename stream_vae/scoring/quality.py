@@ -162,6 +162,8 @@ class QualityMonitor:
         any_flat = flat.any(axis=1)
         hot = np.zeros(len(keys))
         runs = self._flat_runs
+        if not runs and not any_flat.any():  # the usual batch: nothing flat, no run going
+            return []
         for i, k in enumerate(keys):  # in order: a run of flat windows is per series
             if any_flat[i]:
                 runs[k] = runs.get(k, 0) + 1

@@ -83,6 +83,7 @@ class Scorer:
         self.hybrid = hybrid
         self.threshold = threshold
         self.feature_names = tuple(feature_names)
+        self._feature_index = {f: i for i, f in enumerate(self.feature_names)}
         self.model_version = model_version
         self.ema_beta = ema_beta
         self.hysteresis = hysteresis
@@ -208,7 +209,7 @@ class Scorer:
         """(feature, observed, expected) of the row's newest point, for its top features."""
         if parts.expected is None or windows is None:
             return ()
-        index = {f: i for i, f in enumerate(self.feature_names)}
+        index = self._feature_index
         return tuple(
             (f, float(windows[row, -1, index[f]]), float(parts.expected[row, index[f]]))
             for f, _ in top
