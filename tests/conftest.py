@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,18 @@ lr = 0.005
 [scoring]
 target_fpr = 0.01
 """
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """The CLI configures logging for its process (a handler on the root logger bound to this
+    test's stderr, levels): each test gets the logging the one before it found."""
+    root, client = logging.getLogger(), logging.getLogger("aiokafka")
+    handlers, level, client_level = list(root.handlers), root.level, client.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    client.setLevel(client_level)
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ def test_cli_score_imputes_missing_values_with_the_model(tiny: TinyModel, tmp_pa
         w.writerows(rows)
     out, filled = tmp_path / "scores.csv", tmp_path / "filled.csv"
     args = ["score", "--model", str(tiny.model_dir), "--data", str(data), "--out", str(out)]
-    assert main(args) == 2  # a missing value is refused unless asked to impute
+    assert main(args) == 65  # a missing value is refused unless asked to impute
     assert main([*args, "--impute", str(filled)]) == 0
     with filled.open() as fh:
         back = {(r["series_id"], float(r["ts"])): r for r in csv.DictReader(fh)}
@@ -220,7 +220,7 @@ def test_cli_bad_training_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
 ) -> None:
     f = _write(tmp_path / "d.csv", content)
-    assert main(["train", "--data", str(f), "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    assert main(["train", "--data", str(f), "--out", str(tmp_path / "m"), "--no-progress"]) == 65
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
 
@@ -250,7 +250,7 @@ def test_cli_score_wrong_feature_set(
                 str(tmp_path / "o.csv"),
             ]
         )
-        == 2
+        == 65
     )
     err = capsys.readouterr().err
     assert "missing ['" + names[-1] + "']" in err and "unknown ['volts']" in err
@@ -269,10 +269,10 @@ def test_cli_missing_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                 str(tmp_path / "o.csv"),
             ]
         )
-        == 2
+        == 66
     )
     assert "not a model directory" in capsys.readouterr().err
-    assert main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
+    assert main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 65
     assert "no such file" in capsys.readouterr().err
 
 
@@ -281,7 +281,7 @@ def test_cli_bad_config(
 ) -> None:
     monkeypatch.setenv("STREAM_VAE_WINDOW__SIZE", "1")
     f = _write(tmp_path / "d.csv", "series_id,ts,a\ns,1,2\n")
-    assert main(["train", "--data", str(f), "--out", str(tmp_path / "m")]) == 2
+    assert main(["train", "--data", str(f), "--out", str(tmp_path / "m")]) == 78
     err = capsys.readouterr().err
     assert err.startswith("error: window.size") and err.count("\n") == 1
 
@@ -360,7 +360,7 @@ def test_train_never_deletes_what_it_did_not_write(
     work = tmp_path / "work"
     work.mkdir()
     (work / "data.csv").write_text("keep me")
-    assert _train(tiny, work) == 2
+    assert _train(tiny, work) == 66
     assert "not empty and not a model directory" in capsys.readouterr().err
     assert sorted(p.name for p in work.iterdir()) == ["data.csv"]
     assert _train(tiny, work, "--force") == 0
@@ -368,7 +368,7 @@ def test_train_never_deletes_what_it_did_not_write(
     assert load_artifact(work).version == tiny.artifact.version  # same data, same seed
     # a file where the directory should be
     (tmp_path / "f").write_text("x")
-    assert _train(tiny, tmp_path / "f") == 2
+    assert _train(tiny, tmp_path / "f") == 66
     assert "not a directory" in capsys.readouterr().err and (tmp_path / "f").read_text() == "x"
 
 
@@ -461,7 +461,7 @@ def test_cli_unreadable_files_are_one_error_line_with_file_and_line(
         code = _score(tiny, f, tmp_path / "o.csv")
     else:
         code = main(["train", "--data", str(f), "--out", str(tmp_path / "m"), "--no-progress"])
-    assert code == 2
+    assert code == 65
     assert message in _one_error_line(capsys)
 
 
@@ -475,7 +475,7 @@ def test_cli_evaluate_names_a_non_utf8_file_of_an_smd_layout(
     ):
         (tmp_path / "smd" / sub).mkdir(parents=True)
         (tmp_path / "smd" / sub / "m-1.txt").write_bytes(text)
-    assert main(["evaluate", "smd", str(tmp_path / "smd"), "--out", str(tmp_path / "r")]) == 2
+    assert main(["evaluate", "smd", str(tmp_path / "smd"), "--out", str(tmp_path / "r")]) == 65
     assert "m-1.txt:3: not UTF-8 text (byte 0xe9)" in _one_error_line(capsys)
 
 
@@ -524,7 +524,7 @@ def test_cli_run_with_service_device_cuda_without_cuda_is_one_error_line(
     """`run` takes its device from settings: checked before Kafka is tried, as --device is."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("STREAM_VAE_SERVICE__DEVICE", "cuda")
-    assert main(["run", "--model", str(tiny.model_dir)]) == 2
+    assert main(["run", "--model", str(tiny.model_dir)]) == 78
     assert "service.device cuda: CUDA is not available" in _one_error_line(capsys)
 
 
@@ -534,7 +534,7 @@ def test_cli_train_refuses_absurd_values_at_their_line(
     """A 1e20 among readings near 1 trained a model with that sensor's std at 5e18."""
     rows = [f"s,{i},{i % 7},{1e20 if i == 150 else 1.0}" for i in range(400)]
     f = _write(tmp_path / "d.csv", "\n".join(["series_id,ts,a,b", *rows]) + "\n")
-    assert main(["train", "--data", str(f), "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    assert main(["train", "--data", str(f), "--out", str(tmp_path / "m"), "--no-progress"]) == 65
     assert "d.csv:152: column b: 1e+20 is out of range (|value| > 1e+15)" in _one_error_line(capsys)
 
 

@@ -182,7 +182,7 @@ def test_a_bad_setting_is_one_line_from_the_cli(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("STREAM_VAE_KAFKA__INPUT_PATTERN", "([")
-    assert main(["registry", "list"]) == 2
+    assert main(["registry", "list"]) == 78
     err = capsys.readouterr().err
     assert err.startswith("error: kafka.input_pattern: ") and err.count("\n") == 1
 
@@ -224,7 +224,7 @@ def test_a_secret_is_never_echoed(
         load_settings(env={"STREAM_VAE_KAFKA": f'{{"{key}": {value}}}'})
     assert fragment in str(err.value) and SECRET not in str(err.value)
     monkeypatch.chdir(tmp_path)
-    assert main(["--config", str(f), "registry", "list"]) == 2
+    assert main(["--config", str(f), "registry", "list"]) == 78
     out, err_text = capsys.readouterr()
     assert err_text.startswith("error: kafka.") and SECRET not in out + err_text
 

@@ -54,7 +54,7 @@ def test_replay_produces_contract_messages(
     topic = f"replay-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS", broker.bootstrap_servers)
     monkeypatch.setenv("STREAM_VAE_KAFKA__TOPIC_PARTITIONS", "3")
-    assert main(["replay", str(data), "--topic", topic, "--rate", "2000"]) == 0
+    assert main(["replay", "--data", str(data), "--topic", topic, "--rate", "2000"]) == 0
     assert f"replayed 30 records from {data} to {topic}" in capsys.readouterr().out
 
     k = load_settings().kafka
@@ -87,7 +87,7 @@ def test_replay_unreachable_kafka_is_one_line(
     data = tmp_path / "t.csv"
     data.write_text("series_id,ts,a\ns,1,2\n")
     monkeypatch.setenv("STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
-    assert main(["replay", str(data), "--topic", "x"]) == 2
+    assert main(["replay", str(data), "--topic", "x"]) == 75
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach Kafka at 127.0.0.1:1") and err.count("\n") == 1
 

@@ -286,7 +286,7 @@ def test_a_tampered_registry_file_is_one_error_line(
     }[name]
     path.write_bytes(content.replace(b"{v}", v.encode()))
     argv = {"list": ["list"], "rollback": ["rollback"], "promote": ["promote", v]}[action]
-    assert main(["registry", *argv, "--registry", str(tmp_path)]) == 2
+    assert main(["registry", *argv, "--registry", str(tmp_path)]) == 66
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and err.startswith("error: ")
     assert str(path) in err and fragment.format(f=path) in err, err
@@ -353,9 +353,9 @@ def test_cli(
     rc, out, _ = run("rollback", "--registry", str(root))
     assert rc == 0 and out == f"rolled back {arts[1].version} -> {arts[0].version}\n"
     rc, out, err = run("rollback", "--registry", str(root))
-    assert rc == 2 and out == "" and err.startswith("error: nothing to roll back to")
+    assert rc == 66 and out == "" and err.startswith("error: nothing to roll back to")
     rc, _, err = run("promote", "v-000000000000", "--registry", str(root))
-    assert rc == 2 and "unknown version" in err and len(err.splitlines()) == 1
+    assert rc == 66 and "unknown version" in err and len(err.splitlines()) == 1
     assert Registry(root).current() == arts[0].version
 
 
@@ -364,7 +364,7 @@ def test_cli_needs_a_registry(
 ) -> None:
     monkeypatch.delenv("STREAM_VAE_REGISTRY__ROOT", raising=False)
     monkeypatch.chdir(tmp_path)  # no stray settings file is picked up
-    assert main(["registry", "list"]) == 2
+    assert main(["registry", "list"]) == 78
     assert "error: no registry: pass --registry DIR" in capsys.readouterr().err
     monkeypatch.setenv("STREAM_VAE_REGISTRY__ROOT", str(tmp_path / "reg"))
     assert main(["registry", "list"]) == 0

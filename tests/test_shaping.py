@@ -188,5 +188,5 @@ def test_the_incidents_command_summarises_a_topic_dump(
     assert "3 episodes on 3 series, blaming temp, flow" in out
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"event": "open", "series_id": "a"}\nnot json\n')
-    assert main(["incidents", "--alerts", str(bad)]) == 2
+    assert main(["incidents", "--alerts", str(bad)]) == 65
     assert ":2: not a JSON object" in capsys.readouterr().err

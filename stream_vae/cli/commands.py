@@ -13,8 +13,8 @@ import torch
 from aiokafka.errors import KafkaError
 
 from .. import _json
-from ..config import Settings, load_settings
-from ..errors import ArtifactError, ConfigError, DataError, KafkaUnavailableError
+from ..config import Settings
+from ..errors import ArtifactError, ConfigError, DataError, KafkaUnavailableError, UsageError
 from ..runtime.impute import impute
 from ..runtime.live import DetectorOptions, LiveModel
 from ..scoring.scorer import ScoredBatch
@@ -23,10 +23,12 @@ from ..storage.tabular import Table, read_rows, read_table, write_imputed, write
 from ..training.build import MAX_TRAIN_ABS, train_artifact
 
 __all__ = [
+    "EXIT_REJECTED",
     "cmd_demo",
     "cmd_evaluate",
     "cmd_export",
     "cmd_generate",
+    "cmd_incidents",
     "cmd_registry",
     "cmd_replay",
     "cmd_retrain",
@@ -35,34 +37,35 @@ __all__ = [
     "cmd_train",
 ]
 
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config)
+# `retrain` ran, and the gate rejected its candidate: nothing was promoted (a CronJob shows it).
+EXIT_REJECTED = 3
 
 
 def _device(name: str, flag: str = "--device") -> str:
     """``--device`` (or the setting named by ``flag``) checked before any work: a device this
-    machine lacks is one error line, not a traceback from inside torch after the data is read."""
+    machine lacks is one error line, not a traceback from inside torch after the data is read
+    (a :class:`UsageError` for an option, a :class:`ConfigError` for a setting)."""
     if name == "auto":
         return name
+    error = UsageError if flag.startswith("-") else ConfigError
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"{flag} {name}: not a device (auto, cpu, cuda, cuda:1, mps)") from None
+        raise error(f"{flag} {name}: not a device (auto, cpu, cuda, cuda:1, mps)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
+            raise error(
                 f"{flag} {name}: CUDA is not available on this machine (torch "
                 f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}): use cpu or auto"
             )
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise ConfigError(f"{flag} {name}: this machine has {n} CUDA device(s)")
+            raise error(f"{flag} {name}: this machine has {n} CUDA device(s)")
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError(f"{flag} {name}: MPS is not available on this machine")
+            raise error(f"{flag} {name}: MPS is not available on this machine")
     elif dev.type != "cpu":
-        raise ConfigError(f"{flag} {name}: not supported (auto, cpu, cuda, cuda:1, mps)")
+        raise error(f"{flag} {name}: not supported (auto, cpu, cuda, cuda:1, mps)")
     return name
 
 
@@ -71,16 +74,15 @@ def _check_out(path: Path, *, directory: bool) -> None:
     once it is): a directory where a file goes or the reverse, or a file on the way to it."""
     if path.exists() and path.is_dir() != directory:
         what = "not a directory" if directory else "a directory"
-        raise ConfigError(f"--out {path}: exists and is {what}")
+        raise UsageError(f"--out {path}: exists and is {what}")
     for parent in path.parents:  # the nearest one that exists must be a directory
         if parent.exists():
             if not parent.is_dir():
-                raise ConfigError(f"--out {path}: {parent} is a file, not a directory")
+                raise UsageError(f"--out {path}: {parent} is a file, not a directory")
             return
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     device = _device(args.device)
     check_destination(args.out, force=args.force)  # before training, not after
     _check_out(args.out, directory=True)
@@ -114,9 +116,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     if args.batch < 1:
-        raise ConfigError("--batch must be ≥ 1")
+        raise UsageError("--batch must be ≥ 1")
     device = _device(args.device)
     _check_out(args.out, directory=False)
     art = load_artifact(args.model)
@@ -131,7 +133,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     live = LiveModel(
         art,
         DetectorOptions(device=device, backend=args.backend),
-        alerts=_settings(args).alerts,
+        alerts=settings.alerts,
     )
     rows: list[tuple[str, float, float, float, float, bool]] = []
     expected: list[np.ndarray] = []  # (n, d) per chunk, with --reconstruction
@@ -192,14 +194,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import signal
 
     from ..service import Service
 
-    settings = _settings(args)
-    _device(settings.service.device, "service.device")
+    _device(settings.service.device, "--device" if args.device else "service.device")
     torch.set_num_threads(settings.service.torch_threads)
     registry = _registry(args, settings, required=args.model is None)
     artifact = load_artifact(args.model) if args.model is not None else registry.load()
@@ -236,13 +237,12 @@ def _registry(args: argparse.Namespace, settings: Settings, *, required: bool) -
     return Registry(root)
 
 
-def cmd_retrain(args: argparse.Namespace) -> int:
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     """On demand (or from a CronJob): retrain on a file of recent normal telemetry, gate, and
     promote in the registry; running services swap to it within ``registry.poll_s``."""
     from ..lifecycle.job import run_job
     from ..lifecycle.policy import RetrainPolicy
 
-    settings = _settings(args)
     torch.set_num_threads(settings.retrain.torch_threads)
     registry = _registry(args, settings, required=True)
     live = registry.load()
@@ -258,17 +258,16 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     sample = policy.reservoir.sample()
     outcome = run_job(registry, sample, settings, trigger=args.trigger)
     print(_json.dumps(outcome).decode())
-    return 0
+    return 0 if outcome["event"] == "promoted" else EXIT_REJECTED
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from ..service.replay import replay
 
-    settings = _settings(args)
     if args.rate is not None and args.rate <= 0:
-        raise ConfigError("--rate must be > 0 messages per second")
+        raise UsageError("--rate must be > 0 messages per second")
     table = read_table(args.data, fmt=args.format)
     try:
         n = asyncio.run(replay(table, settings.kafka, args.topic, rate=args.rate))
@@ -281,7 +280,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_incidents(args: argparse.Namespace) -> int:
+def cmd_incidents(args: argparse.Namespace, settings: Settings) -> int:
     from .. import _json
     from ..scoring.digest import digest, format_digest
 
@@ -303,7 +302,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from ..storage.export import to_onnx, to_torchscript
 
     _check_out(args.out, directory=True)
@@ -324,7 +323,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from ..demo.synthetic import generate_fleet
 
     _check_out(args.out, directory=True)
@@ -351,9 +350,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """The fleet demo, or with ``--drift`` the model lifecycle demo (on the embedded broker)."""
-    settings = _settings(args)
     _device(args.device)
 
     def say(line: str) -> None:
@@ -381,18 +379,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
     from ..evaluation.datasets import QUICK_SERIES, read_labelled_csv, read_smd
     from ..evaluation.detectors import DEFAULT_DETECTORS, DETECTORS
     from ..evaluation.runner import evaluate_nab_to, evaluate_to
 
-    settings = _settings(args)
     detectors = args.detectors or list(DEFAULT_DETECTORS)
     unknown = sorted(set(detectors) - set(DETECTORS))
     if unknown:
-        raise ConfigError(f"unknown detectors {unknown}; choose from {sorted(DETECTORS)}")
+        raise UsageError(f"unknown detectors {unknown}; choose from {sorted(DETECTORS)}")
     _check_out(args.out, directory=True)
     logging.getLogger("stream_vae.evaluation").setLevel(logging.INFO)
     names = args.series or (QUICK_SERIES[args.kind] if args.quick else None)
@@ -430,12 +427,12 @@ def _check_text_inputs(kind: str, root: Path, names: Sequence[str] | None) -> No
                 read_rows(f)
 
 
-def cmd_registry(args: argparse.Namespace) -> int:
+def cmd_registry(args: argparse.Namespace, settings: Settings) -> int:
     """``registry list|add|promote|rollback`` on --registry or the registry.root setting."""
     from ..errors import RegistryError
     from ..storage.registry import Registry
 
-    root = args.registry or _settings(args).registry.root
+    root = args.registry or settings.registry.root
     if root is None:
         raise ConfigError(
             "no registry: pass --registry DIR or set registry.root (STREAM_VAE_REGISTRY__ROOT)"

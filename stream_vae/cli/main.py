@@ -1,31 +1,110 @@
-"""The ``stream-vae`` command.
+# PYTHON_ARGCOMPLETE_OK
+"""stream-vae: train a model on telemetry, score files, serve Kafka, from the command line.
 
-Every expected failure (bad settings, bad files, a model that does not fit the data) prints one
-``error: …`` line on stderr and exits with status 2; tracebacks are for bugs only.
+Argument parsing imports nothing heavy (``--help`` and ``--version`` never import torch); the
+settings are built once, here, and each command gets them. Every expected failure prints one
+``error: …`` line on stderr and exits with a status that names its kind (:data:`EXIT_CODES`);
+tracebacks are for bugs only.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from .. import __version__
 from ..errors import StreamVAEError
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "main"]
 
-log = logging.getLogger("stream_vae")
+# The exit statuses, after BSD sysexits.h (README "Exit codes"; tests/test_cli.py checks each).
+EXIT_CODES = {
+    0: "success",
+    2: "usage: an unknown option, or an option's value the command cannot use",
+    3: "retrain: the gate rejected the candidate (nothing was promoted)",
+    65: "bad data: a file or record that cannot be used (EX_DATAERR)",
+    66: "bad model or registry: missing, corrupt, or not fitting the data (EX_NOINPUT)",
+    75: "Kafka or the network unreachable: retriable (EX_TEMPFAIL)",
+    78: "bad configuration: a setting, the --config file, an environment key (EX_CONFIG)",
+    130: "interrupted (Ctrl-C)",
+}
+FORMATS = ["auto", "csv", "parquet", "smd"]
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where there is one to show (not ``None`` or a flag's ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default is None or default is False or default == "":
+            return text
+        if default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._VersionAction | argparse._HelpAction):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _epilog() -> str:
+    return "exit codes:\n" + "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
+
+
+def _globals(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    """The options every command takes, before or after its name. Given after it they win;
+    ``SUPPRESS`` on the subcommand keeps a value given before it."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        metavar="TOML",
+        help="settings file; STREAM_VAE_* environment variables win over it",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="log at INFO (the log.level setting wins)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stream-vae", description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, help="TOML settings file (env STREAM_VAE_* wins)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="stream-vae",
+        description=__doc__.splitlines()[0],
+        epilog=_epilog(),
+        formatter_class=_Help,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _globals(p, default=None)
+    common = argparse.ArgumentParser(add_help=False)
+    _globals(common, default=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="fit a model on normal telemetry")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=text, description=text, parents=[common], formatter_class=_Help
+        )
+
+    _model_commands(command)
+    _service_commands(command)
+    _offline_commands(command)
+    _registry_parser(command, common)
+    return p
+
+
+# (name, help) -> the subcommand's parser, with the global options
+_Command = Callable[[str, str], argparse.ArgumentParser]
+
+
+def _model_commands(command: _Command) -> None:
+    t = command("train", "fit a model on normal telemetry")
     t.add_argument("--data", required=True, type=Path, help="CSV/Parquet file, or SMD dir/file")
     t.add_argument("--out", required=True, type=Path, help="model directory to write")
     t.add_argument(
@@ -33,17 +112,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write into a non-empty directory that is not a model (nothing in it is deleted)",
     )
-    t.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
-    t.add_argument("--warm-start", type=Path, help="model directory to start from")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--format", default="auto", choices=FORMATS, help="format of --data")
+    t.add_argument("--warm-start", type=Path, metavar="MODEL", help="model directory to start from")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    t.add_argument("--no-progress", action="store_true", help="no per-epoch progress lines")
 
-    s = sub.add_parser("score", help="score a file through the streaming path")
-    s.add_argument("--model", required=True, type=Path)
-    s.add_argument("--data", required=True, type=Path)
+    s = command("score", "score a file through the streaming path")
+    s.add_argument("--model", required=True, type=Path, help="model directory")
+    s.add_argument("--data", required=True, type=Path, help="CSV/Parquet file, or SMD dir/file")
     s.add_argument("--out", required=True, type=Path, help="scores CSV to write")
-    s.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
-    s.add_argument("--device", default="auto")
+    s.add_argument("--format", default="auto", choices=FORMATS, help="format of --data")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    s.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="onnx: ONNX Runtime on the CPU (stream-vae[onnx])",
+    )
     s.add_argument("--batch", type=int, default=2048, help="records per micro-batch")
     s.add_argument(
         "--reconstruction",
@@ -57,33 +142,51 @@ def _parser() -> argparse.ArgumentParser:
         help="accept missing values (empty or nan cells) and write the data to FILE with them "
         "filled by the model, flagged in an `imputed` column",
     )
-    s.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "onnx"],
-        help="onnx: ONNX Runtime on the CPU (stream-vae[onnx])",
-    )
 
-    i = sub.add_parser(
-        "incidents", help="summarise alert messages: kinds, incidents, recurring anomalies"
-    )
-    i.add_argument(
-        "--alerts", required=True, type=Path, help="alert messages, one JSON object per line"
-    )
-    i.add_argument("--top", type=int, default=5, help="series and kinds listed")
-
-    e = sub.add_parser("export", help="export a model to TorchScript and/or ONNX")
-    e.add_argument("--model", required=True, type=Path)
+    e = command("export", "export a model to TorchScript and/or ONNX")
+    e.add_argument("--model", required=True, type=Path, help="model directory")
     e.add_argument("--out", required=True, type=Path, help="directory for the exported files")
-    e.add_argument("--to", default="all", choices=["all", "torchscript", "onnx"])
+    e.add_argument(
+        "--to", default="all", choices=["all", "torchscript", "onnx"], help="which formats"
+    )
 
-    d = sub.add_parser("demo", help="train on a generated fleet and stream its future (offline)")
-    d.add_argument("--series", type=int, default=20)
-    d.add_argument("--features", type=int, default=8)
-    d.add_argument("--steps", type=int, default=1600)
-    d.add_argument("--epochs", type=int, default=20)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="auto")
+    rt = command("retrain", "warm-start retrain from the registry's current model, gate, promote")
+    rt.add_argument("--data", required=True, type=Path, help="recent normal telemetry")
+    rt.add_argument("--format", default="auto", choices=FORMATS, help="format of --data")
+    rt.add_argument("--registry", type=Path, help="registry directory (default: registry.root)")
+    rt.add_argument(
+        "--trigger",
+        default="manual",
+        choices=["manual", "schedule"],
+        help="recorded in the registry's history",
+    )
+
+
+def _service_commands(command: _Command) -> None:
+    u = command("run", "the streaming service: Kafka in, alerts out")
+    u.add_argument("--model", type=Path, help="model directory (default: the registry's current)")
+    u.add_argument("--registry", type=Path, help="registry directory (default: registry.root)")
+    u.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default: service.device)")
+    u.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        help="onnx: ONNX Runtime on the CPU, stream-vae[onnx] (default: service.backend)",
+    )
+
+    r = command("replay", "produce a CSV/Parquet/SMD file to a Kafka topic")
+    r.add_argument("--data", type=Path, help="CSV/Parquet file, or SMD dir/file")
+    r.add_argument("legacy_data", nargs="?", type=Path, help=argparse.SUPPRESS)  # before 0.2
+    r.add_argument("--topic", required=True, help="topic to produce to")
+    r.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
+    r.add_argument("--format", default="auto", choices=FORMATS, help="format of --data")
+
+    d = command("demo", "train on a generated fleet and stream its future (embedded broker)")
+    d.add_argument("--series", type=int, default=20, help="machines in the fleet")
+    d.add_argument("--features", type=int, default=8, help="channels per machine")
+    d.add_argument("--steps", type=int, default=1600, help="points per machine")
+    d.add_argument("--epochs", type=int, default=20, help="training epochs")
+    d.add_argument("--seed", type=int, default=0, help="seeds the fleet and the training")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     d.add_argument("--rate", type=float, default=4000.0, help="records/s streamed into Kafka")
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="where the plot goes")
     d.add_argument(
@@ -92,23 +195,15 @@ def _parser() -> argparse.ArgumentParser:
         help="the model lifecycle instead: a regime change → drift → retrain → gate → swap",
     )
 
-    u = sub.add_parser("run", help="the streaming service: Kafka in, alerts out")
-    u.add_argument("--model", type=Path, help="model directory (default: the registry's current)")
-    u.add_argument("--registry", type=Path, help="registry directory (default: registry.root)")
 
-    rt = sub.add_parser("retrain", help="warm-start retrain from the registry's current model")
-    rt.add_argument("--data", required=True, type=Path, help="recent normal telemetry")
-    rt.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
-    rt.add_argument("--registry", type=Path, help="registry directory (default: registry.root)")
-    rt.add_argument("--trigger", default="manual", choices=["manual", "schedule"])
+def _offline_commands(command: _Command) -> None:
+    i = command("incidents", "summarise alert messages: kinds, incidents, recurring anomalies")
+    i.add_argument(
+        "--alerts", required=True, type=Path, help="alert messages, one JSON object per line"
+    )
+    i.add_argument("--top", type=int, default=5, help="series and kinds listed")
 
-    r = sub.add_parser("replay", help="produce a CSV/Parquet/SMD file to a Kafka topic")
-    r.add_argument("data", type=Path)
-    r.add_argument("--topic", required=True)
-    r.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
-    r.add_argument("--format", default="auto", choices=["auto", "csv", "parquet", "smd"])
-
-    v = sub.add_parser("evaluate", help="detection quality on labelled data, with baselines")
+    v = command("evaluate", "detection quality on labelled data, with baselines")
     v.add_argument("kind", choices=["nab", "smd", "csv"], help="data layout (see docs/results.md)")
     v.add_argument("path", type=Path, help="NAB or SMD root directory, or a labelled CSV file")
     v.add_argument("--out", required=True, type=Path, help="directory for the report")
@@ -116,52 +211,95 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--series", nargs="+", help="only these series (SMD names, NAB files)")
     v.add_argument("--quick", action="store_true", help="a few series (the CI regression run)")
     v.add_argument("--label-column", default="label", help="csv: the 0/1 label column")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0, help="seeds training and the baselines")
 
-    g = sub.add_parser("generate", help="write a synthetic labelled fleet as CSV files")
+    g = command("generate", "write a synthetic labelled fleet as CSV files")
     g.add_argument("--out", required=True, type=Path, help="directory for train.csv, test.csv")
-    g.add_argument("--series", type=int, default=20)
-    g.add_argument("--features", type=int, default=8)
-    g.add_argument("--steps", type=int, default=2000)
-    g.add_argument("--seed", type=int, default=0)
-
-    _registry_parser(sub)
-    return p
+    g.add_argument("--series", type=int, default=20, help="machines in the fleet")
+    g.add_argument("--features", type=int, default=8, help="channels per machine")
+    g.add_argument("--steps", type=int, default=2000, help="points per machine")
+    g.add_argument("--seed", type=int, default=0, help="seeds the fleet")
 
 
-def _registry_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    rg = sub.add_parser("registry", help="model versions: list, add, promote, rollback")
+def _registry_parser(command: _Command, common: argparse.ArgumentParser) -> None:
+    rg = command("registry", "model versions: list, add, promote, rollback")
     where = "registry directory (default: the registry.root setting)"
     rg.add_argument("--registry", type=Path, help=where)
     # also accepted after the action; SUPPRESS keeps a value given before it
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help=where)
-    acts = rg.add_subparsers(dest="registry_command", required=True)
-    acts.add_parser("list", parents=[common], help="versions, oldest first; * marks the current")
-    a = acts.add_parser("add", parents=[common], help="publish a model directory")
-    a.add_argument("model_dir", type=Path)
+    local = argparse.ArgumentParser(add_help=False)
+    local.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help=where)
+    acts = rg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        return acts.add_parser(
+            name, help=text, description=text, parents=[common, local], formatter_class=_Help
+        )
+
+    action("list", "versions, oldest first; * marks the current")
+    a = action("add", "publish a model directory")
+    a.add_argument("model_dir", type=Path, help="model directory")
     a.add_argument("--promote", action="store_true", help="and make it current")
     a.add_argument("--reason", default="", help="recorded in the history when promoting")
-    pr = acts.add_parser("promote", parents=[common], help="make a published version current")
-    pr.add_argument("version")
+    pr = action("promote", "make a published version current")
+    pr.add_argument("version", help="a version `registry list` shows")
     pr.add_argument("--reason", default="", help="recorded in the history")
-    rb = acts.add_parser("rollback", parents=[common], help="back to the previous promotion")
+    rb = action("rollback", "back to the previous promotion")
     rb.add_argument("--reason", default="", help="recorded in the history")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from . import commands  # heavy imports (torch) only after the arguments parse
-
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion where argcomplete is installed (``stream-vae[completion]``; then
+    ``eval "$(register-python-argcomplete stream-vae)"``); a no-op otherwise."""
     try:
-        return int(getattr(commands, f"cmd_{args.command}")(args))
+        argcomplete = importlib.import_module("argcomplete")
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings given as options: ``run --device/--backend`` are ``service.device/backend``."""
+    if args.command != "run":
+        return {}
+    service = {k: getattr(args, k) for k in ("device", "backend") if getattr(args, k)}
+    return {"service": service} if service else {}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _parser()
+    _complete(parser)
+    args = parser.parse_args(argv)
+    if args.command == "replay":
+        if (args.data is None) == (args.legacy_data is None):
+            parser.error("replay: give the file once, as --data FILE")
+        args.data = args.data or args.legacy_data
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    from ..config import load_settings
+    from ..logs import configure_logging
+
+    json_logs = False
+    try:
+        settings = load_settings(args.config, **_overrides(args))
+        json_logs = settings.log.format == "json"
+        level = "INFO" if args.verbose or args.command == "run" else "WARNING"
+        configure_logging(settings.log, default_level=level)
+        if args.command != "run" and settings.log.level is None:
+            # A one-shot command reports an unreachable broker in its one error line; the
+            # client's own reconnect lines would come first and bury it.
+            logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        from . import commands  # heavy imports (torch) only once the arguments parse
+
+        return int(getattr(commands, f"cmd_{args.command}")(args, settings))
     except StreamVAEError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if json_logs:  # stderr stays one JSON object per line for the log pipeline
+            logging.getLogger("stream_vae").error("%s", exc, extra={"exit_code": exc.exit_code})
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,8 +4,9 @@
   the network, how the score is formed and calibrated. Fixed at training and stored in the
   artifact; a deployment serves a model as it was validated.
 - **Training's** (``train``, ``retrain``): how a model is fitted and when it is retrained.
-- **The deployment's** (``service``, ``alerts``, ``kafka``, ``drift``, ``registry``): bounds,
-  threads, devices, episode shaping, topics. Changing them never needs a new model.
+- **The deployment's** (``service``, ``alerts``, ``kafka``, ``drift``, ``registry``, ``log``):
+  bounds, threads, devices, episode shaping, topics, log lines. Changing them never needs a
+  new model.
 - **The evaluation's** (``evaluation``): the per-row stage NAB scores, off the product's path.
 
 Built once in the entry point (:func:`load_settings`), frozen, and handed out slice by slice: each
@@ -45,6 +46,7 @@ from .deployment import (
     AlertSettings,
     DriftSettings,
     KafkaSettings,
+    LogSettings,
     RegistrySettings,
     ServiceSettings,
 )
@@ -57,6 +59,7 @@ __all__ = [
     "DriftSettings",
     "EvaluationSettings",
     "KafkaSettings",
+    "LogSettings",
     "ModelSettings",
     "ModelSpec",
     "RegistrySettings",
@@ -94,6 +97,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     drift: DriftSettings = DriftSettings()
     registry: RegistrySettings = RegistrySettings()
+    log: LogSettings = LogSettings()
     # the evaluation's
     evaluation: EvaluationSettings = EvaluationSettings()
 

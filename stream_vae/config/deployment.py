@@ -15,6 +15,7 @@ __all__ = [
     "AlertSettings",
     "DriftSettings",
     "KafkaSettings",
+    "LogSettings",
     "RegistrySettings",
     "ServiceSettings",
 ]
@@ -73,6 +74,24 @@ class ServiceSettings(BaseModel):
     # optional torch.compile. fp32 is the reference of the parity bound (docs/operations.md).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
+
+
+class LogSettings(BaseModel):
+    """The process's log lines (see :mod:`stream_vae.logs`)."""
+
+    model_config = FROZEN
+
+    # None: the command's own default (INFO for `run`, the service; WARNING for one-shot
+    # commands, whose output is what they print). `-v` on the command line means INFO.
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = None
+    # json: one object per line (ts, level, logger, message and, where they apply, series,
+    # topic, partition, offset, model_version) for log pipelines; text: for a terminal.
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
 
 
 class AlertSettings(BaseModel):

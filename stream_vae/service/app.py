@@ -42,6 +42,7 @@ from ..config import Settings
 from ..core.state import StateRegistry
 from ..core.windows import ReadyWindows, WindowStore
 from ..errors import ArtifactError, ConfigError
+from ..logs import printable
 from ..runtime.live import LiveModel
 from ..scoring.alerts import Alert
 from ..scoring.scorer import ScoredBatch
@@ -54,7 +55,7 @@ from .lifecycle import Lifecycle
 from .metrics import ServiceMetrics
 from .offsets import ReplayWatermark
 from .sink import KafkaSink
-from .source import KafkaSource, SourceBatch, printable
+from .source import KafkaSource, SourceBatch
 
 __all__ = ["Service"]
 
@@ -176,6 +177,7 @@ class Service:
                 "stream-vae %s consuming %s",
                 self.live.version,
                 k.input_pattern or list(k.input_topics),
+                extra={"model_version": self.live.version},
             )
             self.metrics.set_ready(True)
             probe = asyncio.create_task(self._probe_broker(consumer))
@@ -288,6 +290,12 @@ class Service:
                 a.alert_id,
                 a.score,
                 a.model_version,
+                extra={
+                    "series": a.series_id,
+                    "event": a.event,
+                    "alert_id": a.alert_id,
+                    "model_version": a.model_version,
+                },
             )
 
     async def _infer(self, batch: SourceBatch) -> tuple[ReadyWindows, ScoredBatch, float]:
@@ -357,6 +365,7 @@ class Service:
                 "(check the producer's key); its state follows the newest partition",
                 printable(sid),
                 self._watermark.partition_of(sid),
+                extra={"series": sid, "partition": self._watermark.partition_of(sid)},
             )
         still_open = self.live.open_series(all_kinds=True) if alerts else frozenset()
         for a in alerts:
@@ -390,7 +399,13 @@ class Service:
             return ()
         self.metrics.set_model_version(swap.artifact.version)
         self.lifecycle.swapped(old, swap.artifact.version, len(closed))
-        log.info("model %s → %s (%d episodes closed)", old, swap.artifact.version, len(closed))
+        log.info(
+            "model %s → %s (%d episodes closed)",
+            old,
+            swap.artifact.version,
+            len(closed),
+            extra={"model_version": swap.artifact.version},
+        )
         return closed
 
     def _record(

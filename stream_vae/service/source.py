@@ -27,7 +27,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from ..core.records import Record, RecordBatch, RecordDecoder
 from ..errors import RecordError
 
-__all__ = ["DeadLetter", "KafkaSource", "SourceBatch", "printable"]
+__all__ = ["DeadLetter", "KafkaSource", "SourceBatch"]
 
 log = logging.getLogger(__name__)
 
@@ -237,16 +237,3 @@ class _Collect:
             tuple(self.offsets),
             np.asarray(self.append_ts, dtype=np.float64),
         )
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """``text`` for a log line: control characters escaped (a series id with a newline cannot
-    forge a log line), cut to ``limit`` characters.
-
-    >>> printable("m-1\\nERROR fake")
-    'm-1\\\\nERROR fake'
-    """
-    if text.isprintable() and len(text) <= limit:
-        return text
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return out + ("…" if len(text) > limit else "")
