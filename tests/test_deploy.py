@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -34,7 +36,7 @@ METRICS_PORT = 9108
 # Labels Prometheus adds to every scraped series (compose's relabelling adds `service`), and the
 # histogram bucket label; a `by (...)` may group on these besides the metric's own labels.
 TARGET_LABELS = frozenset({"instance", "job", "service", "le"})
-METRIC_REF = re.compile(r"\bstream_vae_[a-z0-9_]+\b")
+METRIC_REF = re.compile(r"\b(?:stream_vae|process)_[a-z0-9_]+\b")
 SETTING_KEY = re.compile(r"^STREAM_VAE_[A-Z0-9_]+$")
 
 
@@ -54,22 +56,124 @@ def _doc(path: Path) -> Any:
     return only
 
 
-@cache
-def _k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
-    """Every Kubernetes object in deploy/k8s, by (kind, name); the kustomization excluded."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        for doc in _docs(path):
-            if doc["kind"] == "Kustomization":
-                continue
+VARIANTS = ("cpu", "gpu", "cpu+strimzi", "gpu+strimzi")
+
+
+def _merge(base: Any, patch: Any, path: str = "") -> Any:
+    """A strategic merge patch, for what deploy/k8s patches: maps merge (``None`` deletes a key),
+    lists of containers, env, volumes merge by ``name`` and volume mounts by ``mountPath``
+    (Kubernetes' merge keys); any other list is replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = _merge(base.get(key), value, f"{path}/{key}") if key in base else value
+        return out
+    key = {"containers": "name", "env": "name", "volumes": "name", "volumeMounts": "mountPath"}
+    merge_key = key.get(path.rsplit("/", 1)[-1])
+    if isinstance(base, list) and isinstance(patch, list) and merge_key:
+        by_key = {item[merge_key]: item for item in base}
+        added = []
+        for item in patch:
+            if item[merge_key] in by_key:
+                by_key[item[merge_key]] = _merge(by_key[item[merge_key]], item, path)
+            else:
+                added.append(item)
+        return added + list(by_key.values())  # kustomize puts new items first
+    return patch
+
+
+def _json_patch(obj: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 ``replace`` and ``add``, the ops deploy/k8s uses."""
+    out = json.loads(json.dumps(obj))
+    for op in ops:
+        *parents, last = op["path"].strip("/").split("/")
+        target = out
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        assert op["op"] in ("replace", "add"), op
+        if isinstance(target, list):
+            target[int(last)] = op["value"]
+        else:
+            assert op["op"] == "add" or last in target, op["path"]
+            target[last] = op["value"]
+    return out
+
+
+Objects = dict[tuple[str, str], dict[str, Any]]
+
+
+def _kustomize(root: Path, extra_components: tuple[str, ...] = ()) -> Objects:
+    """What `kubectl kustomize root` gives, for the features deploy/k8s uses: resources (files
+    and directories), components, patches (strategic merge and JSON 6902), labels (metadata
+    only) and images; `test_the_variants_build_as_kubectl_builds_them` holds it to kubectl."""
+    kust = _doc(root / "kustomization.yaml")
+    objs: Objects = {}
+    for resource in kust.get("resources", []):
+        path = root / resource
+        docs = list(_kustomize(path).values()) if path.is_dir() else _docs(path)
+        for doc in docs:
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in objs, f"{key} defined twice"
+            objs[key] = doc
+    for component in [*kust.get("components", []), *extra_components]:
+        objs = _apply(root / component, _kustomize_resources(root / component, objs))
+    objs = _apply(root, objs)
+    for pairs in kust.get("labels", []):
+        for key, doc in objs.items():
+            labels = doc["metadata"].get("labels", {})
+            objs[key] = _merge(doc, {"metadata": {"labels": {**labels, **pairs["pairs"]}}})
+    for image in kust.get("images", []):
+        for doc in objs.values():
+            if doc["kind"] in ("Deployment", "CronJob"):
+                pod = _pod_spec(doc)
+                for c in pod["containers"]:
+                    if c["image"].split(":")[0] == image["name"]:
+                        c["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
+    return objs
+
+
+def _kustomize_resources(component: Path, objs: Objects) -> Objects:
+    out = dict(objs)
+    for resource in _doc(component / "kustomization.yaml").get("resources", []):
+        for doc in _docs(component / resource):
             key = (doc["kind"], doc["metadata"]["name"])
             assert key not in out, f"{key} defined twice"
             out[key] = doc
     return out
 
 
-def _k8s(kind: str, name: str = "stream-vae") -> dict[str, Any]:
-    return _k8s_objects()[(kind, name)]
+def _apply(root: Path, objs: Objects) -> Objects:
+    """The patches of the kustomization (or component) in ``root``."""
+    out = dict(objs)
+    for patch in _doc(root / "kustomization.yaml").get("patches", []):
+        body = yaml.safe_load(patch["patch"]) if "patch" in patch else _doc(root / patch["path"])
+        if isinstance(body, list):  # JSON 6902, on its target
+            target = patch["target"]
+            key = (target["kind"], target["name"])
+            out[key] = _json_patch(out[key], body)
+        else:
+            key = (body["kind"], body["metadata"]["name"])
+            out[key] = _merge(out[key], body)
+    return out
+
+
+@cache
+def _k8s_objects(variant: str) -> Objects:
+    """Every Kubernetes object a variant applies (``cpu``, ``gpu``, ``…+strimzi``), by (kind,
+    name); ``k8s/base/secret.yaml`` (a template, not applied) too, unless Strimzi replaces it."""
+    name, _, component = variant.partition("+")
+    objs = _kustomize(K8S / name, (f"../{component}",) if component else ())
+    if not component:
+        secret = _doc(K8S / "base" / "secret.yaml")
+        objs[("Secret", secret["metadata"]["name"])] = secret
+    return objs
+
+
+def _k8s(kind: str, name: str = "stream-vae", variant: str = "gpu") -> dict[str, Any]:
+    return _k8s_objects(variant)[(kind, name)]
 
 
 @cache
@@ -97,6 +201,7 @@ def _exercised_metrics() -> ServiceMetrics:
     m.add_model_event("promoted")
     m.set_reservoir_windows(10)
     m.set_retraining(False)
+    m.set_series_held(5)
     m.observe_raw_scores([0.5, 2.0])
     return m
 
@@ -175,22 +280,68 @@ def test_deploy_files_parse() -> None:
     assert {
         "compose.yaml",
         "prometheus/prometheus.yml",
-        "k8s/kustomization.yaml",
-        "k8s/deployment.yaml",
+        "k8s/base/kustomization.yaml",
+        "k8s/base/deployment.yaml",
+        "k8s/cpu/kustomization.yaml",
+        "k8s/gpu/kustomization.yaml",
+        "k8s/strimzi/kustomization.yaml",
     } <= names
     for path in files:
         assert _docs(path), f"{path} is empty"
     assert json.loads(DASHBOARD.read_text())["panels"]
 
 
-def test_kustomization_lists_existing_files() -> None:
-    kust = _doc(K8S / "kustomization.yaml")
-    for resource in kust["resources"]:
-        assert (K8S / resource).is_file(), resource
+def test_kustomizations_list_existing_files() -> None:
+    for root in ("base", "cpu", "gpu", "strimzi"):
+        kust = _doc(K8S / root / "kustomization.yaml")
+        for resource in [*kust.get("resources", []), *kust.get("components", [])]:
+            assert (K8S / root / resource).exists(), f"{root}: {resource}"
+        for patch in kust.get("patches", []):
+            assert "patch" in patch or (K8S / root / patch["path"]).is_file(), f"{root}: {patch}"
     # The Secret is a template with a placeholder: never applied by `kubectl apply -k`.
-    assert "secret.yaml" not in kust["resources"]
+    assert "secret.yaml" not in _doc(K8S / "base" / "kustomization.yaml")["resources"]
     secret = _k8s("Secret", "stream-vae-kafka")
     assert "PLACEHOLDER" in secret["stringData"]["sasl-password"]
+    for variant in ("cpu", "gpu"):  # Strimzi is opt-in: its component is commented out
+        assert "components" not in _doc(K8S / variant / "kustomization.yaml")
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_variants_build_as_kubectl_builds_them(variant: str, tmp_path: Path) -> None:
+    """The tests read deploy/k8s through `_kustomize`; where kubectl is at hand, its build of
+    each variant must be the same objects."""
+    name, _, component = variant.partition("+")
+    shutil.copytree(K8S, tmp_path / "k8s")
+    if component:
+        kust = tmp_path / "k8s" / name / "kustomization.yaml"
+        kust.write_text(kust.read_text() + f"\ncomponents:\n  - ../{component}\n")
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path / "k8s" / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(done.stdout)}
+    ours = {k: v for k, v in _k8s_objects(variant).items() if k != ("Secret", "stream-vae-kafka")}
+    assert built.keys() == ours.keys()
+    for key, obj in built.items():
+        assert _by_name(obj) == _by_name(ours[key]), key
+
+
+def _by_name(obj: Any) -> Any:
+    """Lists of named items as maps, so that only what kustomize leaves unordered may differ."""
+    if isinstance(obj, dict):
+        return {k: _by_name(v) for k, v in obj.items()}
+    dicts = isinstance(obj, list) and all(isinstance(x, dict) for x in obj)
+    names = [x.get("name") for x in obj] if dicts else []
+    if names and None not in names and len(set(names)) == len(obj):
+        return {x["name"]: _by_name(x) for x in obj}
+    if isinstance(obj, list):
+        return [_by_name(x) for x in obj]
+    return obj
 
 
 # -- metrics: the dashboard, Prometheus and KEDA name what the service exports ------------------
@@ -209,7 +360,7 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     exported = _exported()
     for title, expr in _dashboard_exprs():
         refs = set(METRIC_REF.findall(expr))
-        assert refs, f"panel {title!r} queries no stream_vae metric: {expr}"
+        assert refs, f"panel {title!r} queries no metric of the service: {expr}"
         unknown = refs - exported.keys()
         assert not unknown, (
             f"panel {title!r} queries metrics the service does not export: {unknown}"
@@ -254,17 +405,55 @@ def test_dashboard_has_the_operational_panels() -> None:
         ), f"no end-to-end p{q} panel"
 
 
-def test_dashboard_uses_the_provisioned_datasource() -> None:
+def test_dashboard_takes_its_datasource_replicas_and_partitions_as_variables() -> None:
+    """No hard-coded datasource uid: a variable, which the provisioned one satisfies."""
     (source,) = _doc(DEPLOY / "grafana/provisioning/datasources/prometheus.yaml")["datasources"]
     dash = json.loads(DASHBOARD.read_text())
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == source["type"] == "prometheus"
+    for name, metric in (
+        ("instance", "stream_vae_ready"),
+        ("partition", "stream_vae_consumer_lag"),
+    ):
+        assert variables[name]["query"]["query"] == f"label_values({metric}, {name})"
+        assert variables[name]["includeAll"] and variables[name]["multi"]
+        assert name in _exported()[metric] | TARGET_LABELS
     for panel in dash["panels"]:
-        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            assert target.get("datasource", panel["datasource"])["uid"] == "${datasource}"
     # The provider's path is where compose mounts deploy/grafana/dashboards.
     (provider,) = _doc(DEPLOY / "grafana/provisioning/dashboards/stream-vae.yaml")["providers"]
     mounts = _compose()["services"]["grafana"]["volumes"]
     assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
+
+
+def test_dashboard_queries_follow_the_variables_and_the_scrape_interval() -> None:
+    for title, expr in _dashboard_exprs():
+        # every range of a rate() is Grafana's, so it holds at any scrape interval and zoom
+        for window in re.findall(r"\brate\([^\[]*\[([^\]]+)\]", expr):
+            assert window == "$__rate_interval", f"{title!r}: rate over [{window}]"
+        for name, selector in re.findall(
+            r"\b((?:stream_vae|process)_[a-z0-9_]+)(\{[^}]*\})?", expr
+        ):
+            assert 'instance=~"$instance"' in selector, f"{title!r}: {name} ignores $instance"
+            if name == "stream_vae_consumer_lag":
+                assert 'partition=~"$partition"' in selector, title
+
+
+def test_dashboard_shows_the_process_and_the_series_held() -> None:
+    used = {ref for _, expr in _dashboard_exprs() for ref in METRIC_REF.findall(expr)}
+    exported = _exported()
+    for name in (
+        "stream_vae_series_held",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ):
+        assert name in used, f"no panel shows {name}"
+        assert name in exported, f"the service does not export {name}"
 
 
 def test_prometheus_scrapes_the_service() -> None:
@@ -297,12 +486,13 @@ def _all_setting_keys() -> Iterator[tuple[str, str]]:
     for name, svc in _compose()["services"].items():
         for key in svc.get("environment", {}):
             yield f"compose:{name}", key
-    for key in _k8s("ConfigMap")["data"]:
-        yield "configmap", key
-    for kind, name in (("Deployment", "stream-vae"), ("CronJob", "stream-vae-retrain")):
-        for container in _pod_spec(_k8s(kind, name))["containers"]:
-            for var in container.get("env", []):
-                yield f"{kind}/{name}", var["name"]
+    for variant in VARIANTS:
+        for key in _k8s("ConfigMap", variant=variant)["data"]:
+            yield f"{variant}: configmap", key
+        for kind, name in (("Deployment", "stream-vae"), ("CronJob", "stream-vae-retrain")):
+            for container in _pod_spec(_k8s(kind, name, variant))["containers"]:
+                for var in container.get("env", []):
+                    yield f"{variant}: {kind}/{name}", var["name"]
     for dockerfile in DOCKERFILES:
         for instruction, args in _instructions(dockerfile):
             if instruction == "ENV":
@@ -330,20 +520,30 @@ def test_compose_service_settings_validate() -> None:
     assert s.service.metrics_port == METRICS_PORT
 
 
-def test_k8s_settings_validate_with_the_secret() -> None:
-    """The ConfigMap plus the Secret's values, as the pod sees them, make valid settings."""
+def _pod_env(variant: str) -> dict[str, str]:
+    """The scorer's environment as its pod sees it: the ConfigMap, then the container's own
+    variables (a Secret's value: the template's, or a stand-in for what Strimzi creates)."""
     secret = _k8s("Secret", "stream-vae-kafka")["stringData"]
-    (container,) = _pod_spec(_k8s("Deployment"))["containers"]
-    env = dict(_k8s("ConfigMap")["data"])
-    for var in container["env"]:
-        ref = var["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == "stream-vae-kafka"
-        env[var["name"]] = secret[ref["key"]]
-    s = load_settings(env=env)
+    (container,) = _pod_spec(_k8s("Deployment", variant=variant))["containers"]
+    env = dict(_k8s("ConfigMap", variant=variant)["data"])
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        env[var["name"]] = var["value"] if ref is None else secret.get(ref["key"], "from-strimzi")
+    return env
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k8s_settings_validate_with_the_secret(variant: str) -> None:
+    """The ConfigMap plus the pod's variables, as the pod sees them, make valid settings."""
+    s = load_settings(env=_pod_env(variant))
     assert s.kafka.security_protocol == "SASL_SSL"
-    assert s.kafka.sasl_password is not None
+    assert s.kafka.sasl_password is not None and s.kafka.sasl_username
     assert s.service.metrics_host == "0.0.0.0"
     assert s.service.metrics_port == METRICS_PORT
+    assert s.service.device == variant.split("+")[0].replace("gpu", "cuda")
+    assert s.log.level == "INFO" and s.log.format == "json"  # lifecycle lines, for a pipeline
+    if variant.endswith("+strimzi"):
+        assert s.kafka.ssl_cafile is not None and not s.kafka.auto_create_topics
 
 
 # -- compose ----------------------------------------------------------------------------------
@@ -512,8 +712,9 @@ def _port_number(container: dict[str, Any], port: int | str) -> int:
     return int(match)
 
 
-def test_deployment_probes_and_port() -> None:
-    pod = _pod_spec(_k8s("Deployment"))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_deployment_probes_and_port(variant: str) -> None:
+    pod = _pod_spec(_k8s("Deployment", variant=variant))
     (container,) = pod["containers"]
     liveness, readiness = container["livenessProbe"], container["readinessProbe"]
     assert liveness["httpGet"]["path"] == "/healthz"
@@ -525,15 +726,30 @@ def test_deployment_probes_and_port() -> None:
     assert container["args"][0] == "--registry"
 
 
-def test_deployment_gpu_security_and_shutdown() -> None:
-    pod = _pod_spec(_k8s("Deployment"))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_deployment_device_security_and_shutdown(variant: str) -> None:
+    pod = _pod_spec(_k8s("Deployment", variant=variant))
     (container,) = pod["containers"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    limits, env = container["resources"]["limits"], _pod_env(variant)
+    threads = int(env["STREAM_VAE_SERVICE__TORCH_THREADS"])
+    assert threads == int(limits["cpu"])  # more threads than cores only contend
+    if variant.startswith("gpu"):
+        assert limits["nvidia.com/gpu"] == 1
+        assert env["STREAM_VAE_SERVICE__DEVICE"] == "cuda" and "nodeSelector" in pod
+        assert container["image"].endswith("-cuda")
+    else:
+        assert "nvidia.com/gpu" not in limits and "nodeSelector" not in pod
+        assert env["STREAM_VAE_SERVICE__DEVICE"] == "cpu"
+        assert env["STREAM_VAE_SERVICE__BACKEND"] == "onnx"  # the CPU image has the extra
+        assert container["image"].endswith("-cpu")
+        assert "onnx" in _one(DEPLOY / "Dockerfile", "ARG").split("EXTRAS=")[1]
+    retrain = _pod_spec(_k8s("CronJob", "stream-vae-retrain", variant))
+    assert retrain["containers"][0]["image"] == container["image"]  # one image per variant
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     timeout_s = float(
-        _k8s("ConfigMap")["data"].get(
+        _k8s("ConfigMap", variant=variant)["data"].get(
             "STREAM_VAE_SERVICE__SHUTDOWN_TIMEOUT_S", ServiceSettings().shutdown_timeout_s
         )
     )
@@ -541,9 +757,10 @@ def test_deployment_gpu_security_and_shutdown() -> None:
     assert pod["terminationGracePeriodSeconds"] > 2 * timeout_s
 
 
-def test_model_registry_volume() -> None:
-    claim = _k8s("PersistentVolumeClaim", "stream-vae-registry")["metadata"]["name"]
-    deployment = _pod_spec(_k8s("Deployment"))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_registry_volume(variant: str) -> None:
+    claim = _k8s("PersistentVolumeClaim", "stream-vae-registry", variant)["metadata"]["name"]
+    deployment = _pod_spec(_k8s("Deployment", variant=variant))
     (container,) = deployment["containers"]
     claims = {
         v["name"]: v["persistentVolumeClaim"]["claimName"]
@@ -556,7 +773,7 @@ def test_model_registry_volume() -> None:
     root = container["args"][container["args"].index("--registry") + 1]
     assert root == mount["mountPath"]
 
-    retrain = _pod_spec(_k8s("CronJob", "stream-vae-retrain"))
+    retrain = _pod_spec(_k8s("CronJob", "stream-vae-retrain", variant))
     (job,) = retrain["containers"]
     script = " ".join(job["command"] + job["args"])
     assert "stream-vae retrain --registry /registry" in script and "--data " in script
@@ -567,9 +784,10 @@ def test_model_registry_volume() -> None:
     assert job_mount["mountPath"] == "/registry"
 
 
-def test_service_and_pdb_select_the_pods() -> None:
-    pod_labels = _k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
-    service = _k8s("Service")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_service_and_pdb_select_the_pods(variant: str) -> None:
+    pod_labels = _k8s("Deployment", variant=variant)["spec"]["template"]["metadata"]["labels"]
+    service = _k8s("Service", variant=variant)
     assert service["spec"]["selector"].items() <= pod_labels.items()
     (port,) = service["spec"]["ports"]
     assert port["port"] == METRICS_PORT
@@ -577,30 +795,103 @@ def test_service_and_pdb_select_the_pods() -> None:
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(METRICS_PORT)
     assert annotations["prometheus.io/path"] == "/metrics"
-    pdb = _k8s("PodDisruptionBudget")
+    pdb = _k8s("PodDisruptionBudget", variant=variant)
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
-def test_secret_refs_exist_in_the_template() -> None:
-    secret = _k8s("Secret", "stream-vae-kafka")
-    keys = secret["stringData"].keys()
+# What Strimzi's operators create: the KafkaUser's Secret and the cluster CA's.
+STRIMZI_SECRETS = {"stream-vae": {"password"}, "kafka-cluster-ca-cert": {"ca.crt"}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_secret_refs_exist(variant: str) -> None:
+    """Every Secret key a pod or KEDA reads is in the template, a Secret the variant applies,
+    or (with Strimzi) one its operators create."""
+    objs = _k8s_objects(variant)
+    known = {n: set(o["stringData"]) for (k, n), o in objs.items() if k == "Secret"}
+    if variant.endswith("+strimzi"):
+        known |= STRIMZI_SECRETS
+        assert ("Secret", "stream-vae-kafka") not in objs  # no hand-made password needed
+    refs = []
     for kind, name in (("Deployment", "stream-vae"), ("CronJob", "stream-vae-retrain")):
-        for container in _pod_spec(_k8s(kind, name))["containers"]:
+        pod = _pod_spec(objs[(kind, name)])
+        for container in pod["containers"]:
             for var in container.get("env", []):
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
-                    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in keys
-    auth = _k8s("TriggerAuthentication", "stream-vae-kafka")
-    for ref in auth["spec"]["secretTargetRef"]:
-        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in keys
+                    refs.append((ref["name"], ref["key"]))
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                refs += [
+                    (volume["secret"]["secretName"], i["key"]) for i in volume["secret"]["items"]
+                ]
+    refs += [
+        (r["name"], r["key"])
+        for r in objs[("TriggerAuthentication", "stream-vae-kafka")]["spec"]["secretTargetRef"]
+    ]
+    assert refs
+    for name, key in refs:
+        assert key in known.get(name, set()), f"{variant}: secret {name} has no key {key}"
 
 
-def test_keda_scales_on_the_group_lag_within_the_partitions() -> None:
-    scaled = _k8s("ScaledObject")
+def test_strimzi_topics_user_and_ca_match_the_service() -> None:
+    objs = _k8s_objects("gpu+strimzi")
+    s = load_settings(env=_pod_env("gpu+strimzi"))
+    k = s.kafka
+    topics = {
+        o["spec"].get("topicName", n): o for (kind, n), o in objs.items() if kind == "KafkaTopic"
+    }
+    service_topics = {
+        *k.input_topics,
+        k.alert_topic,
+        k.dead_letter_topic,
+        k.model_events_topic,
+        k.state_topic,
+    }
+    assert topics.keys() == service_topics
+    assert topics[k.input_topics[0]]["spec"]["partitions"] == k.topic_partitions
+    assert topics[k.state_topic]["spec"]["config"]["cleanup.policy"] == "compact"
+    assert topics[k.state_topic]["spec"]["partitions"] == 1
+    user = objs[("KafkaUser", "stream-vae")]
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    assert k.sasl_mechanism == "SCRAM-SHA-512" and k.sasl_username == user["metadata"]["name"]
+    acls = {
+        (a["resource"]["type"], a["resource"]["name"]): set(a["operations"])
+        for a in user["spec"]["authorization"]["acls"]
+    }
+    read, write = {"Describe", "Read"}, {"Describe", "Write"}
+    assert acls == {  # exactly what the service does, nothing more (no Create, no Alter)
+        ("topic", k.input_topics[0]): read,
+        ("group", k.group_id): read,
+        ("topic", k.alert_topic): write,
+        ("topic", k.dead_letter_topic): write,
+        ("topic", k.model_events_topic): write,
+        ("topic", k.state_topic): read | write,
+    }
+    clusters = {
+        o["metadata"]["labels"]["strimzi.io/cluster"]
+        for (kind, _), o in objs.items()
+        if kind.startswith("Kafka")
+    }
+    (cluster,) = clusters
+    assert k.bootstrap_servers == f"{cluster}-kafka-bootstrap:9093"
+    pod = _pod_spec(objs[("Deployment", "stream-vae")])
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "kafka-ca"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "kafka-ca"]
+    assert volume["secret"]["secretName"] == f"{cluster}-cluster-ca-cert"
+    assert str(k.ssl_cafile) == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+    trigger = objs[("ScaledObject", "stream-vae")]["spec"]["triggers"][0]["metadata"]
+    assert trigger["bootstrapServers"] == k.bootstrap_servers
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_keda_scales_on_the_group_lag_within_the_partitions(variant: str) -> None:
+    scaled = _k8s("ScaledObject", variant=variant)
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    assert scaled["spec"]["scaleTargetRef"]["name"] == _k8s("Deployment")["metadata"]["name"]
+    deployment = _k8s("Deployment", variant=variant)
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     partitions = KafkaSettings().topic_partitions
-    configured = load_settings(env=dict(_k8s("ConfigMap")["data"]) | _dummy_sasl())
+    configured = load_settings(env=_pod_env(variant))
     assert scaled["spec"]["maxReplicaCount"] <= partitions
     assert scaled["spec"]["maxReplicaCount"] <= configured.kafka.topic_partitions
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
@@ -614,5 +905,26 @@ def test_keda_scales_on_the_group_lag_within_the_partitions() -> None:
     assert trigger["authenticationRef"]["name"] == "stream-vae-kafka"
 
 
-def _dummy_sasl() -> dict[str, str]:
-    return {"STREAM_VAE_KAFKA__SASL_USERNAME": "u", "STREAM_VAE_KAFKA__SASL_PASSWORD": "p"}
+def test_metrics_are_published_on_loopback_only() -> None:
+    """0.0.0.0 is the bind address inside a pod or an image (the container's own network);
+    nothing here publishes the port on every interface of a host."""
+    for name, svc in _compose()["services"].items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"compose {name} publishes {port}"
+    texts = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), *DOCKERFILES]
+    texts += [p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in (".md", ".yaml", "")]
+    for path in texts:
+        for published in re.findall(r"\s(?:-p|--publish)[ =]([0-9]\S*)", path.read_text()):
+            assert published.startswith("127.0.0.1:"), f"{path.name}: -p {published}"
+    assert ServiceSettings().metrics_host == "127.0.0.1"  # the default, outside containers
+    binds_all = {
+        str(p.relative_to(REPO))
+        for p in (*DOCKERFILES, *_yaml_files())
+        if "METRICS_HOST" in p.read_text() and "0.0.0.0" in p.read_text()
+    }
+    assert binds_all == {
+        "deploy/Dockerfile",
+        "deploy/Dockerfile.cuda",
+        "deploy/compose.yaml",
+        "deploy/k8s/base/configmap.yaml",
+    }

@@ -205,6 +205,11 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
     dead_by_reason = _samples(metrics_text, "stream_vae_dead_letters_total")
     assert dead_by_reason["reason=bad_json"] == 2 and dead_by_reason["reason=oversized"] == 1
     assert sum(_samples(metrics_text, "stream_vae_records_in_total").values()) == n_total
+    # the series held, and the process itself, on the service's own registry
+    assert _samples(metrics_text, "stream_vae_series_held") == {
+        "": len(set(table.batch.series_ids))
+    }
+    assert _samples(metrics_text, "process_resident_memory_bytes")[""] > 50e6
     # every consumed offset is accounted for, exactly once
     assert acc["consumed"] == n_total
     # the processed position is committed (lag tools read 0), and each partition's replay start

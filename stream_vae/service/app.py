@@ -349,6 +349,7 @@ class Service:
         late = store.counters["late"] - late_before
         self._record(batch, len(ready), late, alerts, inference_s)
         self.metrics.add_windows_scored(len(scored), int(scored.is_alert.sum()))
+        self.metrics.set_series_held(store.n_series)
         for reason, n in scored.suppressed.items():
             self.metrics.add_alerts_suppressed(reason, n)
         return alerts
@@ -472,6 +473,7 @@ class Service:
             self._checkpoints.forget(gone)
             series = self._watermark.series_on(gone)
             self.state.drop(series)
+            self.metrics.set_series_held(self.live.store.n_series)
             for tp in gone:
                 self._source.replay_until.pop(tp, None)
                 self.metrics.remove_consumer_lag(tp.topic, tp.partition)

@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["METRICS_CONTENT_TYPE", "ServiceMetrics"]
@@ -178,6 +178,11 @@ class ServiceMetrics:
         )
         self._ready_gauge = gauge("ready", "1 when the service is ready to consume.")
         self._ready = False
+        self._series = gauge("series_held", "Series whose window state this replica holds.")
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... of
+        # this process, on this registry (the default registry is never used: one per service).
+        # They are standard names, without the namespace: dashboards and alerts expect them so.
+        ProcessCollector(registry=reg)
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -300,6 +305,9 @@ class ServiceMetrics:
     def add_model_event(self, event: str) -> None:
         """ "promoted", "rejected", "failed" (a retraining outcome) or "swapped"."""
         self._model_events.labels(event=event).inc()
+
+    def set_series_held(self, n_series: int) -> None:
+        self._series.set(n_series)
 
     def set_reservoir_windows(self, n_windows: int) -> None:
         self._reservoir.set(n_windows)
