@@ -26,7 +26,7 @@ class StreamVAEError(Exception):
 
     ``retriable`` tells a caller at a loop boundary whether trying again can succeed;
     ``exit_code`` is the command line's exit status for it (the BSD ``sysexits.h`` convention,
-    README "Exit codes").
+    docs/cli.md, "Exit codes").
     """
 
     retriable: bool = False

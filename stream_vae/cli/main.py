@@ -22,7 +22,7 @@ from ..errors import StreamVAEError
 
 __all__ = ["EXIT_CODES", "main"]
 
-# The exit statuses, after BSD sysexits.h (README "Exit codes"; tests/test_cli.py checks each).
+# The exit statuses, after BSD sysexits.h (docs/cli.md "Exit codes"; tests/test_cli.py checks each).
 EXIT_CODES = {
     0: "success",
     2: "usage: an unknown option, or an option's value the command cannot use",

@@ -241,7 +241,7 @@ class StaleMonitor:
     A series' usual interval is the exponentially weighted mean of the gaps between its windows
     (weight ``1/16``); it is known after ``min_gaps`` gaps. Time is the stream's: the newest
     timestamp any series has reached (a fleet that goes silent all at once does not move it;
-    see the README). A series is checked once per :meth:`update`; its episode opens at that
+    see docs/service.md). A series is checked once per :meth:`update`; its episode opens at that
     time and closes at its next window.
 
     Examples
