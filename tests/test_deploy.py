@@ -928,3 +928,17 @@ def test_metrics_are_published_on_loopback_only() -> None:
         "deploy/compose.yaml",
         "deploy/k8s/base/configmap.yaml",
     }
+
+
+def test_the_retrain_job_does_not_retry_what_would_fail_again() -> None:
+    from stream_vae.cli.main import EXIT_CODES
+
+    job = _k8s("CronJob", "stream-vae-retrain")["spec"]["jobTemplate"]["spec"]
+    (rule,) = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob"
+    codes = rule["onExitCodes"]["values"]
+    assert set(codes) <= EXIT_CODES.keys() and 3 in codes  # a rejection is final
+    assert 75 not in codes  # retriable
+    (container,) = _pod_spec(_k8s("CronJob", "stream-vae-retrain"))["containers"]
+    assert rule["onExitCodes"]["containerName"] == container["name"]
+    assert _pod_spec(_k8s("CronJob", "stream-vae-retrain"))["restartPolicy"] == "Never"
