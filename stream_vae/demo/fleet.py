@@ -20,7 +20,7 @@ from .. import _json
 from ..broker import EmbeddedBroker
 from ..config import Settings
 from ..core.records import RecordBatch
-from ..evaluation.events import Segment, match_events
+from ..evaluation.events import Segment
 from ..runtime.live import DetectorOptions, LiveModel
 from ..service import Service
 from ..service.kafka import client_options, ensure_topics
@@ -28,6 +28,7 @@ from ..service.replay import replay
 from ..storage.artifact import Artifact
 from ..storage.tabular import Table
 from ..training.build import train_artifact
+from .alerting import OwnThreshold, own_threshold, report_drift
 from .synthetic import Fleet, generate_fleet
 
 __all__ = ["read_topic", "run_fleet_demo", "stream_through_kafka"]
@@ -191,16 +192,26 @@ def run_fleet_demo(
             stream_through_kafka(art, stream, run_settings, on_alert, on_progress, rate=rate)
         )
     step_s = float(fleet.ts[1] - fleet.ts[0])
-    opens = [
-        (a["series_id"], round((a["ts"] - fleet.ts[0]) / step_s))
-        for a in alerts
-        if a["event"] == "open"
-    ]
     segments = [
         Segment(i.series_id, i.start + past.n_steps, i.end + past.n_steps, i.kind)
         for i in future.injections
     ]
-    report = match_events(opens, segments, tolerance=art.vae_config.window)
+
+    def score(got: list[dict[str, Any]]) -> OwnThreshold:
+        return own_threshold(
+            got,
+            segments,
+            series_ids=sorted(set(stream.series_ids)),
+            t0=float(fleet.ts[0]),
+            step_s=step_s,
+            steps=(past.n_steps + art.vae_config.window - 1, steps),
+            tolerance=art.vae_config.window,
+            target=art.calibration.target_fpr,
+        )
+
+    own = score(alerts)
+    report = own.events
+    n_incidents = sum(1 for a in alerts if a["event"] == "open" and a["kind"] == "incident")
     say(
         f"\nconsumed {acc['consumed']} records: {acc['scored']} scored, {acc['buffered']} "
         f"buffered (windows filling), {acc['late']} late, {acc['dead_letters']} dead letters"
@@ -209,8 +220,12 @@ def run_fleet_demo(
         f"detected {report.n_detected}/{report.n_segments} injected anomalies "
         f"(recall {report.recall:.2f}); {report.n_alerts} alerts, {report.n_false} false "
         f"(precision {report.precision:.2f}); mean delay {report.mean_delay:.1f} steps"
+        + (f"; {n_incidents} fleet incident(s)" if n_incidents else "")
     )
     say("recall by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in report.recall_by_kind.items()))
+    mode = settings.alerts.threshold_mode
+    say(f"as it alerts ({mode} threshold): {own.line()}")
+    report_drift(art, settings, stream, score, say)
     _plot(out, art, future, stream, alerts, say)
     return 0
 
