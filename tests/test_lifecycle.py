@@ -26,6 +26,7 @@ from stream_vae.storage.registry import Registry
 from stream_vae.training.build import train_artifact
 
 from .conftest import TinyModel
+from .schemas import assert_valid
 from .test_service import _consume
 
 STEP_S = 60.0
@@ -166,6 +167,10 @@ def test_regime_change_is_detected_retrained_promoted_and_swapped(
     service, event_msgs, alert_msgs = asyncio.run(scenario())
     events = [_json.loads(m.value) for m in event_msgs]
     kinds = [e["event"] for e in events]
+    for e in events:  # as the published schema describes them
+        assert_valid("model-event", e)
+    for m in alert_msgs:  # closes forced by the swap (null scores), a fleet incident
+        assert_valid("alert", _json.loads(m.value))  # type: ignore[attr-defined]
     # a candidate the gate rejects is retried on newer windows (RetrainPolicy.rejected)
     assert kinds[0] == "drift" and "promoted" in kinds and "swapped" in kinds, events
     drift = events[0]

@@ -31,6 +31,7 @@ from stream_vae.service.kafka import ensure_topics, make_producer
 from stream_vae.storage.tabular import read_table
 
 from .conftest import TinyModel
+from .schemas import assert_valid, headers
 
 ALERT_FIELDS = {
     "alert_id",
@@ -227,6 +228,13 @@ def test_stream_end_to_end(broker: EmbeddedBroker, tiny: TinyModel) -> None:
     # dead letters keep the original key and bytes, and say why and where from
     reasons = sorted(dict(m.headers)["reason"].decode() for m in dead)  # type: ignore[attr-defined]
     assert reasons == sorted(r for _, _, r in bad)
+    # every message as the published schemas (schemas/) describe it
+    for m in dead:
+        assert_valid("dead-letter-headers", headers(m.headers))  # type: ignore[attr-defined]
+    for m in alerts:
+        assert_valid("alert", _json.loads(m.value))  # type: ignore[attr-defined]
+    for r in list(table.batch.records())[:200]:
+        assert_valid("input-record", _json.loads(encode(r, table.feature_names)))
     for m in dead:
         h = dict(m.headers)  # type: ignore[attr-defined]
         assert h["source_topic"].decode() == k.input_topics[0]
@@ -557,6 +565,8 @@ def test_an_absurd_finite_value_is_scored_and_committed_not_a_crash_loop(
     acc, alerts, committed = asyncio.run(scenario())
     assert acc["consumed"] == len(rows) and acc["dead_letters"] == 0 and acc["unaccounted"] == 0
     messages = [_json.loads(m.value) for m in alerts]  # type: ignore[attr-defined]
+    for message in messages:
+        assert_valid("alert", message)
     opened = [a for a in messages if a["event"] == "open" and a["ts"] == poison.ts]
     # the model's alert, and the data-quality one that does not ask the model
     assert sorted((a["series_id"], a["kind"]) for a in opened) == [
