@@ -37,7 +37,7 @@ def _commands(
 
 def test_every_option_of_every_command_has_help() -> None:
     commands = _commands(_parser())
-    assert len(commands) == 1 + 11 + 4  # the top level, its commands, the registry's actions
+    assert len(commands) == 1 + 12 + 4  # the top level, its commands, the registry's actions
     for argv, parser in commands:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
@@ -226,3 +226,14 @@ def test_run_logs_lifecycle_at_info_as_json_and_exits_75_without_kafka(tiny: obj
     assert any(m.startswith("metrics on http://127.0.0.1:") for m in messages), messages
     assert lines[-1]["level"] == "ERROR" and lines[-1]["exit_code"] == 75
     assert lines[-1]["message"].startswith("cannot reach Kafka at 127.0.0.1:1")
+
+
+def test_route_without_a_receiver_is_a_config_error_and_its_options_set_the_urls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["route"]) == 78
+    assert "no receiver" in capsys.readouterr().err
+    from stream_vae.cli.main import _overrides
+
+    args = _parser().parse_args(["route", "--alertmanager", "http://am:9093"])
+    assert _overrides(args) == {"route": {"alertmanager_url": "http://am:9093"}}

@@ -942,3 +942,41 @@ def test_the_retrain_job_does_not_retry_what_would_fail_again() -> None:
     (container,) = _pod_spec(_k8s("CronJob", "stream-vae-retrain"))["containers"]
     assert rule["onExitCodes"]["containerName"] == container["name"]
     assert _pod_spec(_k8s("CronJob", "stream-vae-retrain"))["restartPolicy"] == "Never"
+
+
+def _rule_groups() -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = _doc(DEPLOY / "prometheus/rules.yml")["groups"]
+    return groups
+
+
+def test_health_rules_query_exported_metrics_and_k8s_has_the_same() -> None:
+    rules = [r for g in _rule_groups() for r in g["rules"]]
+    names = {r["alert"] for r in rules}
+    assert {
+        "StreamVAEDown",
+        "StreamVAEConsumerLag",
+        "StreamVAEDeadLetterRate",
+        "StreamVAERetrainFailed",
+        "StreamVAEAlertSurge",
+    } <= names
+    exported = _exported()
+    for rule in rules:
+        refs = set(METRIC_REF.findall(rule["expr"]))
+        assert refs and refs <= exported.keys(), (rule["alert"], refs - exported.keys())
+        known = set(TARGET_LABELS) | {lab for ref in refs for lab in exported[ref]}
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", rule["expr"]):
+            assert {g.strip() for g in group.split(",")} <= known, rule["alert"]
+        for label, value in re.findall(r"(\w+)=\"([^\"]*)\"", rule["expr"]):
+            assert label in known, (rule["alert"], label)
+            if label == "event":  # a closed set the metrics export at zero
+                assert value in {"open", "close", "promoted", "rejected", "failed", "swapped"}
+        assert rule["labels"]["severity"] in ("critical", "warning")
+        assert rule["annotations"]["summary"]
+    operator = _doc(K8S / "monitoring" / "prometheusrule.yaml")
+    assert operator["kind"] == "PrometheusRule"
+    assert operator["spec"]["groups"] == _rule_groups()
+    # compose's Prometheus loads the file from where its config says
+    config = _doc(DEPLOY / "prometheus/prometheus.yml")
+    mounts = _compose()["services"]["prometheus"]["volumes"]
+    (path,) = config["rule_files"]
+    assert f"./prometheus/rules.yml:{path}:ro" in mounts

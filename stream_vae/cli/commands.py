@@ -32,6 +32,7 @@ __all__ = [
     "cmd_registry",
     "cmd_replay",
     "cmd_retrain",
+    "cmd_route",
     "cmd_run",
     "cmd_score",
     "cmd_train",
@@ -220,6 +221,27 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
         ) from None
     print("stopped: " + ", ".join(f"{k} {v}" for k, v in service.accounting().items()))
+    return 0
+
+
+def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
+    """Alerts to people until SIGTERM/SIGINT (stream_vae.service.route)."""
+    import asyncio
+    import signal
+
+    from ..service.route import Router
+
+    router = Router(settings.kafka, settings.route)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await router.run(stop)
+
+    asyncio.run(serve())
+    print("stopped: " + ", ".join(f"{k} {v}" for k, v in router.counts.items()))
     return 0
 
 

@@ -173,6 +173,16 @@ def _service_commands(command: _Command) -> None:
         help="onnx: ONNX Runtime on the CPU, stream-vae[onnx] (default: service.backend)",
     )
 
+    ro = command("route", "alerts from the alert topic to an Alertmanager and/or a webhook")
+    ro.add_argument(
+        "--alertmanager",
+        metavar="URL",
+        help="Alertmanager base URL, posted to URL/api/v2/alerts (default: route.alertmanager_url)",
+    )
+    ro.add_argument(
+        "--webhook", metavar="URL", help="JSON webhook URL (default: route.webhook_url)"
+    )
+
     r = command("replay", "produce a CSV/Parquet/SMD file to a Kafka topic")
     r.add_argument("--data", type=Path, help="CSV/Parquet file, or SMD dir/file")
     r.add_argument("legacy_data", nargs="?", type=Path, help=argparse.SUPPRESS)  # before 0.2
@@ -258,7 +268,12 @@ def _complete(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings given as options: ``run --device/--backend`` are ``service.device/backend``."""
+    """Settings given as options: ``run --device/--backend`` are ``service.device/backend``,
+    ``route --alertmanager/--webhook`` are ``route.alertmanager_url/webhook_url``."""
+    if args.command == "route":
+        given = {"alertmanager_url": args.alertmanager, "webhook_url": args.webhook}
+        route = {k: v for k, v in given.items() if v}
+        return {"route": route} if route else {}
     if args.command != "run":
         return {}
     service = {k: getattr(args, k) for k in ("device", "backend") if getattr(args, k)}
@@ -285,9 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, **_overrides(args))
         json_logs = settings.log.format == "json"
-        level = "INFO" if args.verbose or args.command == "run" else "WARNING"
+        serving = args.command in ("run", "route")
+        level = "INFO" if args.verbose or serving else "WARNING"
         configure_logging(settings.log, default_level=level)
-        if args.command != "run" and settings.log.level is None:
+        if not serving and settings.log.level is None:
             # A one-shot command reports an unreachable broker in its one error line; the
             # client's own reconnect lines would come first and bury it.
             logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

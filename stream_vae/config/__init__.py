@@ -4,9 +4,9 @@
   the network, how the score is formed and calibrated. Fixed at training and stored in the
   artifact; a deployment serves a model as it was validated.
 - **Training's** (``train``, ``retrain``): how a model is fitted and when it is retrained.
-- **The deployment's** (``service``, ``alerts``, ``kafka``, ``drift``, ``registry``, ``log``):
-  bounds, threads, devices, episode shaping, topics, log lines. Changing them never needs a
-  new model.
+- **The deployment's** (``service``, ``alerts``, ``kafka``, ``drift``, ``registry``, ``log``,
+  ``route``): bounds, threads, devices, episode shaping, topics, log lines, alert receivers.
+  Changing them never needs a new model.
 - **The evaluation's** (``evaluation``): the per-row stage NAB scores, off the product's path.
 
 Built once in the entry point (:func:`load_settings`), frozen, and handed out slice by slice: each
@@ -48,6 +48,7 @@ from .deployment import (
     KafkaSettings,
     LogSettings,
     RegistrySettings,
+    RouteSettings,
     ServiceSettings,
 )
 from .evaluation import EvaluationSettings
@@ -64,6 +65,7 @@ __all__ = [
     "ModelSpec",
     "RegistrySettings",
     "RetrainSettings",
+    "RouteSettings",
     "ScoringSettings",
     "ServiceSettings",
     "Settings",
@@ -98,6 +100,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     registry: RegistrySettings = RegistrySettings()
     log: LogSettings = LogSettings()
+    route: RouteSettings = RouteSettings()
     # the evaluation's
     evaluation: EvaluationSettings = EvaluationSettings()
 

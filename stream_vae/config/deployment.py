@@ -17,6 +17,7 @@ __all__ = [
     "KafkaSettings",
     "LogSettings",
     "RegistrySettings",
+    "RouteSettings",
     "ServiceSettings",
 ]
 
@@ -273,3 +274,28 @@ class RegistrySettings(BaseModel):
 
     root: Path | None = Field(None, description="registry directory; None: no hot swap")
     poll_s: float = Field(2.0, gt=0, description="how often the service checks for a promotion")
+
+
+class RouteSettings(BaseModel):
+    """`stream-vae route`: alerts from the alert topic to people's tools (see
+    stream_vae.service.route). At least one receiver URL is needed to run it."""
+
+    model_config = FROZEN
+
+    # An Alertmanager (or a compatible receiver): its base URL; alerts go to /api/v2/alerts.
+    alertmanager_url: str | None = Field(None, description="e.g. http://alertmanager:9093")
+    # Any JSON webhook: each batch of alert messages is POSTed as {"alerts": [...]}.
+    webhook_url: str | None = Field(None, description="receives {'alerts': [messages]}")
+    # Its own consumer group: its offsets are committed only once every receiver took a batch.
+    group_id: str = Field("stream-vae-route", min_length=1)
+    timeout_s: float = Field(10.0, gt=0, description="one HTTP request, at most")
+    # A receiver that is down or answers 5xx/408/429 is retried, doubling the wait up to the
+    # cap, for as long as it takes: nothing is committed, so nothing is lost. Any other 4xx
+    # is the request's fault and would fail again: it is logged and the batch goes on.
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    # Alertmanager drops a firing alert at its endsAt: an open is sent as firing this long
+    # (its close resolves it sooner). Longer than the longest episode you expect.
+    open_ttl_s: float = Field(86_400.0, gt=0)
+    kinds: tuple[str, ...] = Field((), description="alert kinds routed; empty: all")
+    max_batch: int = Field(100, ge=1, le=10_000, description="alerts per delivery")
