@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,24 +195,18 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+def _until_signalled(run: Callable[[Any], Awaitable[None]], settings: Settings) -> None:
+    """``run(stop)`` on a new event loop until it returns; SIGINT and SIGTERM set ``stop`` (the
+    service drains and commits). A broker that cannot be reached is one retriable error."""
     import asyncio
     import signal
-
-    from ..service import Service
-
-    _device(settings.service.device, "--device" if args.device else "service.device")
-    torch.set_num_threads(settings.service.torch_threads)
-    registry = _registry(args, settings, required=args.model is None)
-    artifact = load_artifact(args.model) if args.model is not None else registry.load()
-    service = Service(settings, artifact, registry=registry)
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await service.run(stop)
+        await run(stop)
 
     try:
         asyncio.run(serve())
@@ -220,27 +214,27 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         raise KafkaUnavailableError(
             f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
         ) from None
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..service import Service
+
+    _device(settings.service.device, "--device" if args.device else "service.device")
+    torch.set_num_threads(settings.service.torch_threads)
+    registry = _registry(args, settings, required=args.model is None)
+    artifact = load_artifact(args.model) if args.model is not None else registry.load()
+    service = Service(settings, artifact, registry=registry)
+    _until_signalled(service.run, settings)
     print("stopped: " + ", ".join(f"{k} {v}" for k, v in service.accounting().items()))
     return 0
 
 
 def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     """Alerts to people until SIGTERM/SIGINT (stream_vae.service.route)."""
-    import asyncio
-    import signal
-
     from ..service.route import Router
 
     router = Router(settings.kafka, settings.route)
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await router.run(stop)
-
-    asyncio.run(serve())
+    _until_signalled(router.run, settings)
     print("stopped: " + ", ".join(f"{k} {v}" for k, v in router.counts.items()))
     return 0
 
