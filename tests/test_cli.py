@@ -37,7 +37,7 @@ def _commands(
 
 def test_every_option_of_every_command_has_help() -> None:
     commands = _commands(_parser())
-    assert len(commands) == 1 + 12 + 4  # the top level, its commands, the registry's actions
+    assert len(commands) == 1 + 13 + 4  # the top level, its commands, the registry's actions
     for argv, parser in commands:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:

@@ -16,7 +16,7 @@ from .. import _json
 from ..config import Settings
 from ..errors import ArtifactError, ConfigError, DataError, KafkaUnavailableError, UsageError
 from ..runtime.impute import impute
-from ..runtime.live import DetectorOptions, LiveModel
+from ..runtime.live import DetectorOptions, LiveModel, build_detector
 from ..scoring.scorer import ScoredBatch
 from ..storage.files import check_destination, load_artifact, save_artifact
 from ..storage.tabular import Table, read_rows, read_table, write_imputed, write_scores
@@ -35,6 +35,7 @@ __all__ = [
     "cmd_route",
     "cmd_run",
     "cmd_score",
+    "cmd_serve",
     "cmd_train",
 ]
 
@@ -226,6 +227,28 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     service = Service(settings, artifact, registry=registry)
     _until_signalled(service.run, settings)
     print("stopped: " + ", ".join(f"{k} {v}" for k, v in service.accounting().items()))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The stateless scoring endpoint until SIGTERM/SIGINT (stream_vae.serve)."""
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: not a port")
+    try:
+        import uvicorn
+
+        from ..serve.app import create_app
+    except ImportError as exc:
+        raise ConfigError(
+            f"serve needs its extra ({exc}): pip install 'stream-vae[serve]'"
+        ) from None
+    device = _device(args.device)
+    torch.set_num_threads(settings.service.torch_threads)
+    art = load_artifact(args.model)
+    detector = build_detector(art, DetectorOptions(device=device, backend=args.backend))
+    app = create_app(art, detector)
+    print(f"serving {art.version} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
     return 0
 
 

@@ -183,6 +183,18 @@ def _service_commands(command: _Command) -> None:
         "--webhook", metavar="URL", help="JSON webhook URL (default: route.webhook_url)"
     )
 
+    sv = command("serve", "a stateless HTTP scoring endpoint: POST /v1/score (stream-vae[serve])")
+    sv.add_argument("--model", required=True, type=Path, help="model directory")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    sv.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="onnx: ONNX Runtime on the CPU (stream-vae[onnx])",
+    )
+
     r = command("replay", "produce a CSV/Parquet/SMD file to a Kafka topic")
     r.add_argument("--data", type=Path, help="CSV/Parquet file, or SMD dir/file")
     r.add_argument("legacy_data", nargs="?", type=Path, help=argparse.SUPPRESS)  # before 0.2
@@ -300,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, **_overrides(args))
         json_logs = settings.log.format == "json"
-        serving = args.command in ("run", "route")
+        serving = args.command in ("run", "route", "serve")
         level = "INFO" if args.verbose or serving else "WARNING"
         configure_logging(settings.log, default_level=level)
         if not serving and settings.log.level is None:

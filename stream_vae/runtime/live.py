@@ -46,6 +46,7 @@ __all__ = [
     "build_scorer",
     "quality_monitor",
     "streaming_threshold",
+    "window_store",
 ]
 
 
@@ -103,6 +104,25 @@ def build_detector(artifact: Artifact, options: DetectorOptions | None = None) -
         )
     return Detector.from_spec(
         impl, artifact.scaler, artifact.spec, o.max_batch, reference=artifact.reference
+    )
+
+
+def window_store(
+    artifact: Artifact, *, idle_ttl_s: float | None = None, max_series: int | None = None
+) -> WindowStore:
+    """An empty window store that cuts the windows ``artifact`` was trained on (size, stride,
+    gaps, calendar channels), with the deployment's bounds on the series held."""
+    w = artifact.spec.window
+    return WindowStore(
+        artifact.vae_config.window,
+        len(artifact.feature_names),
+        stride=w.stride,
+        max_gap_s=w.max_gap_s,
+        gap_policy=w.gap_policy,
+        max_fill=w.max_fill,
+        idle_ttl_s=idle_ttl_s,
+        max_series=max_series,
+        calendar=w.calendar,
     )
 
 
@@ -204,18 +224,7 @@ class LiveModel:
     ) -> None:
         self.options = options or DetectorOptions()
         self.alerts = alerts or AlertSettings()
-        w = artifact.spec.window
-        self.store = WindowStore(
-            artifact.vae_config.window,
-            len(artifact.feature_names),
-            stride=w.stride,
-            max_gap_s=w.max_gap_s,
-            gap_policy=w.gap_policy,
-            max_fill=w.max_fill,
-            idle_ttl_s=idle_ttl_s,
-            max_series=max_series,
-            calendar=w.calendar,
-        )
+        self.store = window_store(artifact, idle_ttl_s=idle_ttl_s, max_series=max_series)
         self.artifact = artifact
         self.detector = build_detector(artifact, self.options)
         self.scorer = build_scorer(artifact, self.alerts)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Alert", "alert_id", "top_features"]
+__all__ = ["Alert", "alert_id", "top_features", "top_features_many"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +109,21 @@ def top_features(
     errors: npt.NDArray[np.floating[Any]], names: Sequence[str], k: int
 ) -> tuple[tuple[str, float], ...]:
     """The k features with the largest share of one window's reconstruction error."""
-    total = float(errors.sum())
-    if total <= 0.0:
-        return ()
-    order = np.argsort(-errors, kind="stable")[:k]
-    return tuple((names[i], round(float(errors[i]) / total, 4)) for i in order)
+    return top_features_many(errors[None, :], names, k)[0]
+
+
+def top_features_many(
+    errors: npt.NDArray[np.floating[Any]], names: Sequence[str], k: int
+) -> list[tuple[tuple[str, float], ...]]:
+    """:func:`top_features` of each row of ``errors`` (n, d), sorted once for all rows."""
+    errors = np.asarray(errors, dtype=np.float64)
+    totals = errors.sum(axis=1)  # (n,)
+    order = np.argsort(-errors, axis=1, kind="stable")[:, :k]  # (n, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = (np.take_along_axis(errors, order, axis=1) / totals[:, None]).tolist()
+    return [
+        tuple((names[i], round(share, 4)) for i, share in zip(idx, row, strict=True))
+        if total > 0.0
+        else ()
+        for idx, row, total in zip(order.tolist(), shares, totals.tolist(), strict=True)
+    ]

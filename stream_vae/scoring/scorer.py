@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from ..core.state import SeriesState
 from ..errors import check_shape
-from .alerts import Alert, alert_id, top_features
+from .alerts import Alert, alert_id, top_features_many
 from .clusters import EpisodeClusters
 from .ema import SeriesEMA
 from .episodes import EpisodeEvent, EpisodeTracker
@@ -130,7 +130,7 @@ class Scorer:
         events = self._episodes.update(keys, ts_arr, smoothed, thr)
         # Attribution only for the rows that raised an event: most batches raise none.
         rel = self.hybrid.feature_errors(parts.take(np.array([e.row for e in events], np.intp)))
-        tops = [top_features(rel[i], self.feature_names, self.top_k) for i in range(len(events))]
+        tops = top_features_many(rel, self.feature_names, self.top_k)
         kinds = self._kinds(events, rel)
         alerts = tuple(
             Alert(

@@ -1,0 +1,1 @@
+"""``stream-vae serve``: a stateless HTTP scoring endpoint (extra ``stream-vae[serve]``)."""

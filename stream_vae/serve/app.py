@@ -1,0 +1,271 @@
+"""The scoring endpoint: ``POST /v1/score`` takes records or whole windows of one or more
+series and returns each window's score parts, the threshold and, on request, the model's
+reconstruction. Nothing is remembered between requests (the caller sends whole windows), so
+replicas scale behind any load balancer. OpenAPI at ``/openapi.json``, docs at ``/docs``.
+
+Errors are JSON ``{"reason": ..., "error": ...}``: ``invalid_request`` (422, the body does not
+match the schema), a record's own reason (422: ``unknown_feature``, ``wrong_arity``,
+``bad_timestamp``, ...), ``too_large`` (413, past ``max_body_bytes`` or ``max_records``).
+The forward pass runs in the server's thread pool, not on its event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .. import _json
+from ..core.records import RecordBatch, parse_ts
+from ..errors import RecordError
+from ..model.detector import Detector
+from ..runtime.stateless import WindowScores, score_records
+from ..storage.artifact import Artifact
+
+__all__ = ["create_app"]
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+Values = list[float] | dict[str, float]
+
+
+class RecordIn(BaseModel):
+    """One observation (the input topic's record, with its series id)."""
+
+    model_config = _STRICT
+    series_id: Annotated[str, Field(min_length=1, max_length=256)]
+    ts: float | str = Field(description="epoch seconds or ISO-8601")
+    values: Values = Field(description="one value per feature, or keyed by feature name")
+
+
+class WindowIn(BaseModel):
+    """One whole window: W timestamps and W rows of values, oldest first."""
+
+    model_config = _STRICT
+    series_id: Annotated[str, Field(min_length=1, max_length=256)]
+    ts: list[float | str]
+    values: list[Values]
+
+
+class ScoreRequest(BaseModel):
+    model_config = _STRICT
+    records: list[RecordIn] = Field(
+        default_factory=list, description="per series in time order; W of them make a window"
+    )
+    windows: list[WindowIn] = Field(default_factory=list)
+    reconstruction: bool = Field(False, description="add each window's expected values")
+    top_k: int = Field(3, ge=0, le=64, description="features listed per window")
+
+
+class FeatureShare(BaseModel):
+    feature: str
+    share: float
+
+
+class WindowOut(BaseModel):
+    series_id: str
+    ts: float = Field(description="the window's newest timestamp")
+    score: float = Field(description="raw hybrid score (the stream smooths it per series)")
+    recon_score: float
+    latent_score: float
+    over_threshold: bool = Field(description="score ≥ threshold")
+    top_features: list[FeatureShare]
+    expected: dict[str, float] | None = Field(
+        None, description="the model's value of the newest point, per feature"
+    )
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    threshold: float
+    window: int = Field(description="points per window (W)")
+    windows: list[WindowOut]
+
+
+class ModelInfo(BaseModel):
+    model_version: str
+    features: list[str]
+    window: int
+    threshold: float
+
+
+class _TooLargeError(Exception):
+    """A request with more records than the endpoint takes (413)."""
+
+
+def _error(status: int, reason: str, error: str) -> JSONResponse:
+    return JSONResponse({"reason": reason, "error": error}, status_code=status)
+
+
+def _row(values: Values, names: tuple[str, ...]) -> list[float]:
+    if isinstance(values, dict):
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise RecordError("unknown_feature", f"unknown features {unknown[:5]}")
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise RecordError("missing_field", f"missing features {missing[:5]}")
+        return [values[n] for n in names]
+    if len(values) != len(names):
+        raise RecordError("wrong_arity", f"{len(values)} values, the model has {len(names)}")
+    return values
+
+
+def _batch(req: ScoreRequest, names: tuple[str, ...], window: int) -> RecordBatch:
+    sids: list[str] = []
+    ts: list[float] = []
+    rows: list[list[float]] = []
+    for r in req.records:
+        sids.append(r.series_id)
+        ts.append(parse_ts(r.ts))
+        rows.append(_row(r.values, names))
+    for w in req.windows:
+        if len(w.ts) != window or len(w.values) != window:
+            raise RecordError(
+                "wrong_arity", f"a window of {w.series_id} has {len(w.values)} points, not {window}"
+            )
+        sids += [w.series_id] * window
+        ts += [parse_ts(t) for t in w.ts]
+        rows += [_row(v, names) for v in w.values]
+    values = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
+    return RecordBatch(tuple(sids), np.asarray(ts, dtype=np.float64), values)
+
+
+def _response(scores: WindowScores, names: tuple[str, ...], window: int) -> Response:
+    """The :class:`ScoreResponse` body, written straight to JSON (validating 256 response
+    objects cost more than the model's forward pass)."""
+    expected = None if scores.expected is None else scores.expected.tolist()
+    out = [
+        {
+            "series_id": sid,
+            "ts": ts,
+            "score": score,
+            "recon_score": recon,
+            "latent_score": latent,
+            "over_threshold": score >= scores.threshold,
+            "top_features": [{"feature": f, "share": v} for f, v in tops],
+            "expected": None if expected is None else dict(zip(names, expected[i], strict=True)),
+        }
+        for i, (sid, ts, score, recon, latent, tops) in enumerate(
+            zip(
+                scores.series_ids,
+                scores.ts.tolist(),
+                scores.score.tolist(),
+                scores.recon.tolist(),
+                scores.latent.tolist(),
+                scores.top_features,
+                strict=True,
+            )
+        )
+    ]
+    body = {
+        "model_version": scores.model_version,
+        "threshold": scores.threshold,
+        "window": window,
+        "windows": out,
+    }
+    return Response(_json.dumps(body), media_type="application/json")
+
+
+def _request_schema(app: FastAPI) -> dict[str, Any]:
+    """:class:`ScoreRequest`'s JSON Schema for the OpenAPI document (its nested models go to
+    ``components.schemas``, where OpenAPI looks for them)."""
+    schema = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = original()
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return schema
+
+
+def create_app(
+    artifact: Artifact,
+    detector: Detector,
+    *,
+    max_body_bytes: int = 16 << 20,
+    max_records: int = 200_000,
+) -> FastAPI:
+    """The endpoint for one model version."""
+    names = artifact.feature_names
+    window = artifact.vae_config.window
+    app = FastAPI(
+        title="stream-vae",
+        version=artifact.version,
+        description="Stateless anomaly scoring of telemetry windows by an LSTM-VAE.",
+    )
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > max_body_bytes:
+            return _error(413, "too_large", f"body of {length} bytes, at most {max_body_bytes}")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+        where = ".".join(str(p) for p in first["loc"])
+        return _error(422, "invalid_request", f"{where}: {first['msg']}")
+
+    @app.exception_handler(_TooLargeError)
+    async def too_large(request: Request, exc: _TooLargeError) -> JSONResponse:
+        return _error(413, "too_large", str(exc))
+
+    @app.exception_handler(RecordError)
+    async def bad_record(request: Request, exc: RecordError) -> JSONResponse:
+        return _error(422, exc.reason, exc.message)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    def model() -> ModelInfo:
+        return ModelInfo(
+            model_version=artifact.version,
+            features=list(names),
+            window=window,
+            threshold=float(artifact.threshold),
+        )
+
+    def work(body: bytes) -> Response:
+        try:
+            req = ScoreRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        n = len(req.records) + window * len(req.windows)
+        if n > max_records:
+            raise _TooLargeError(f"{n} records, at most {max_records}")
+        batch = _batch(req, names, window)
+        scores = score_records(
+            artifact, detector, batch, top_k=req.top_k, reconstruction=req.reconstruction
+        )
+        return _response(scores, names, window)
+
+    # The body is parsed by pydantic straight from its bytes (FastAPI's own parsing, through
+    # Python objects, took longer than the forward pass); the schema still goes in the docs.
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        responses={413: {"description": "too_large"}, 422: {"description": "a reason"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _request_schema(app)}},
+            }
+        },
+    )
+    async def score(request: Request) -> Response:
+        body = await request.body()
+        return await run_in_threadpool(work, body)  # the forward pass off the event loop
+
+    return app
