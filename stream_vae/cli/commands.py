@@ -342,7 +342,7 @@ def cmd_incidents(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    from ..storage.export import to_onnx, to_torchscript
+    from ..storage.export import to_onnx, to_torchscript, to_triton
 
     _check_out(args.out, directory=True)
     art = load_artifact(args.model)
@@ -351,11 +351,14 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     written = []
     if args.to in ("all", "torchscript"):
         written.append(to_torchscript(model, args.out / "model.ts"))
-    if args.to in ("all", "onnx"):
+    if args.to in ("all", "onnx", "triton"):
         try:
-            written.append(to_onnx(model, args.out / "model.onnx"))
+            if args.to == "triton":
+                written.append(to_triton(model, args.out))
+            else:
+                written.append(to_onnx(model, args.out / "model.onnx"))
         except ImportError as exc:
-            raise DataError(
+            raise ConfigError(
                 f"ONNX export needs the onnx package ({exc}): pip install 'stream-vae[onnx]'"
             ) from None
     print("exported " + ", ".join(str(p) for p in written))

@@ -147,7 +147,10 @@ def _model_commands(command: _Command) -> None:
     e.add_argument("--model", required=True, type=Path, help="model directory")
     e.add_argument("--out", required=True, type=Path, help="directory for the exported files")
     e.add_argument(
-        "--to", default="all", choices=["all", "torchscript", "onnx"], help="which formats"
+        "--to",
+        default="all",
+        choices=["all", "torchscript", "onnx", "triton"],
+        help="which formats (triton: a Triton Inference Server model repository in --out)",
     )
 
     rt = command("retrain", "warm-start retrain from the registry's current model, gate, promote")

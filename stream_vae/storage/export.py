@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ..model.backends import Deterministic, example_input, onnx_graph
+from ..model.backends import Deterministic, example_input, onnx_graph, output_names
 from ..model.vae import LSTMVAE
 
-__all__ = ["to_onnx", "to_torchscript"]
+__all__ = ["to_onnx", "to_torchscript", "to_triton", "triton_config"]
 
 
 def to_torchscript(model: LSTMVAE, path: str | Path) -> Path:
@@ -37,3 +37,46 @@ def to_onnx(model: LSTMVAE, path: str | Path, opset: int = 17) -> Path:
     out = Path(path)
     onnx_graph(model, str(out), opset)
     return out
+
+
+# Triton's dynamic batcher: batches the scorer handles well on a GPU (docs/operations.md), and a
+# short wait to form them (a stream's micro-batch is already large; this is for small callers).
+TRITON_PREFERRED_BATCHES = (256, 1024, 4096)
+TRITON_MAX_BATCH = 8192
+TRITON_QUEUE_DELAY_US = 2000
+
+
+def triton_config(model: LSTMVAE, name: str) -> str:
+    """The ``config.pbtxt`` of the ONNX graph in a Triton model repository: one input ``x``
+    (W, d) and the graph's outputs, with the batch axis Triton's (``max_batch_size``)."""
+    c = model.config
+    shapes = {"recon": [c.window, c.n_features], "recon_logvar": [c.window, c.n_features]}
+    shapes |= {"mu": [c.latent], "logvar": [c.latent]}
+
+    def tensor(n: str, dims: list[int]) -> str:
+        return f'  {{\n    name: "{n}"\n    data_type: TYPE_FP32\n    dims: {dims}\n  }}'
+
+    outputs = ",\n".join(tensor(n, shapes[n]) for n in output_names(model))
+    preferred = [b for b in TRITON_PREFERRED_BATCHES if b <= TRITON_MAX_BATCH]
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f"max_batch_size: {TRITON_MAX_BATCH}\n"
+        f"input [\n{tensor('x', [c.window, c.n_features])}\n]\n"
+        f"output [\n{outputs}\n]\n"
+        "dynamic_batching {\n"
+        f"  preferred_batch_size: {preferred}\n"
+        f"  max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US}\n"
+        "}\n"
+    )
+
+
+def to_triton(model: LSTMVAE, repository: str | Path, name: str = "stream_vae") -> Path:
+    """Write a Triton model repository: ``repository/name/config.pbtxt`` and
+    ``repository/name/1/model.onnx`` (scaled windows in, the graph's outputs out; scaling and
+    scoring stay with the caller, as for :func:`to_onnx`). Returns the model's directory."""
+    root = Path(repository) / name
+    (root / "1").mkdir(parents=True, exist_ok=True)
+    to_onnx(model, root / "1" / "model.onnx")
+    (root / "config.pbtxt").write_text(triton_config(model, name))
+    return root
