@@ -203,6 +203,18 @@ class KafkaSettings(BaseModel):
     # and max_partition_fetch_bytes held per assigned partition.
     fetch_max_bytes: int = Field(16 << 20, ge=1024, description="one fetch response, at most")
     max_partition_fetch_bytes: int = Field(1 << 20, ge=1024, description="per partition fetch")
+    # The input messages' format (stream_vae.core.formats): the contract's JSON; Avro, by
+    # schema id from a schema registry (Confluent wire format) or, with avro_schema_file and no
+    # registry, by that one schema; JSON framed by the registry's wire format (json_schema).
+    value_format: Literal["json", "avro", "json_schema"] = "json"
+    schema_registry_url: str | None = Field(None, description="e.g. http://registry:8081")
+    avro_schema_file: Path | None = Field(None, description="an .avsc: Avro without a registry")
+    # Where a record's parts are when its field names are not the contract's. feature_fields
+    # maps each model feature to its own top-level field (then values_field is not read).
+    series_id_field: str = Field("series_id", min_length=1)
+    ts_field: str = Field("ts", min_length=1)
+    values_field: str = Field("values", min_length=1)
+    feature_fields: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("input_pattern")
     @classmethod
@@ -227,6 +239,12 @@ class KafkaSettings(BaseModel):
                 raise ValueError(f"{self.security_protocol} needs {', '.join(missing)}")
         if not self.input_topics and self.input_pattern is None:
             raise ValueError("set input_topics or input_pattern")
+        if self.value_format == "json_schema" and self.schema_registry_url is None:
+            raise ValueError("value_format json_schema needs schema_registry_url")
+        if self.value_format == "avro" and (self.schema_registry_url is None) == (
+            self.avro_schema_file is None
+        ):
+            raise ValueError("value_format avro needs schema_registry_url or avro_schema_file")
         return self
 
 

@@ -33,6 +33,7 @@ from ..errors import RecordError
 
 __all__ = [
     "REASONS",
+    "FieldMap",
     "Record",
     "RecordBatch",
     "RecordDecoder",
@@ -44,6 +45,8 @@ __all__ = [
 # The closed set of reasons a record is rejected with (dead-letter header, metric label).
 REASONS = (
     "bad_json",
+    "bad_encoding",  # a binary format (Avro, a schema registry's wire format) that does not decode
+    "unknown_schema",  # a schema id the registry does not have
     "missing_field",
     "wrong_arity",
     "unknown_feature",
@@ -204,20 +207,47 @@ def _values(raw: Any, feature_names: Sequence[str], index: dict[str, int]) -> Fl
     return arr.astype(np.float32)
 
 
-class RecordDecoder:
-    """Decodes messages for one model's feature names (the name → column index built once)."""
+@dataclass(frozen=True, slots=True)
+class FieldMap:
+    """Where a record's parts are in a message whose names are not the contract's: the series
+    id, the timestamp, and the values, either one field (a list, or an object keyed by feature)
+    or, with ``features``, each model feature from its own top-level field."""
 
-    def __init__(self, feature_names: Sequence[str], *, max_bytes: int = 1 << 20) -> None:
+    series_id: str = "series_id"
+    ts: str = "ts"
+    values: str = "values"
+    features: tuple[tuple[str, str], ...] = ()  # (model feature, message field)
+
+
+class RecordDecoder:
+    """Decodes messages for one model's feature names (the name → column index built once).
+
+    JSON by default; :meth:`record` validates a message already parsed into an object, which
+    the binary formats (:mod:`stream_vae.core.formats`) use."""
+
+    def __init__(
+        self,
+        feature_names: Sequence[str],
+        *,
+        max_bytes: int = 1 << 20,
+        fields: FieldMap = FieldMap(),
+    ) -> None:
         self.feature_names = tuple(feature_names)
         self.max_bytes = max_bytes
+        self.fields = fields
         self._index = {f: i for i, f in enumerate(self.feature_names)}
 
-    def __call__(self, key: bytes | None, value: bytes | None) -> Record:
-        """Decode one message into a :class:`Record` or raise :class:`RecordError`."""
+    def check_size(self, value: bytes | None) -> bytes:
+        """The message value, unless it is a tombstone or past ``max_bytes``."""
         if value is None:
             raise RecordError("bad_json", "empty message value (tombstone)")
         if len(value) > self.max_bytes:
             raise RecordError("oversized", f"{len(value)} bytes > limit {self.max_bytes}")
+        return value
+
+    def __call__(self, key: bytes | None, value: bytes | None) -> Record:
+        """Decode one message into a :class:`Record` or raise :class:`RecordError`."""
+        value = self.check_size(value)
         try:
             body = _json.loads(value)
         except _json.JSONDecodeError as exc:
@@ -230,7 +260,12 @@ class RecordDecoder:
             raise RecordError("bad_json", str(exc)) from None
         if not isinstance(body, dict):
             raise RecordError("bad_json", f"expected a JSON object, got {type(body).__name__}")
-        sid = body.get("series_id")
+        return self.record(key, body)
+
+    def record(self, key: bytes | None, body: dict[str, Any]) -> Record:
+        """Validate one parsed message (named as :attr:`fields` says) into a :class:`Record`."""
+        f = self.fields
+        sid = body.get(f.series_id)
         if sid is None:
             if not key:
                 raise RecordError("missing_field", "no series_id in the body and no message key")
@@ -242,12 +277,18 @@ class RecordDecoder:
             raise RecordError(
                 "bad_series_id", f"series_id must be a non-empty string ≤ 256 bytes: {sid!r}"
             )
-        for name in ("ts", "values"):
-            if name not in body:
-                raise RecordError("missing_field", f"no {name!r} field")
-        return Record(
-            sid, parse_ts(body["ts"]), _values(body["values"], self.feature_names, self._index)
-        )
+        if f.ts not in body:
+            raise RecordError("missing_field", f"no {f.ts!r} field")
+        if f.features:
+            absent = [field for _, field in f.features if field not in body]
+            if absent:
+                raise RecordError("missing_field", f"no {absent[0]!r} field")
+            raw: Any = {name: body[field] for name, field in f.features}
+        elif f.values not in body:
+            raise RecordError("missing_field", f"no {f.values!r} field")
+        else:
+            raw = body[f.values]
+        return Record(sid, parse_ts(body[f.ts]), _values(raw, self.feature_names, self._index))
 
 
 def decode(

@@ -156,6 +156,7 @@ class Service:
             max_future_s=svc.max_future_s,
             max_jump_s=svc.max_ts_jump_s,
             last_ts=self.live.store.last_ts,
+            kafka=k,
         )
         self._sink = KafkaSink(
             producer, k.alert_topic, k.dead_letter_topic, max_message_bytes=k.max_message_bytes

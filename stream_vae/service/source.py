@@ -14,6 +14,7 @@ evicted as idle.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +25,10 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from ..core.records import Record, RecordBatch, RecordDecoder
+from ..config import KafkaSettings
+from ..core.records import Record, RecordBatch
 from ..errors import RecordError
+from .schema_registry import fetch_unknown, make_decoder
 
 __all__ = ["DeadLetter", "KafkaSource", "SourceBatch"]
 
@@ -76,6 +79,7 @@ class KafkaSource:
         max_future_s: float | None = None,
         max_jump_s: float | None = None,
         last_ts: Callable[[str], float | None] = lambda series_id: None,
+        kafka: KafkaSettings | None = None,
     ) -> None:
         self.consumer = consumer
         self.feature_names = tuple(feature_names)
@@ -90,12 +94,17 @@ class KafkaSource:
         # Bumped by the owner at every revoke and after every assignment (once it has sought):
         # a batch fetched under an older generation is stale (see Service).
         self.generation = 0
-        self._decode = RecordDecoder(self.feature_names, max_bytes=max_message_bytes)
+        self._decode, self._registry = make_decoder(
+            kafka or KafkaSettings(), self.feature_names, max_bytes=max_message_bytes
+        )
         self._turn = 0
 
     async def next_batch(self) -> SourceBatch:
         """Fetch what is there (up to the limits) and decode it; never raises on bad input."""
         generation, fetched = await self._fetch()
+        if self._registry is not None:  # schemas of ids not seen yet, off the loop
+            values = [m.value for ms in fetched.values() for m in ms]
+            await asyncio.to_thread(fetch_unknown, self._decode, self._registry, values)
         live = _Collect()
         replay = _Collect()
         now = time.time()

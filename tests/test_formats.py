@@ -1,0 +1,215 @@
+"""Input formats beyond the contract's JSON (stream_vae.core.formats): Avro by a local schema
+and by schema id in the registry's wire format, JSON in that wire format, and field names
+mapped by settings; every failure is a typed dead-letter reason."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import fastavro
+import pytest
+
+from stream_vae import _json
+from stream_vae.core.formats import AvroDecoder, RegistryDecoder, wire_schema_id
+from stream_vae.core.records import FieldMap, RecordDecoder
+from stream_vae.errors import RecordError
+
+NAMES = ("temp", "pressure")
+# A producer's own record: other field names, features as fields, a field the model ignores.
+SCHEMA = {
+    "type": "record",
+    "name": "Reading",
+    "fields": [
+        {"name": "machine", "type": "string"},
+        {"name": "time", "type": "double"},
+        {"name": "temperature_c", "type": "double"},
+        {"name": "pressure_bar", "type": "float"},
+        {"name": "site", "type": "string"},
+    ],
+}
+FIELDS = FieldMap(
+    "machine", "time", "values", (("pressure", "pressure_bar"), ("temp", "temperature_c"))
+)
+
+
+def _avro(record: dict[str, object], schema: dict[str, object] = SCHEMA) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return buf.getvalue()
+
+
+def _wire(schema_id: int, payload: bytes) -> bytes:
+    return struct.pack(">bI", 0, schema_id) + payload
+
+
+READING = {
+    "machine": "m-7",
+    "time": 1.7e9,
+    "temperature_c": 71.5,
+    "pressure_bar": 2.25,
+    "site": "a",
+}
+
+
+def test_avro_with_a_local_schema_and_mapped_fields() -> None:
+    decode = AvroDecoder(_json.dumps(SCHEMA).decode(), RecordDecoder(NAMES, fields=FIELDS))
+    rec = decode(None, _avro(READING))
+    assert (rec.series_id, rec.ts, rec.values.tolist()) == ("m-7", 1.7e9, [71.5, 2.25])
+    with pytest.raises(RecordError) as info:
+        decode(None, b"\x02not avro")
+    assert info.value.reason == "bad_encoding"
+
+
+def test_avro_by_schema_id_from_the_wire_format() -> None:
+    decode = RegistryDecoder("avro", RecordDecoder(NAMES, fields=FIELDS))
+    msg = _wire(42, _avro(READING))
+    assert wire_schema_id(msg) == 42
+    assert decode.unknown_ids([msg, msg, None, b"{}"]) == {42}
+    decode.add_schema(42, _json.dumps(SCHEMA).decode())
+    assert decode.unknown_ids([msg]) == set()
+    assert decode(b"m-7", msg).values.tolist() == [71.5, 2.25]
+    decode.add_schema(7, None)  # the registry has no schema 7
+    assert decode.unknown_ids([_wire(7, b"")]) == set()  # not asked for again
+    for bad, reason in ((_wire(7, b""), "unknown_schema"), (b'{"ts": 1}', "bad_encoding")):
+        with pytest.raises(RecordError) as info:
+            decode(None, bad)
+        assert info.value.reason == reason
+
+
+def test_json_in_the_wire_format_and_the_contract_checks_still_apply() -> None:
+    decode = RegistryDecoder("json_schema", RecordDecoder(NAMES))
+    decode.add_schema(3, '{"type": "object"}')
+    body = {"series_id": "m-1", "ts": 5.0, "values": [1.0, 2.0]}
+    assert decode(None, _wire(3, _json.dumps(body))).values.tolist() == [1.0, 2.0]
+    for changed, reason in (({"values": [1.0]}, "wrong_arity"), ({"ts": "soon"}, "bad_timestamp")):
+        with pytest.raises(RecordError) as info:
+            decode(None, _wire(3, _json.dumps({**body, **changed})))
+        assert info.value.reason == reason
+
+
+def test_mapped_json_fields_and_what_is_missing() -> None:
+    decode = RecordDecoder(NAMES, fields=FIELDS)
+    rec = decode(
+        None, _json.dumps({"machine": "m", "time": 1, "temperature_c": 3, "pressure_bar": 4})
+    )
+    assert rec.values.tolist() == [3.0, 4.0]
+    with pytest.raises(RecordError, match="no 'pressure_bar' field") as info:
+        decode(None, _json.dumps({"machine": "m", "time": 1, "temperature_c": 3}))
+    assert info.value.reason == "missing_field"
+    renamed = RecordDecoder(NAMES, fields=FieldMap(series_id="id", ts="t", values="v"))
+    assert renamed(None, b'{"id": "x", "t": 2, "v": [1, 2]}').series_id == "x"
+
+
+# -- through Kafka, with a schema registry stand-in --------------------------------------------
+
+
+class RegistryStandIn:
+    """A local HTTP server answering the Confluent Schema Registry's documented endpoints the
+    way the registry does: ``GET /schemas/ids/{id}`` (``{"schema": "..."}``, or 404 with error
+    code 40403) and ``GET /subjects/{subject}/versions``. No real registry runs here."""
+
+    def __init__(self, schemas: dict[int, str], subject: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.asked: list[str] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                stand_in.asked.append(self.path)
+                parts = self.path.strip("/").split("/")
+                if parts[:2] == ["schemas", "ids"] and int(parts[2]) in schemas:
+                    status, body = 200, {"schema": schemas[int(parts[2])]}
+                elif parts == ["subjects", subject, "versions"]:
+                    status, body = 200, list(range(1, len(schemas) + 1))
+                else:
+                    status, body = 404, {"error_code": 40403, "message": "Schema not found"}
+                data = _json.dumps(body)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_service_reads_avro_through_a_schema_registry(tiny) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from stream_vae.broker import EmbeddedBroker
+    from stream_vae.storage.tabular import read_table
+
+    from .test_service import _fault_settings, _serve_until_consumed
+
+    names = tiny.artifact.feature_names
+    schema = {
+        "type": "record",
+        "name": "Reading",
+        "fields": [
+            {"name": "machine", "type": "string"},
+            {"name": "time", "type": "double"},
+            *({"name": f"{n}_raw", "type": "double"} for n in names),
+        ],
+    }
+    registry = RegistryStandIn({1: _json.dumps(schema).decode()}, "telemetry-value")
+    table = read_table(tiny.test_csv, feature_names=names)
+    rows = list(table.batch.in_time_order().records())[:400]
+    good = [
+        _wire(1, _avro({"machine": r.series_id, "time": r.ts,
+                        **{f"{n}_raw": float(v) for n, v in zip(names, r.values, strict=True)}},
+                       schema))
+        for r in rows
+    ]  # fmt: skip
+    bad = [_wire(99, b"\x00"), _wire(1, b"\xff\xff"), b'{"json": "not framed"}']
+    try:
+        with EmbeddedBroker() as broker:
+            s = _fault_settings(broker, "avro")
+            k = s.kafka.model_copy(update={
+                "value_format": "avro", "schema_registry_url": registry.url,
+                "series_id_field": "machine", "ts_field": "time",
+                "feature_fields": {n: f"{n}_raw" for n in names},
+            })  # fmt: skip
+            settings = s.model_copy(update={"kafka": k})
+
+            async def scenario() -> dict[str, int]:
+                from stream_vae.service.kafka import ensure_topics, make_producer
+
+                await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+                producer = make_producer(k)
+                await producer.start()
+                try:
+                    for r, v in zip(rows, good, strict=True):
+                        await producer.send(k.input_topics[0], v, key=r.series_id.encode())
+                    for v in bad:
+                        await producer.send_and_wait(k.input_topics[0], v, key=b"x")
+                finally:
+                    await producer.stop()
+                service = await _serve_until_consumed(settings, tiny.artifact, len(rows) + 3)
+                reg = service.metrics.registry
+                for reason in ("unknown_schema", "bad_encoding"):
+                    labels = {"reason": reason}
+                    reasons[reason] = reg.get_sample_value("stream_vae_dead_letters_total", labels)
+                return service.accounting()
+
+            reasons: dict[str, float | None] = {}
+            acc = asyncio.run(scenario())
+    finally:
+        registry.close()
+    assert acc["consumed"] == len(rows) + 3 and acc["dead_letters"] == 3, acc
+    # id 99 is not in the registry; a bad payload, and a message without the wire format
+    assert reasons == {"unknown_schema": 1.0, "bad_encoding": 2.0}
+    assert acc["scored"] + acc["buffered"] == len(rows) and acc["scored"] > 0, acc
+    # each schema id asked for once: 1 (cached), and 99 (known missing after its 404)
+    assert sorted(registry.asked) == ["/schemas/ids/1", "/schemas/ids/99"]
