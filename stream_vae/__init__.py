@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .model.detector import Detector
     from .model.vae import LSTMVAE, VAEConfig
     from .runtime.live import LiveModel
+    from .runtime.stateless import score_table
     from .scoring import Alert, Scorer
     from .scoring.hybrid import roc_auc
     from .storage.artifact import Artifact
@@ -74,6 +75,7 @@ _WHERE = {
     "load_settings": ".config",
     "retrain": ".training.gate",
     "roc_auc": ".scoring.hybrid",
+    "score_table": ".runtime.stateless",
     "save_artifact": ".storage.files",
     "train_artifact": ".training.build",
 }
@@ -114,6 +116,7 @@ __all__ = [
     "retrain",
     "roc_auc",
     "save_artifact",
+    "score_table",
     "train_artifact",
 ]
 

@@ -191,6 +191,7 @@ def test_public_api_is_pinned() -> None:
             "LiveModel",
             "load_artifact",
             "save_artifact",
+            "score_table",
             "ReadyWindows",
             "Record",
             "RecordBatch",

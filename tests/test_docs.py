@@ -59,3 +59,11 @@ def test_every_docs_page_is_in_the_index() -> None:
     for page in (ROOT / "docs").glob("*.md"):
         if page.name != "index.md":
             assert f"]({page.name})" in index, f"docs/index.md does not list {page.name}"
+
+
+def test_every_public_name_is_on_the_api_page() -> None:
+    import stream_vae
+
+    page = (ROOT / "docs" / "api.md").read_text()
+    for name in stream_vae.__all__:
+        assert f"`{name}`" in page, f"docs/api.md does not name {name}"
