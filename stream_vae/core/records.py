@@ -61,6 +61,7 @@ REASONS = (
 MAX_SERIES_ID_BYTES = 256
 
 FloatArray = npt.NDArray[np.float32]
+_F32_MAX = float(np.finfo(np.float32).max)
 
 _NON_FINITE_LITERAL = re.compile(rb"(?<![\w\"])-?(NaN|Infinity)(?![\w\"])")
 _NON_FINITE = frozenset({"nan", "inf", "infinity"})
@@ -191,6 +192,19 @@ def _values(raw: Any, feature_names: Sequence[str], index: dict[str, int]) -> Fl
         raise RecordError(
             "bad_value", f"values must be a list or an object, got {type(raw).__name__}"
         )
+    if all(type(v) is float or type(v) is int for v in items):
+        # The common case, checked in Python: for a few values, NumPy's per-call overhead is
+        # most of a record's decoding (5.6 µs of 7.6 µs at 8 features; bench/decode.py).
+        try:
+            finite = all(map(math.isfinite, items))
+            largest = max(map(abs, items), default=0.0)
+        except OverflowError:  # an int past float64's range
+            raise RecordError("bad_value", "a value does not fit in float32") from None
+        if not finite:
+            raise RecordError("nan_value", "values contain NaN or infinity")
+        if largest > _F32_MAX:
+            raise RecordError("bad_value", "a value does not fit in float32")
+        return np.array(items, dtype=np.float64).astype(np.float32)
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
         if any(isinstance(v, str) and v.strip().lower().lstrip("+-") in _NON_FINITE for v in items):
             raise RecordError("nan_value", "values contain NaN or infinity (as strings)")
@@ -236,6 +250,12 @@ class RecordDecoder:
         self.max_bytes = max_bytes
         self.fields = fields
         self._index = {f: i for i, f in enumerate(self.feature_names)}
+        # with per-feature fields: the message field of each model feature, in model order
+        by_name = dict(fields.features)
+        unmapped = [f for f in self.feature_names if f not in by_name] if by_name else []
+        if unmapped:
+            raise ValueError(f"FieldMap.features does not map the model's features {unmapped}")
+        self._fields_in_order = [by_name[f] for f in self.feature_names] if by_name else None
 
     def check_size(self, value: bytes | None) -> bytes:
         """The message value, unless it is a tombstone or past ``max_bytes``."""
@@ -279,11 +299,11 @@ class RecordDecoder:
             )
         if f.ts not in body:
             raise RecordError("missing_field", f"no {f.ts!r} field")
-        if f.features:
-            absent = [field for _, field in f.features if field not in body]
-            if absent:
-                raise RecordError("missing_field", f"no {absent[0]!r} field")
-            raw: Any = {name: body[field] for name, field in f.features}
+        if self._fields_in_order is not None:
+            try:
+                raw: Any = [body[field] for field in self._fields_in_order]
+            except KeyError as exc:
+                raise RecordError("missing_field", f"no {exc.args[0]!r} field") from None
         elif f.values not in body:
             raise RecordError("missing_field", f"no {f.values!r} field")
         else:
