@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -237,3 +238,32 @@ def test_route_without_a_receiver_is_a_config_error_and_its_options_set_the_urls
 
     args = _parser().parse_args(["route", "--alertmanager", "http://am:9093"])
     assert _overrides(args) == {"route": {"alertmanager_url": "http://am:9093"}}
+
+
+def test_the_service_backend_is_auto_and_picks_ort_on_the_cpu_where_installed(
+    tiny: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import importlib.util
+
+    from stream_vae.config import ServiceSettings
+    from stream_vae.model.backends import OrtBackend, TorchBackend
+    from stream_vae.runtime.live import DetectorOptions, build_detector, resolve_backend
+
+    art = tiny.artifact
+    auto = DetectorOptions.from_settings(ServiceSettings(device="cpu"))
+    assert auto.backend == "auto"
+    assert resolve_backend(art, auto)[0] == "onnx"  # the dev extras have onnxruntime
+    with caplog.at_level(logging.INFO, logger="stream_vae.runtime.live"):
+        assert isinstance(build_detector(art, auto).backend, OrtBackend)
+    assert f"forward pass of {art.version}: onnx" in caplog.text
+    for changed in ({"precision": "bf16"}, {"device": "cuda"}, {"backend": "torch"}):
+        options = DetectorOptions(**{"device": "cpu", "backend": "auto", **changed})  # type: ignore[arg-type]
+        assert resolve_backend(art, options)[0] == "torch", changed
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a)
+    )
+    assert resolve_backend(art, auto) == (
+        "torch", "eager PyTorch on the CPU (pip install 'stream-vae[onnx]' for ORT)"
+    )  # fmt: skip
+    assert isinstance(build_detector(art, auto).backend, TorchBackend)

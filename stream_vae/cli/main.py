@@ -172,8 +172,8 @@ def _service_commands(command: _Command) -> None:
     u.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default: service.device)")
     u.add_argument(
         "--backend",
-        choices=["torch", "onnx"],
-        help="onnx: ONNX Runtime on the CPU, stream-vae[onnx] (default: service.backend)",
+        choices=["auto", "torch", "onnx"],
+        help="auto: ONNX Runtime on the CPU where installed (default: service.backend)",
     )
 
     ro = command("route", "alerts from the alert topic to an Alertmanager and/or a webhook")

@@ -36,7 +36,10 @@ class ServiceSettings(BaseModel):
     )
     shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on the final drain")
     device: str = "auto"
-    backend: Literal["torch", "onnx"] = "torch"
+    # auto: ONNX Runtime on the CPU where the onnx extra is installed (1.2-3x eager PyTorch
+    # there, docs/operations.md), PyTorch on a GPU or where ORT cannot run the model (sampled
+    # latent modes, a precision or compile setting), eager PyTorch otherwise; logged at start.
+    backend: Literal["auto", "torch", "onnx"] = "auto"
     # the scoring process's torch threads (training and the retrain job have their own)
     torch_threads: int = Field(2, ge=1, le=256)
     # Series held: evict one silent this long (stream time), and hold at most this many (least

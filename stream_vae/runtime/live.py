@@ -17,7 +17,9 @@ The CLI's ``score`` builds one from a model directory,
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +30,7 @@ from ..core.windows import ReadyWindows, WindowStore
 from ..errors import ArtifactError, ConfigError
 from ..model.backends import Backend, OrtBackend, Precision, TorchBackend, onnx_graph
 from ..model.detector import MAX_BATCH, Detector
+from ..model.sampled import SAMPLED_MODES
 from ..model.vae import pick_device
 from ..scoring.alerts import Alert
 from ..scoring.clusters import EpisodeClusters
@@ -45,9 +48,12 @@ __all__ = [
     "build_detector",
     "build_scorer",
     "quality_monitor",
+    "resolve_backend",
     "streaming_threshold",
     "window_store",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +61,7 @@ class DetectorOptions:
     """How a deployment runs the forward pass (docs/operations.md, "GPU inference")."""
 
     device: str = "auto"
-    backend: Literal["torch", "onnx"] = "torch"
+    backend: Literal["auto", "torch", "onnx"] = "torch"  # auto: resolve_backend decides
     precision: Precision = "fp32"
     compile: bool = False
     cuda_graphs: bool = False
@@ -75,15 +81,42 @@ class DetectorOptions:
         )
 
 
+def resolve_backend(artifact: Artifact, o: DetectorOptions) -> tuple[str, str]:
+    """``(backend, why)``: ``o.backend`` unless it is ``auto``, which takes the fastest the
+    machine has for this model: PyTorch on a GPU, ONNX Runtime on the CPU where it is installed
+    and can run the model, eager PyTorch otherwise."""
+    if o.backend != "auto":
+        return o.backend, "as configured"
+    if pick_device(o.device).type != "cpu":
+        return "torch", f"PyTorch on {pick_device(o.device)}"
+    if o.precision != "fp32" or o.compile or o.cuda_graphs:
+        return "torch", "precision/compile/cuda_graphs are PyTorch's"
+    if artifact.spec.scoring.latent_mode in SAMPLED_MODES:
+        return "torch", f"latent_mode {artifact.spec.scoring.latent_mode} samples in PyTorch"
+    if all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime")):
+        return "onnx", "ONNX Runtime on the CPU"
+    return "torch", "eager PyTorch on the CPU (pip install 'stream-vae[onnx]' for ORT)"
+
+
 def build_detector(artifact: Artifact, options: DetectorOptions | None = None) -> Detector:
-    """The forward pass of ``artifact`` on torch (CPU or CUDA), or on the CPU under ONNX Runtime.
+    """The forward pass of ``artifact`` on torch (CPU or CUDA), or on the CPU under ONNX Runtime
+    (``backend="auto"``: :func:`resolve_backend`).
 
     ``precision``, ``compile`` and ``cuda_graphs`` are :class:`TorchBackend`'s options; the onnx
     backend refuses them.
     """
     o = options or DetectorOptions()
+    backend, why = resolve_backend(artifact, o)
+    if o.backend == "auto":
+        log.info(
+            "forward pass of %s: %s (%s)",
+            artifact.version,
+            backend,
+            why,
+            extra={"model_version": artifact.version},
+        )
     impl: Backend
-    if o.backend == "onnx":
+    if backend == "onnx":
         if o.precision != "fp32" or o.compile or o.cuda_graphs:
             raise ConfigError("precision, compile and cuda_graphs apply to the torch backend only")
         buf = io.BytesIO()
