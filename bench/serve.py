@@ -1,6 +1,6 @@
 """The scoring endpoint's cost: a 256-window request over real HTTP against the bare model.
 
-    python bench/serve.py [--windows 256] [--repeats 30] [--threads 2]
+    python bench/serve.py [--windows 256] [--repeats 30] [--threads 2] [--http h11|httptools]
 
 A model of the default shape (W 32, d 8, hidden 64) is trained for two epochs on a generated
 fleet (its weights do not matter for time), served by `stream_vae.serve.app` under uvicorn on a
@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=256)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--http", default="auto", help="uvicorn's HTTP parser: auto, h11, httptools")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     settings = load_settings(env={}, train={"epochs": 2})
@@ -79,7 +80,8 @@ def main() -> None:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(art, detector), log_config=None))
+    config = uvicorn.Config(create_app(art, detector), log_config=None, http=a.http)
+    server = uvicorn.Server(config)
     threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
     while not server.started:
         time.sleep(0.01)
@@ -113,7 +115,7 @@ def main() -> None:
     }
     server.should_exit = True
     print(f"{n} windows (W {w}, d {len(art.feature_names)}), {a.threads} threads, "
-          f"median of {a.repeats}:")  # fmt: skip
+          f"http {a.http}, median of {a.repeats}:")  # fmt: skip
     for name, s in t.items():
         print(f"  {name:8} {s * 1e3:8.2f} ms  {s / t['bare']:5.2f}x bare")
 
