@@ -322,9 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A one-shot command reports an unreachable broker in its one error line; the
             # client's own reconnect lines would come first and bury it.
             logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-        from . import commands  # heavy imports (torch) only once the arguments parse
+        from . import commands, offline  # heavy imports (torch) only once the arguments parse
 
-        return int(getattr(commands, f"cmd_{args.command}")(args, settings))
+        module = offline if hasattr(offline, f"cmd_{args.command}") else commands
+        return int(getattr(module, f"cmd_{args.command}")(args, settings))
     except StreamVAEError as exc:
         if json_logs:  # stderr stays one JSON object per line for the log pipeline
             logging.getLogger("stream_vae").error("%s", exc, extra={"exit_code": exc.exit_code})
