@@ -3,6 +3,7 @@ socket, in a thread), against the streaming path's own scores for the same recor
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -148,6 +149,19 @@ def test_a_body_past_the_limit_and_not_json_are_refused(url: str) -> None:
         resp.begin()
         assert resp.status == 413
         assert json.loads(resp.read())["reason"] == "too_large"
+    # a chunked body has no length to refuse it by: it is counted as it arrives
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for chunk in [b" " * (1 << 20)] * 16 + [b" "]:  # one byte past the limit, at the end
+            conn.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        with contextlib.suppress(OSError):  # the server may have answered and closed already
+            conn.sendall(b"0\r\n\r\n")
+        resp = http.client.HTTPResponse(conn)
+        resp.begin()
+        assert resp.status == 413
 
 
 def test_fewer_records_than_a_window_score_nothing_and_the_docs_are_served(
