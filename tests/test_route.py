@@ -223,3 +223,28 @@ def test_an_alert_with_undefined_scores_still_makes_an_alertmanager_alert() -> N
     alert = to_alertmanager(msg, top_feature="temp", open_ttl_s=60.0)
     assert "scores undefined" in alert["annotations"]["summary"]
     assert alert["annotations"]["reason"] == "model_swap"
+
+
+def test_what_is_not_an_alert_is_passed_over_not_a_crash_loop(
+    broker: EmbeddedBroker, receiver: Receiver
+) -> None:
+    """Another producer's message, or a tombstone, on the alert topic: kept, it would stop the
+    router at the same offset on every restart."""
+    k, route = _settings(broker, webhook_url=receiver.url + "/hook")
+
+    async def scenario() -> Router:
+        await ensure_topics(k, [k.alert_topic])
+        producer = make_producer(k)
+        await producer.start()
+        try:
+            for value in (b"not json", None, b'{"series_id": "m"}', _json.dumps(MESSAGES[0])):
+                await producer.send_and_wait(k.alert_topic, value, key=b"m")
+        finally:
+            await producer.stop()
+        router = Router(k, route)
+        await _route_until(router, lambda: router.counts["delivered"] == 1)
+        return router
+
+    router = asyncio.run(scenario())
+    assert router.counts["invalid"] == 3 and router.counts["consumed"] == 4
+    assert [m for b in receiver.bodies["/hook"] for m in b["alerts"]] == [MESSAGES[0]]

@@ -25,10 +25,13 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 from .. import _json
 from ..config import KafkaSettings, RouteSettings
+from ..contracts import AlertMessage
 from ..errors import ConfigError, KafkaUnavailableError
 from ..logs import printable
 from .kafka import make_consumer
@@ -112,7 +115,14 @@ class Router:
         self.kafka, self.route = kafka, route
         self._tops: OrderedDict[str, str] = OrderedDict()
         # what happened, for the log line at exit and for tests
-        self.counts = {"consumed": 0, "delivered": 0, "refused": 0, "retries": 0, "skipped": 0}
+        self.counts = {
+            "consumed": 0,
+            "invalid": 0,
+            "delivered": 0,
+            "refused": 0,
+            "retries": 0,
+            "skipped": 0,
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume, deliver and commit until ``stop`` is set; a batch not yet delivered when it
@@ -132,14 +142,36 @@ class Router:
                 records = [r for rs in batches.values() for r in rs]
                 if not records:
                     continue
-                messages = [_json.loads(r.value) for r in records if r.value is not None]
-                self.counts["consumed"] += len(messages)
+                self.counts["consumed"] += len(records)
+                messages = self._alerts(records)
                 if not await self._deliver(messages, stop):
                     return  # stopped mid-retry: uncommitted, redelivered next time
                 await consumer.commit()
         finally:
             await consumer.stop()
             log.info("router stopped: %s", self.counts)
+
+    def _alerts(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[dict[str, Any]]:
+        """The records that are alert messages (the published contract), as they are; anything
+        else on the topic (another producer's, a tombstone) is logged with its coordinates,
+        counted and passed over: kept, it would stop the router at the same offset forever."""
+        out = []
+        for r in records:
+            try:
+                AlertMessage.model_validate_json(r.value or b"")
+            except ValidationError as exc:
+                self.counts["invalid"] += 1
+                log.error(
+                    "%s[%d]@%d is not an alert message, passed over: %s",
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    printable(str(exc).splitlines()[0]),
+                    extra={"topic": r.topic, "partition": r.partition, "offset": r.offset},
+                )
+                continue
+            out.append(_json.loads(r.value or b""))
+        return out
 
     async def _deliver(self, messages: Sequence[dict[str, Any]], stop: asyncio.Event) -> bool:
         wanted = [m for m in messages if not self.route.kinds or m.get("kind") in self.route.kinds]
