@@ -57,6 +57,9 @@ def test_datetimes_a_dict_and_what_is_refused(tiny: TinyModel) -> None:
     bad = dict(cols, **{tiny.artifact.feature_names[0]: np.full(len(cols["ts"]), np.nan)})  # type: ignore[arg-type]
     with pytest.raises(sv.DataError, match="NaN"):
         sv.score_table(tiny.artifact, bad)
+    huge = dict(cols, **{tiny.artifact.feature_names[0]: np.full(len(cols["ts"]), 1e39)})  # type: ignore[arg-type]
+    with pytest.raises(sv.DataError, match="float32"):
+        sv.score_table(tiny.artifact, huge)
     with pytest.raises(sv.DataError, match="not list"):
         sv.score_table(tiny.artifact, [1, 2])
 

@@ -123,6 +123,13 @@ def test_whole_windows_score_as_their_records_do(url: str, tiny: TinyModel) -> N
             422,
             "bad_timestamp",
         ),
+        # past float32 (it became inf, and the scores NaN)
+        ({"records": [{"series_id": "m", "ts": 1, "values": [1e39, 1, 1]}]}, 422, "bad_value"),
+        (
+            {"records": [{"series_id": "m" * 300, "ts": 1, "values": [1, 1, 1]}]},
+            422,
+            "invalid_request",
+        ),
         ({"records": [{"series_id": "m", "ts": 1}]}, 422, "invalid_request"),
         ({"rows": []}, 422, "invalid_request"),
         ({"records": [{"series_id": "m", "ts": 1, "values": [1, 2, 3]}] * 5001}, 413, "too_large"),

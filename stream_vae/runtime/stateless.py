@@ -135,6 +135,8 @@ def score_table(
     values = np.column_stack([np.asarray(cols[n], dtype=np.float64) for n in names])
     if not np.isfinite(values).all():
         raise DataError("score_table: the feature columns hold NaN or infinity")
+    if np.abs(values).max(initial=0.0) > np.finfo(np.float32).max:  # would become infinity
+        raise DataError("score_table: a feature value does not fit in float32")
     batch = RecordBatch(
         tuple(str(s) for s in cols["series_id"].tolist()),
         _epoch_s(cols["ts"]),

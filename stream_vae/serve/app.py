@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import _json
-from ..core.records import RecordBatch, parse_ts
+from ..core.records import RecordBatch, RecordDecoder
 from ..errors import RecordError
 from ..model.detector import Detector
 from ..runtime.stateless import WindowScores, score_records
@@ -101,38 +100,18 @@ def _error(status: int, reason: str, error: str) -> JSONResponse:
     return JSONResponse({"reason": reason, "error": error}, status_code=status)
 
 
-def _row(values: Values, names: tuple[str, ...]) -> list[float]:
-    if isinstance(values, dict):
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise RecordError("unknown_feature", f"unknown features {unknown[:5]}")
-        missing = [n for n in names if n not in values]
-        if missing:
-            raise RecordError("missing_field", f"missing features {missing[:5]}")
-        return [values[n] for n in names]
-    if len(values) != len(names):
-        raise RecordError("wrong_arity", f"{len(values)} values, the model has {len(names)}")
-    return values
-
-
-def _batch(req: ScoreRequest, names: tuple[str, ...], window: int) -> RecordBatch:
-    sids: list[str] = []
-    ts: list[float] = []
-    rows: list[list[float]] = []
-    for r in req.records:
-        sids.append(r.series_id)
-        ts.append(parse_ts(r.ts))
-        rows.append(_row(r.values, names))
+def _batch(req: ScoreRequest, decoder: RecordDecoder, window: int) -> RecordBatch:
+    """The request's records, each checked as an input message is (arity, feature names,
+    finite values within float32, the timestamp, the series id)."""
+    rows = [(r.series_id, r.ts, r.values) for r in req.records]
     for w in req.windows:
         if len(w.ts) != window or len(w.values) != window:
             raise RecordError(
                 "wrong_arity", f"a window of {w.series_id} has {len(w.values)} points, not {window}"
             )
-        sids += [w.series_id] * window
-        ts += [parse_ts(t) for t in w.ts]
-        rows += [_row(v, names) for v in w.values]
-    values = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
-    return RecordBatch(tuple(sids), np.asarray(ts, dtype=np.float64), values)
+        rows += [(w.series_id, t, v) for t, v in zip(w.ts, w.values, strict=True)]
+    records = [decoder.record(None, {"series_id": s, "ts": t, "values": v}) for s, t, v in rows]
+    return RecordBatch.from_records(records, len(decoder.feature_names))
 
 
 def _response(scores: WindowScores, names: tuple[str, ...], window: int) -> Response:
@@ -197,6 +176,7 @@ def create_app(
     """The endpoint for one model version."""
     names = artifact.feature_names
     window = artifact.vae_config.window
+    decoder = RecordDecoder(names)
     app = FastAPI(
         title="stream-vae",
         version=artifact.version,
@@ -247,7 +227,7 @@ def create_app(
         n = len(req.records) + window * len(req.windows)
         if n > max_records:
             raise _TooLargeError(f"{n} records, at most {max_records}")
-        batch = _batch(req, names, window)
+        batch = _batch(req, decoder, window)
         scores = score_records(
             artifact, detector, batch, top_k=req.top_k, reconstruction=req.reconstruction
         )
