@@ -103,6 +103,17 @@ def _parser() -> argparse.ArgumentParser:
 _Command = Callable[[str, str], argparse.ArgumentParser]
 
 
+def _forward_options(p: argparse.ArgumentParser) -> None:
+    """Where a one-shot command runs the model (`run` takes them from service.* instead)."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="onnx: ONNX Runtime on the CPU (stream-vae[onnx])",
+    )
+
+
 def _model_commands(command: _Command) -> None:
     t = command("train", "fit a model on normal telemetry")
     t.add_argument("--data", required=True, type=Path, help="CSV/Parquet file, or SMD dir/file")
@@ -122,13 +133,7 @@ def _model_commands(command: _Command) -> None:
     s.add_argument("--data", required=True, type=Path, help="CSV/Parquet file, or SMD dir/file")
     s.add_argument("--out", required=True, type=Path, help="scores CSV to write")
     s.add_argument("--format", default="auto", choices=FORMATS, help="format of --data")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    s.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "onnx"],
-        help="onnx: ONNX Runtime on the CPU (stream-vae[onnx])",
-    )
+    _forward_options(s)
     s.add_argument("--batch", type=int, default=2048, help="records per micro-batch")
     s.add_argument(
         "--reconstruction",
@@ -190,13 +195,7 @@ def _service_commands(command: _Command) -> None:
     sv.add_argument("--model", required=True, type=Path, help="model directory")
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on")
-    sv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    sv.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "onnx"],
-        help="onnx: ONNX Runtime on the CPU (stream-vae[onnx])",
-    )
+    _forward_options(sv)
 
     r = command("replay", "produce a CSV/Parquet/SMD file to a Kafka topic")
     r.add_argument("--data", type=Path, help="CSV/Parquet file, or SMD dir/file")
