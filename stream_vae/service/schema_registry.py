@@ -18,7 +18,7 @@ from ..core.formats import AvroDecoder, RegistryDecoder
 from ..core.records import FieldMap, Record, RecordDecoder
 from ..errors import ConfigError, StreamVAEError
 
-__all__ = ["RegistryUnavailableError", "SchemaRegistry", "make_decoder"]
+__all__ = ["RegistryUnavailableError", "SchemaRegistry", "fetch_schemas", "make_decoder"]
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,8 @@ def make_decoder(
     return RegistryDecoder(k.value_format, records), registry
 
 
-def fetch_unknown(
-    decoder: Decoder, registry: SchemaRegistry | None, values: Iterable[bytes | None]
-) -> int:
-    """Fetch the schemas ``values`` carry that ``decoder`` does not know yet (blocking: run it
-    off the event loop); returns how many were fetched."""
-    if registry is None or not isinstance(decoder, RegistryDecoder):
-        return 0
-    ids = decoder.unknown_ids(values)
+def fetch_schemas(decoder: RegistryDecoder, registry: SchemaRegistry, ids: Iterable[int]) -> None:
+    """Fetch the schemas of ``ids`` into ``decoder`` (blocking: run it off the event loop)."""
     for schema_id in sorted(ids):
         decoder.add_schema(schema_id, registry.schema(schema_id))
         log.info("schema %d from %s", schema_id, registry.url)
-    return len(ids)

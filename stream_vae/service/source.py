@@ -26,9 +26,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from ..config import KafkaSettings
+from ..core.formats import RegistryDecoder
 from ..core.records import Record, RecordBatch
 from ..errors import RecordError
-from .schema_registry import fetch_unknown, make_decoder
+from .schema_registry import fetch_schemas, make_decoder
 
 __all__ = ["DeadLetter", "KafkaSource", "SourceBatch"]
 
@@ -102,9 +103,10 @@ class KafkaSource:
     async def next_batch(self) -> SourceBatch:
         """Fetch what is there (up to the limits) and decode it; never raises on bad input."""
         generation, fetched = await self._fetch()
-        if self._registry is not None:  # schemas of ids not seen yet, off the loop
-            values = [m.value for ms in fetched.values() for m in ms]
-            await asyncio.to_thread(fetch_unknown, self._decode, self._registry, values)
+        if self._registry is not None and isinstance(self._decode, RegistryDecoder):
+            ids = self._decode.unknown_ids(m.value for ms in fetched.values() for m in ms)
+            if ids:  # schemas of ids not seen yet, fetched off the loop (once per id)
+                await asyncio.to_thread(fetch_schemas, self._decode, self._registry, ids)
         live = _Collect()
         replay = _Collect()
         now = time.time()
