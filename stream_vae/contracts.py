@@ -25,6 +25,7 @@ __all__ = [
     "SCHEMAS",
     "AlertMessage",
     "DeadLetterHeaders",
+    "FeedbackMessage",
     "InputRecord",
     "ModelEvent",
     "schema_of",
@@ -111,6 +112,20 @@ class AlertMessage(BaseModel):
     members: list[Member] | None = Field(None, description="an incident's series")
 
 
+class FeedbackMessage(BaseModel):
+    """A person's verdict on an alert: the value of a message on the feedback topic
+    (``kafka.feedback_topic``; any key). See :mod:`stream_vae.lifecycle.feedback`."""
+
+    model_config = _OPEN
+
+    alert_id: str = Field(min_length=1, max_length=256, description="the alert's alert_id")
+    verdict: Literal["false_positive", "confirmed", "ignore"] = Field(
+        description="false_positive: learn it as normal; confirmed: the gate must still find it"
+    )
+    by: str | None = Field(None, max_length=256, description="who said it")
+    ts: float | str | None = Field(None, description="when: epoch seconds or ISO-8601")
+
+
 class DeadLetterHeaders(BaseModel):
     """The headers of a dead letter (its value and key are the input's own bytes, cut to fit
     where they were larger than the topic takes). Kafka headers are bytes: these are their
@@ -146,7 +161,7 @@ class RetrainEvent(BaseModel):
     event: Literal["promoted", "rejected"]
     version: str
     parent: str
-    trigger: Literal["drift", "schedule", "manual"]
+    trigger: Literal["drift", "schedule", "feedback", "manual"]
     data_from_ts: float
     data_to_ts: float
     n_windows: int
@@ -159,7 +174,7 @@ class RetrainEvent(BaseModel):
 class FailedEvent(BaseModel):
     model_config = _OPEN
     event: Literal["failed"]
-    trigger: Literal["drift", "schedule", "manual"]
+    trigger: Literal["drift", "schedule", "feedback", "manual"]
     error: str
     job_seconds: float | None = None
 
@@ -194,6 +209,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "input-record": InputRecord,
     "alert": AlertMessage,
     "dead-letter-headers": DeadLetterHeaders,
+    "feedback": FeedbackMessage,
     "model-event": ModelEvent,
 }
 

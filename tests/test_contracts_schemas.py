@@ -39,7 +39,11 @@ def test_the_asyncapi_document_names_the_topics_and_every_schema() -> None:
     assert doc["asyncapi"].startswith("3.")
     k = KafkaSettings()
     addresses = {c["address"] for c in doc["channels"].values()}
-    assert addresses == {*k.input_topics, k.alert_topic, k.dead_letter_topic, k.model_events_topic}
+    assert k.feedback_topic is None  # off by default: the document names the docs' example
+    assert addresses == {
+        *k.input_topics, k.alert_topic, k.dead_letter_topic, k.model_events_topic,
+        "telemetry.feedback",
+    }  # fmt: skip
     refs = set()
     for message in doc["components"]["messages"].values():
         for part in ("payload", "headers"):

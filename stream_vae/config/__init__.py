@@ -53,12 +53,13 @@ from .deployment import (
 )
 from .evaluation import EvaluationSettings
 from .model import ModelSettings, ModelSpec, ScoringSettings, WindowSettings
-from .training import RetrainSettings, TrainSettings
+from .training import FeedbackSettings, RetrainSettings, TrainSettings
 
 __all__ = [
     "AlertSettings",
     "DriftSettings",
     "EvaluationSettings",
+    "FeedbackSettings",
     "KafkaSettings",
     "LogSettings",
     "ModelSettings",
@@ -93,6 +94,7 @@ class Settings(BaseSettings):
     # training's
     train: TrainSettings = TrainSettings()
     retrain: RetrainSettings = RetrainSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     # the deployment's
     service: ServiceSettings = ServiceSettings()
     alerts: AlertSettings = AlertSettings()

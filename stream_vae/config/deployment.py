@@ -181,6 +181,8 @@ class KafkaSettings(BaseModel):
     alert_topic: TopicName = "telemetry.alerts"
     dead_letter_topic: TopicName = "telemetry.dead-letter"
     model_events_topic: TopicName = "stream-vae.model-events"  # drift, retrain, promote, reject
+    # People's verdicts on alerts (stream_vae.lifecycle.feedback); None: no feedback is read.
+    feedback_topic: TopicName | None = None
     # Each partition's replay start, keyed by group/topic/partition: internal, created by the
     # service when missing (one partition, cleanup.policy=compact); see service.checkpoint.
     state_topic: TopicName = "stream-vae.state"

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from .model import FROZEN
 
-__all__ = ["RetrainSettings", "TrainSettings"]
+__all__ = ["FeedbackSettings", "RetrainSettings", "TrainSettings"]
 
 
 class TrainSettings(BaseModel):
@@ -70,3 +70,29 @@ class RetrainSettings(BaseModel):
     max_recall_drop: float = Field(0.05, ge=0, le=1, description="gate: vs the live model")
     shadow_path: Path | None = Field(None, description=".npz of labelled anomalous windows")
     torch_threads: int = Field(1, ge=1, le=256, description="the job's own thread budget")
+
+
+class FeedbackSettings(BaseModel):
+    """What people's verdicts on alerts teach the next retrain (stream_vae.lifecycle.feedback);
+    read from ``kafka.feedback_topic``."""
+
+    model_config = FROZEN
+
+    # Each recent anomaly episode's windows are held, thinned evenly, so that a verdict on it
+    # finds them: at most windows_per_alert of each of the newest alerts_held episodes
+    # (32 × 500 windows of W = 64, d = 8: 33 MB).
+    windows_per_alert: int = Field(32, ge=1, le=4096, description="windows held per episode")
+    alerts_held: int = Field(500, ge=1, description="newest episodes whose windows are held")
+    # The score rises before its smoothed value crosses the threshold: the windows leading
+    # into an open (those of the batch that opened it) are part of the pattern. Without them,
+    # a smooth 4σ bump fed back still opened an episode on its rising edge in 2 of 3 seeds.
+    lead_windows: int = Field(8, ge=0, le=4096, description="windows before the open held")
+    max_windows: int = Field(4000, ge=1, description="per verdict; the oldest alert goes first")
+    # False-positive windows are repeated to at least this share of a retrain's training
+    # windows: a dozen windows among thousands barely move a warm start. On a generated fleet
+    # with a 3σ level shift of two features marked (3 seeds), the candidate alerted on 38%,
+    # 20%, 38% of the marked windows at 0.1 and 19%, 5%, 38% at 0.2 (docs/lifecycle.md).
+    share: float = Field(0.2, ge=0, lt=0.5, description="least share of training windows")
+    # A retrain starts once this many false positives were fed back since the last job (and
+    # the reservoir holds retrain.min_windows); None: they wait for a drift or schedule job.
+    retrain_after: int | None = Field(1, ge=1, description="false positives that start a job")

@@ -2,8 +2,8 @@
 
 :func:`run_job` retrains from the registry's live version (:func:`stream_vae.training.gate.
 retrain`), publishes the candidate with its lineage and promotes it if the gate passed;
-:func:`job_main` is its entry point in a spawned process, with the sample passed as an ``.npz``
-file (:func:`save_sample`), not through a pipe.
+:func:`job_main` is its entry point in a spawned process, with the job's windows passed as an
+``.npz`` file (:func:`save_job`), not through a pipe.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 from ..config import Settings
 from ..storage.registry import Registry
 from ..training.gate import retrain
+from .policy import Job
 from .reservoir import ReservoirSample
 
-__all__ = ["job_main", "run_in_child", "run_job", "save_sample"]
+__all__ = ["job_main", "run_in_child", "run_job", "save_job"]
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,25 @@ def run_job(
     *,
     trigger: str = "manual",
     live_version: str | None = None,
+    job: Job | None = None,
 ) -> dict[str, Any]:
     """Retrain from the registry's current (or ``live_version``) model; publish the candidate
-    with its lineage; promote it if it passed. Returns a ``model-events`` message."""
+    with its lineage; promote it if it passed. Returns a ``model-events`` message. ``job``
+    brings the windows of alerts people marked: false positives are trained on, confirmed
+    ones join the gate's shadow set."""
     live = registry.load(live_version)
     shadow = _load_shadow(settings.retrain.shadow_path)
-    result = retrain(live, sample, settings, trigger=trigger, shadow=shadow)
+    confirmed = None if job is None else job.confirmed
+    if confirmed is not None:
+        shadow = confirmed if shadow is None else np.concatenate([shadow, confirmed])
+    result = retrain(
+        live,
+        sample,
+        settings,
+        trigger=trigger,
+        shadow=shadow,
+        false_positives=None if job is None else job.false_positives,
+    )
     cand = result.candidate
     gate = {
         "passed": result.gate.passed,
@@ -55,6 +69,7 @@ def run_job(
         data_to_ts=result.data_to_ts,
         n_windows=result.n_windows,
         gate=gate,
+        feedback=None if job is None else job.feedback_counts(),
     )
     if result.gate.passed:
         registry.promote(cand.version, reason=f"{trigger}: gate passed")
@@ -77,6 +92,7 @@ def run_job(
         "train_seconds": result.train_seconds,
         "threshold": cand.threshold,
         "gate": gate,
+        **({} if job is None else {"feedback": job.feedback_counts()}),
     }
 
 
@@ -92,14 +108,14 @@ def job_main(spec: dict[str, Any]) -> dict[str, Any]:
     settings (a JSON-able dict); the sample travels as an ``.npz`` file, not through a pipe."""
     settings = Settings.model_validate(spec["settings"])
     torch.set_num_threads(settings.retrain.torch_threads)
-    with np.load(spec["sample_path"]) as f:
-        sample = ReservoirSample(f["windows"], tuple(str(k) for k in f["keys"].tolist()), f["ts"])
+    job = load_job(Path(spec["sample_path"]), spec["trigger"])
     return run_job(
         Registry(spec["registry_root"]),
-        sample,
+        job.sample,
         settings,
-        trigger=spec["trigger"],
+        trigger=job.trigger,
         live_version=spec.get("live_version"),
+        job=job,
     )
 
 
@@ -115,7 +131,29 @@ def run_in_child(spec: dict[str, Any], answer: Connection) -> None:
     answer.close()
 
 
-def save_sample(sample: ReservoirSample, path: Path) -> Path:
-    """Write a reservoir sample for :func:`job_main` (uncompressed: it is read once, soon)."""
-    np.savez(path, windows=sample.windows, keys=np.array(sample.keys), ts=sample.ts)
+def save_job(job: Job, path: Path) -> Path:
+    """Write a job's windows for :func:`job_main` (uncompressed: it is read once, soon)."""
+    s, feedback = job.sample, {}
+    for name in ("false_positives", "confirmed"):
+        w = getattr(job, name)
+        if w is not None:
+            feedback[name] = w
+    np.savez(
+        path,
+        windows=s.windows,
+        keys=np.array(s.keys),
+        ts=s.ts,
+        n_alerts=np.array([job.n_false_positive_alerts, job.n_confirmed_alerts]),
+        **feedback,
+    )
     return path
+
+
+def load_job(path: Path, trigger: str) -> Job:
+    """The job :func:`save_job` wrote (its drift event and start time stay behind)."""
+    with np.load(path) as f:
+        sample = ReservoirSample(f["windows"], tuple(str(k) for k in f["keys"].tolist()), f["ts"])
+        fp = np.asarray(f["false_positives"]) if "false_positives" in f else None
+        confirmed = np.asarray(f["confirmed"]) if "confirmed" in f else None
+        n_fp, n_confirmed = (int(n) for n in f["n_alerts"])
+    return Job(trigger, sample, None, 0.0, fp, confirmed, n_fp, n_confirmed)

@@ -14,6 +14,8 @@ benchmark is the service's policy, not a copy of it.
 - :meth:`RetrainPolicy.rejected`: a drift job that did not promote is retried once
   ``min_windows`` newer clean windows are held (at most 3 times).
 - :meth:`RetrainPolicy.swapped`: after a new version is installed, drift starts afresh.
+- :meth:`RetrainPolicy.feedback`: windows of alerts people marked (false positives, confirmed)
+  ride with every later job; ``feedback.retrain_after`` new false positives start one.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ import numpy.typing as npt
 from ..core.windows import ReadyWindows
 from ..scoring.scorer import ScoredBatch, Scorer
 from .drift import DriftEvent, DriftMonitor
+from .feedback import FeedbackSet
 from .reservoir import CleanReservoir, ReservoirSample, clean_mask
 
 if TYPE_CHECKING:  # annotations only
-    from ..config import DriftSettings, RetrainSettings
+    from ..config import DriftSettings, FeedbackSettings, RetrainSettings
     from ..storage.artifact import Artifact
 
 __all__ = ["Job", "RetrainPolicy"]
@@ -44,10 +47,29 @@ _MAX_RETRIES = 3
 class Job:
     """A retrain to run now: why, and on which clean windows."""
 
-    trigger: str  # "drift" | "schedule"
+    trigger: str  # "drift" | "schedule" | "feedback"
     sample: ReservoirSample
     drift: DriftEvent | None = None  # the event a drift job answers
     started_ts: float = 0.0  # stream time when it was due
+    # windows of alerts marked as false positives (trained on) and confirmed (gated on)
+    false_positives: npt.NDArray[np.float32] | None = None
+    confirmed: npt.NDArray[np.float32] | None = None
+    # how many alerts those windows came from, for the version's lineage
+    n_false_positive_alerts: int = 0
+    n_confirmed_alerts: int = 0
+
+    def feedback_counts(self) -> dict[str, int]:
+        """What the job learns from people's verdicts, as the registry records it."""
+        return {
+            "false_positive_alerts": self.n_false_positive_alerts,
+            "false_positive_windows": _n(self.false_positives),
+            "confirmed_alerts": self.n_confirmed_alerts,
+            "confirmed_windows": _n(self.confirmed),
+        }
+
+
+def _n(windows: npt.NDArray[np.float32] | None) -> int:
+    return 0 if windows is None else len(windows)
 
 
 class RetrainPolicy:
@@ -62,14 +84,26 @@ class RetrainPolicy:
         may still start jobs).
     seed
         Seeds the reservoir's sampling.
+    feedback
+        How many windows of marked alerts are kept, and how many false positives start a job.
     """
 
     def __init__(
-        self, retrain: RetrainSettings, monitor: DriftMonitor | None = None, *, seed: int = 0
+        self,
+        retrain: RetrainSettings,
+        monitor: DriftMonitor | None = None,
+        *,
+        seed: int = 0,
+        feedback: FeedbackSettings | None = None,
     ) -> None:
         r = retrain
         self.settings = retrain
         self.monitor = monitor
+        cap = 4000 if feedback is None else feedback.max_windows
+        self.retrain_after = None if feedback is None else feedback.retrain_after
+        self.false_positives = FeedbackSet(cap)
+        self.confirmed = FeedbackSet(cap)
+        self._new_false_positives = 0  # since the last job
         self.reservoir = CleanReservoir(
             r.reservoir_windows, r.reservoir_buckets, r.bucket_s, seed=seed
         )
@@ -85,6 +119,7 @@ class RetrainPolicy:
         retrain: RetrainSettings,
         *,
         seed: int = 0,
+        feedback: FeedbackSettings | None = None,
     ) -> RetrainPolicy:
         """The policy of a deployment serving ``artifact``: its drift monitor thins by the
         model's window and stride and watches its features."""
@@ -99,7 +134,7 @@ class RetrainPolicy:
             if drift.enabled
             else None
         )
-        return cls(retrain, monitor, seed=seed)
+        return cls(retrain, monitor, seed=seed, feedback=feedback)
 
     @property
     def armed(self) -> DriftEvent | None:
@@ -148,6 +183,16 @@ class RetrainPolicy:
         if (event.kind == "score" and r.on_drift) or (event.kind == "input" and r.on_input_drift):
             self._armed = event
 
+    def feedback(self, verdict: str, alert_id: str, windows: npt.NDArray[np.float32]) -> None:
+        """Windows (m, W, d) of an alert a person marked ``false_positive`` or ``confirmed``."""
+        if verdict == "false_positive":
+            self.confirmed.discard(alert_id)  # the newest verdict on an alert holds
+            self.false_positives.add(alert_id, windows)
+            self._new_false_positives += 1
+        elif verdict == "confirmed":
+            self.false_positives.discard(alert_id)
+            self.confirmed.add(alert_id, windows)
+
     def due(self, now_ts: float) -> Job | None:
         """A job to start now, or None; ``now_ts`` is the stream time of the newest window."""
         r = self.settings
@@ -158,17 +203,37 @@ class RetrainPolicy:
             if self.reservoir.n_since(fresh_since) < r.min_windows:
                 return None
             event, self._armed = self._armed, None
-            self._last_job_ts = now_ts
-            return Job("drift", self.reservoir.sample(since), event, now_ts)
-        if r.schedule_s is None or len(self.reservoir) < r.min_windows:
+            return self._job("drift", self.reservoir.sample(since), now_ts, event)
+        if len(self.reservoir) < r.min_windows:
+            return None
+        if self.retrain_after is not None and self._new_false_positives >= self.retrain_after:
+            return self._job("feedback", self.reservoir.sample(), now_ts)
+        if r.schedule_s is None:
             return None
         if self._last_job_ts is None:
             self._last_job_ts = now_ts  # the schedule counts from the first full reservoir
             return None
         if now_ts - self._last_job_ts < r.schedule_s:
             return None
+        return self._job("schedule", self.reservoir.sample(), now_ts)
+
+    def _job(
+        self, trigger: str, sample: ReservoirSample, now_ts: float, drift: DriftEvent | None = None
+    ) -> Job:
+        """A job on ``sample``, with every marked alert's windows (kept for later jobs too:
+        a later retrain must not forget them)."""
         self._last_job_ts = now_ts
-        return Job("schedule", self.reservoir.sample())
+        self._new_false_positives = 0
+        return Job(
+            trigger,
+            sample,
+            drift,
+            now_ts,
+            self.false_positives.windows(),
+            self.confirmed.windows(),
+            self.false_positives.n_alerts,
+            self.confirmed.n_alerts,
+        )
 
     def rejected(self, job: Job) -> bool:
         """A drift job's candidate was rejected (or the job failed): the drift is still there

@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ..config import Settings
-from ..core.state import StateRegistry
+from ..core.state import SeriesState, StateRegistry
 from ..core.windows import ReadyWindows, WindowStore
 from ..errors import ArtifactError, ConfigError
 from ..logs import printable
@@ -49,6 +49,7 @@ from ..scoring.scorer import ScoredBatch
 from ..storage.artifact import Artifact
 from ..storage.registry import Registry
 from .checkpoint import Checkpoint, CheckpointStore
+from .feedback import FeedbackReader
 from .health import EventLoopLagMonitor, HealthServer
 from .kafka import ensure_topics, make_consumer, make_producer
 from .lifecycle import Lifecycle
@@ -95,9 +96,15 @@ class Service:
         self._last_ts = 0.0  # stream time of the newest record processed
         self._watermark = ReplayWatermark(_replay_keep(artifact))
         # Every part that keeps state per series: an eviction or a revoke is one call.
-        self.state = StateRegistry(
-            {"live": self.live, "watermark": self._watermark, "drift": self.lifecycle.drift_state}
-        )
+        parts: dict[str, SeriesState] = {
+            "live": self.live,
+            "watermark": self._watermark,
+            "drift": self.lifecycle.drift_state,
+        }
+        if self.lifecycle.alert_windows is not None:
+            parts["feedback"] = self.lifecycle.alert_windows
+        self.state = StateRegistry(parts)
+        self.feedback: FeedbackReader | None = None  # while serving, with a feedback topic
         self._lock = asyncio.Lock()
         self._source: KafkaSource | None = None
         self._sink: KafkaSink | None = None
@@ -119,8 +126,16 @@ class Service:
         """Consume until ``stop`` is set; then finish the batch in flight, flush and commit."""
         k, svc = self.settings.kafka, self.settings.service
         if k.auto_create_topics:
+            feedback = [] if k.feedback_topic is None else [k.feedback_topic]
             await ensure_topics(
-                k, [*k.input_topics, k.alert_topic, k.dead_letter_topic, k.model_events_topic]
+                k,
+                [
+                    *k.input_topics,
+                    k.alert_topic,
+                    k.dead_letter_topic,
+                    k.model_events_topic,
+                    *feedback,
+                ],
             )
         async with contextlib.AsyncExitStack() as stack:
             if svc.metrics_port is not None:
@@ -181,13 +196,18 @@ class Service:
                 extra={"model_version": self.live.version},
             )
             self.metrics.set_ready(True)
-            probe = asyncio.create_task(self._probe_broker(consumer))
+            tasks = [asyncio.create_task(self._probe_broker(consumer))]
+            if k.feedback_topic is not None:
+                self.feedback = FeedbackReader(k, self.lifecycle, self._sink, self.metrics)
+                tasks.append(asyncio.create_task(self.feedback.run()))
             try:
                 await self._loop(consumer, stop)
             finally:
-                probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await probe
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             try:  # what the throttle held back; a stale start is valid (a longer replay)
                 await asyncio.wait_for(
                     self._checkpoints.flush(consumer.assignment()), svc.shutdown_timeout_s
@@ -314,7 +334,8 @@ class Service:
         """Records before the committed offset of a partition just taken over: their state is
         rebuilt and nothing is published, counted or watched for drift (the previous owner
         did all of that)."""
-        _, scored, _ = await self._infer(replay)
+        ready, scored, _ = await self._infer(replay)
+        self.lifecycle.hold(ready, scored.alerts)  # an open episode's windows, rebuilt too
         self._track(replay, scored.alerts)
         self.metrics.add_records_replayed(replay.n_consumed)
 
@@ -336,6 +357,7 @@ class Service:
         evicted = _evictions(store) != evicted_before
         gone = live.series() - store.series() if evicted else frozenset()
         alerts = closed + scored.alerts + live.scorer.close(self._last_ts, "evicted", gone)
+        self.lifecycle.hold(ready, alerts)
         await self._sink.publish(alerts, batch.rejected)
         self._track(batch, alerts)
         if evicted:

@@ -11,6 +11,10 @@
   replica polls the registry's pointer (``registry.poll_s``), loads a new version off the loop
   and hands it to the service, which swaps between batches (:meth:`take_swap`).
 - Drift events and job outcomes are queued for the ``model-events`` topic (:meth:`take_events`).
+- Feedback: the windows of each recent anomaly episode are held by alert id (:meth:`hold`); a
+  verdict read from the feedback topic (:meth:`on_feedback`) hands them to the policy, which
+  trains on false positives and gates on confirmed anomalies in every later job, and starts
+  one after ``feedback.retrain_after`` false positives.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import multiprocessing
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +36,12 @@ from ..config import Settings
 from ..core.windows import ReadyWindows
 from ..errors import StreamVAEError
 from ..lifecycle.drift import DriftEvent, DriftMonitor
-from ..lifecycle.job import run_in_child, save_sample
+from ..lifecycle.feedback import AlertWindows, Feedback
+from ..lifecycle.job import run_in_child, save_job
 from ..lifecycle.policy import Job, RetrainPolicy
 from ..model.detector import Detector
 from ..runtime.live import DetectorOptions, build_detector
+from ..scoring.alerts import Alert
 from ..scoring.scorer import ScoredBatch, Scorer
 from ..storage.artifact import Artifact
 from ..storage.registry import Registry
@@ -77,8 +83,20 @@ class Lifecycle:
         self.live_version = artifact.version
         self._artifact = artifact  # published at start if the registry lacks it (see __aenter__)
         self.policy = RetrainPolicy.for_model(
-            artifact, settings.drift, settings.retrain, seed=settings.service.seed
+            artifact,
+            settings.drift,
+            settings.retrain,
+            seed=settings.service.seed,
+            feedback=settings.feedback,
         )
+        fb = settings.feedback
+        # held only where verdicts can arrive
+        self.alert_windows = (
+            AlertWindows(fb.windows_per_alert, fb.alerts_held, fb.lead_windows)
+            if settings.kafka.feedback_topic is not None
+            else None
+        )
+        self._last_ts: float | None = None  # stream time of the newest window observed
         # The drift monitor's per-series state, reached through the drift thread.
         self.drift_state = _DriftState(self)
         self._drift_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-drift")
@@ -111,10 +129,51 @@ class Lifecycle:
             self._drift_futures.append(
                 self._drift_exec.submit(monitor.update, scored.keys, scored.ts, scored.raw, means)
             )
-        if self.registry is not None and (self._job is None or self._job.done()):
-            job = self.policy.due(float(scored.ts.max()))
+        self._last_ts = float(scored.ts.max())
+        self._maybe_start_job()
+
+    def _maybe_start_job(self) -> None:
+        if self._last_ts is None or self.registry is None:
+            return
+        if self._job is None or self._job.done():
+            job = self.policy.due(self._last_ts)
             if job is not None:
                 self._job = asyncio.create_task(self._run_job(job))
+
+    # -- feedback ---------------------------------------------------------------------------
+    def hold(self, ready: ReadyWindows, alerts: Sequence[Alert]) -> None:
+        """Hold the windows of the series in an anomaly episode (``alerts``: every event the
+        batch caused, closes forced by a swap or an eviction included)."""
+        if self.alert_windows is None:
+            return
+        opened = {
+            a.series_id: (a.alert_id, a.episode_start_ts)
+            for a in alerts
+            if a.kind == "anomaly" and a.event == "open"
+        }
+        closed = {a.series_id: a.ts for a in alerts if a.kind == "anomaly" and a.event == "close"}
+        self.alert_windows.hold(ready.keys, ready.ts, ready.values, opened=opened, closed=closed)
+
+    def on_feedback(self, fb: Feedback) -> bool:
+        """A verdict on an alert; returns whether its windows were held here."""
+        windows = None if self.alert_windows is None else self.alert_windows.take(fb.alert_id)
+        outcome = "applied" if windows is not None else "unknown_alert"
+        self.metrics.add_feedback(fb.verdict, outcome)
+        log.info(
+            "feedback %s on alert %s by %s: %s",
+            fb.verdict,
+            fb.alert_id,
+            fb.by or "-",
+            "its windows were not held here" if windows is None else f"{len(windows)} windows",
+            extra={"alert_id": fb.alert_id, "model_version": self.live_version},
+        )
+        if windows is None:
+            return False
+        self.policy.feedback(fb.verdict, fb.alert_id, windows)
+        p = self.policy
+        self.metrics.set_feedback_windows(len(p.false_positives), len(p.confirmed))
+        self._maybe_start_job()
+        return True
 
     def _collect_drift(self) -> None:
         while self._drift_futures and self._drift_futures[0].done():
@@ -142,7 +201,7 @@ class Lifecycle:
         self.metrics.set_retraining(True)
         t0 = time.time()
         with tempfile.TemporaryDirectory(prefix="stream-vae-retrain-") as tmp:
-            path = await asyncio.to_thread(save_sample, sample, Path(tmp) / "sample.npz")
+            path = await asyncio.to_thread(save_job, job, Path(tmp) / "job.npz")
             spec = {
                 "registry_root": str(self.registry.root),
                 "sample_path": str(path),
@@ -151,9 +210,11 @@ class Lifecycle:
                 "live_version": self.live_version,
             }
             log.info(
-                "retraining (%s) on %d clean windows from %s",
+                "retraining (%s) on %d clean windows (%d of alerts marked as false positives) "
+                "from %s",
                 trigger,
                 len(sample),
+                0 if job.false_positives is None else len(job.false_positives),
                 self.live_version,
             )
             try:

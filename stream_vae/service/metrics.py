@@ -172,6 +172,27 @@ class ServiceMetrics:
         for event in sorted(_MODEL_EVENTS):
             self._model_events.labels(event=event)
         self._reservoir = gauge("reservoir_windows", "Clean windows held for retraining.")
+        self._feedback = counter(
+            "feedback",
+            "Verdicts on alerts read from the feedback topic; outcome applied: its windows "
+            "were found, unknown_alert: not held by this replica.",
+            "verdict",
+            "outcome",
+        )
+        for verdict in ("false_positive", "confirmed", "ignore"):
+            for outcome in ("applied", "unknown_alert"):
+                self._feedback.labels(verdict=verdict, outcome=outcome)
+        self._feedback_dead = counter(
+            "feedback_dead_letters",
+            "Feedback messages that could not be used (sent to the dead-letter topic).",
+            "reason",
+        )
+        self._feedback_windows = gauge(
+            "feedback_windows",
+            "Windows of marked alerts held for the next retrain (false positives trained on, "
+            "confirmed gated on).",
+            "verdict",
+        )
         self._retraining = gauge("retraining", "1 while a retraining job runs.")
         self._raw_score = histogram(
             "raw_score", "Raw hybrid score of the windows scored.", _SCORE_BUCKETS
@@ -311,6 +332,16 @@ class ServiceMetrics:
 
     def set_reservoir_windows(self, n_windows: int) -> None:
         self._reservoir.set(n_windows)
+
+    def add_feedback(self, verdict: str, outcome: str) -> None:
+        self._feedback.labels(verdict=verdict, outcome=outcome).inc()
+
+    def add_feedback_dead_letter(self, reason: str) -> None:
+        self._feedback_dead.labels(reason=reason).inc()
+
+    def set_feedback_windows(self, n_false_positive: int, n_confirmed: int) -> None:
+        self._feedback_windows.labels(verdict="false_positive").set(n_false_positive)
+        self._feedback_windows.labels(verdict="confirmed").set(n_confirmed)
 
     def set_retraining(self, running: bool) -> None:
         self._retraining.set(1 if running else 0)

@@ -59,7 +59,7 @@ __all__ = ["Lineage", "Registry", "Trigger", "VersionInfo"]
 
 log = logging.getLogger(__name__)
 
-Trigger = Literal["initial", "drift", "schedule", "manual"]
+Trigger = Literal["initial", "drift", "schedule", "feedback", "manual"]
 _VERSIONS, _CURRENT, _HISTORY, _LOCK = "versions", "CURRENT", "history.jsonl", "LOCK"
 _LINEAGE = "lineage.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a plain directory name: no traversal
@@ -86,6 +86,9 @@ class Lineage:
     n_windows: int | None = None  # training windows
     gate: dict[str, Any] = field(default_factory=dict)  # validation gate metrics and outcome
     created_at: float = 0.0  # epoch seconds
+    # what people's verdicts on alerts gave it: false_positive_{alerts,windows} trained on,
+    # confirmed_{alerts,windows} gated on (stream_vae.lifecycle.feedback); empty: none
+    feedback: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -96,7 +99,12 @@ class Lineage:
         been edited by hand)."""
         if not isinstance(d, Mapping):
             raise RegistryError(f"invalid lineage: a JSON object expected, got {type(d).__name__}")
-        for key, kind in (("version", str), ("parent", str | None), ("gate", Mapping | None)):
+        for key, kind in (
+            ("version", str),
+            ("parent", str | None),
+            ("gate", Mapping | None),
+            ("feedback", Mapping | None),
+        ):
             if not isinstance(d.get(key), kind):
                 raise RegistryError(f"invalid lineage: {key} is {d.get(key)!r}")
 
@@ -108,11 +116,17 @@ class Lineage:
                 raise RegistryError(f"invalid lineage: {key} is {v!r}, not epoch seconds")
             return float(v)
 
-        n = d.get("n_windows")
-        if isinstance(n, float) and n.is_integer():
-            n = int(n)
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-            raise RegistryError(f"invalid lineage: n_windows is {n!r}")
+        def count(name: str, v: Any) -> int | None:
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise RegistryError(f"invalid lineage: {name} is {v!r}")
+            return v
+
+        n = count("n_windows", d.get("n_windows"))
+        feedback = {
+            str(k): count(f"feedback.{k}", v) or 0 for k, v in (d.get("feedback") or {}).items()
+        }
         return cls(
             version=d["version"],
             parent=d.get("parent"),
@@ -122,6 +136,7 @@ class Lineage:
             n_windows=n,
             gate=dict(d.get("gate") or {}),
             created_at=ts("created_at", 0.0) or 0.0,
+            feedback=feedback,
         )
 
 
@@ -156,11 +171,18 @@ class VersionInfo:
             for k, v in lin.gate.items()
             if isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 24)
         ][:5]  # scalars only: nested metrics belong in `lineage.json`, not one line
-        mark, n = ("*" if self.is_current else " "), lin.n_windows
+        mark, n, fb = ("*" if self.is_current else " "), lin.n_windows, lin.feedback
+        feedback = (
+            f"  feedback fp {fb.get('false_positive_alerts', 0)} alerts "
+            f"({fb.get('false_positive_windows', 0)} windows) trained on, confirmed "
+            f"{fb.get('confirmed_alerts', 0)} ({fb.get('confirmed_windows', 0)}) gated on"
+            if any(fb.values())
+            else ""
+        )
         return (
             f"{mark} {self.version}  created {_when(lin.created_at)}  parent {lin.parent or '-'}  "
             f"trigger {lin.trigger}  data {data}  {'-' if n is None else n} windows  "
-            f"gate {' '.join(gate) or '-'}"
+            f"gate {' '.join(gate) or '-'}{feedback}"
         )
 
 
@@ -273,6 +295,7 @@ class Registry:
         data_to_ts: float | None = None,
         n_windows: int | None = None,
         gate: Mapping[str, Any] | None = None,
+        feedback: Mapping[str, int] | None = None,
     ) -> str:
         """Store ``artifact`` with its lineage (not promoted); a version already there is kept."""
         dest = self.path(artifact.version)
@@ -288,6 +311,7 @@ class Registry:
             n_windows,
             g,
             created,
+            dict(feedback or {}),
         )
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
         try:

@@ -177,8 +177,13 @@ def fit_artifact(
     device: str = "auto",
     progress: bool = True,
     smooth_calibration: bool = True,
+    stop_windows: np.ndarray | None = None,
 ) -> Artifact:
     """Fit on raw windows (n, W, d), then choose α and calibrate on the validation windows.
+
+    ``stop_windows``: what early stopping measures instead of the validation windows (a
+    retrain that learns alerts marked as false positives measures them too: on clean windows
+    alone, the epoch that best fits them is often one that has not learned the pattern yet).
 
     ``smooth_calibration``: the threshold is set on the per-series EMA of the validation scores
     (consecutive windows, as the service sees them). Retraining calibrates on a sample of
@@ -192,7 +197,7 @@ def fit_artifact(
     def fit_on(windows: np.ndarray) -> FitResult:
         return fit(
             scaler.transform(windows),
-            scaler.transform(val_windows),
+            scaler.transform(val_windows if stop_windows is None else stop_windows),
             settings.model,
             settings.train,
             init_state=warm_start.state_dict if warm_start is not None else None,

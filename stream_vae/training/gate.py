@@ -15,8 +15,14 @@ The gate, on the newest ``retrain.holdout_fraction`` of the clean windows (never
     the binomial 99% bound at that rate", because a few hundred windows cannot measure a 0.1%
     rate to a factor of two;
 (c) **shadow recall** (when ``retrain.shadow_path`` names an ``.npz`` with ``windows``
-    (m, W, d) of labelled anomalies never used in training): the candidate's recall is not more
-    than ``max_recall_drop`` below the live model's.
+    (m, W, d) of labelled anomalies never used in training, and the windows of alerts people
+    confirmed, :mod:`stream_vae.lifecycle.feedback`): the candidate's recall is not more than
+    ``max_recall_drop`` below the live model's.
+
+Windows of alerts people marked as false positives join the training windows (and the windows
+early stopping measures), repeated to at least ``feedback.share`` of them. They are normal now,
+so (a) measures them too, at that share; (b) stays on clean windows only. The gate reports how
+many of them each model alerts on (``fp_alert_rate_live``, ``fp_alert_rate_candidate``).
 
 The threshold is calibrated on the held-out windows' raw scores (see
 :func:`stream_vae.training.build.fit_artifact` on why not the EMA), first on the older half (so
@@ -26,6 +32,7 @@ that (b) is measured on windows it was not set on), then, once the gate passed, 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -48,7 +55,14 @@ from .build import fit_artifact
 if TYPE_CHECKING:  # annotations only: the loader is the entry point's
     from ..config import RetrainSettings, Settings
 
-__all__ = ["GateResult", "RetrainResult", "neg_elbo", "retrain", "validate"]
+__all__ = [
+    "GateResult",
+    "RetrainResult",
+    "neg_elbo",
+    "retrain",
+    "validate",
+    "with_false_positives",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +130,16 @@ def validate(
     target_fpr: float,
     beta: float,
     shadow: npt.NDArray[Any] | None = None,
+    false_positives: F32 | None = None,
+    fp_share: float = 0.0,
 ) -> GateResult:
     """The gate (see the module docstring) on held-out clean windows (n, W, d)."""
     reasons = []
-    live_loss = neg_elbo(live, holdout, live.scaler, beta)
-    cand_loss = neg_elbo(candidate, holdout, live.scaler, beta)
+    # Windows people marked as false positives are normal now: (a) measures them too, at the
+    # share they were trained at (the live model, which alerted on them, fits them worst)
+    normal = with_false_positives(holdout, false_positives, fp_share)
+    live_loss = neg_elbo(live, normal, live.scaler, beta)
+    cand_loss = neg_elbo(candidate, normal, live.scaler, beta)
     if not cand_loss < live_loss:
         reasons.append(f"elbo: candidate −ELBO {cand_loss:.4g} ≥ live {live_loss:.4g}")
     n = len(holdout)
@@ -147,7 +166,29 @@ def validate(
                 f"shadow recall: {cand_recall:.3f} < live {live_recall:.3f} − "
                 f"{settings.max_recall_drop:g}"
             )
+    if false_positives is not None and len(false_positives):
+        for name, art in (("live", live), ("candidate", candidate)):
+            rate = (_raw_scores(art, false_positives) >= art.threshold).mean()
+            metrics[f"fp_alert_rate_{name}"] = float(rate)
     return GateResult(not reasons, tuple(reasons), metrics)
+
+
+def with_false_positives(train: F32, false_positives: F32 | None, share: float) -> F32:
+    """Training windows (n, W, d) plus the false positives' (m, W, d), cycled to at least
+    ``share`` of the result: a dozen windows among thousands would barely move a warm start.
+
+    Examples
+    --------
+    >>> t, fp = np.zeros((90, 2, 1), np.float32), np.ones((3, 2, 1), np.float32)
+    >>> out = with_false_positives(t, fp, 0.1)
+    >>> out.shape, int(out[:, 0, 0].sum())
+    ((100, 2, 1), 10)
+    """
+    if false_positives is None or not len(false_positives):
+        return train
+    m = max(len(false_positives), math.ceil(share / (1.0 - share) * len(train)))
+    extra = np.resize(false_positives, (m, *false_positives.shape[1:]))  # cycles through them
+    return np.concatenate([train, extra.astype(train.dtype, copy=False)])
 
 
 def _job_settings(live: Artifact, settings: Settings) -> Settings:
@@ -164,9 +205,11 @@ def retrain(
     *,
     trigger: str = "manual",
     shadow: npt.NDArray[Any] | None = None,
+    false_positives: F32 | None = None,
     progress: bool = False,
 ) -> RetrainResult:
-    """Warm-start a candidate from ``live`` on a reservoir sample and run the gate (CPU)."""
+    """Warm-start a candidate from ``live`` on a reservoir sample (plus the windows of alerts
+    marked as false positives) and run the gate (CPU)."""
     r = settings.retrain
     if len(sample) < r.min_windows:
         raise DataError(
@@ -176,16 +219,17 @@ def retrain(
     job = _job_settings(live, settings)
     train, holdout = sample.split(r.holdout_fraction)
     calib, gate_part = holdout.split(0.5)
+    train_windows = with_false_positives(train.windows, false_positives, settings.feedback.share)
     d = len(live.feature_names)  # the data's channels; the calendar's follow, unscaled
     scaler = (
-        Scaler.fit(train.windows[..., :d].reshape(-1, d), job.train.std_floor).passing(
+        Scaler.fit(train_windows[..., :d].reshape(-1, d), job.train.std_floor).passing(
             live.spec.window.n_context
         )
         if r.refit_scaler
         else live.scaler
     )
     candidate = fit_artifact(
-        train.windows,
+        train_windows,
         calib.windows,
         calib.keys,
         live.feature_names,
@@ -195,11 +239,24 @@ def retrain(
         device="cpu",
         progress=progress,
         smooth_calibration=False,
+        stop_windows=(
+            None
+            if false_positives is None
+            else with_false_positives(calib.windows, false_positives, settings.feedback.share)
+        ),
     )
     beta = float(live.training.get("settings", {}).get("beta", settings.train.beta))
     target = live.spec.scoring.target_fpr
     gate = validate(
-        live, candidate, gate_part.windows, r, target_fpr=target, beta=beta, shadow=shadow
+        live,
+        candidate,
+        gate_part.windows,
+        r,
+        target_fpr=target,
+        beta=beta,
+        shadow=shadow,
+        false_positives=false_positives,
+        fp_share=settings.feedback.share,
     )
     if gate.passed:
         # recalibrate on every held-out window now that the gate has used its half
@@ -212,6 +269,6 @@ def retrain(
         trigger,
         float(sample.ts[0]),
         float(sample.ts[-1]),
-        len(train),
+        len(train_windows),
         round(time.time() - t0, 2),
     )
