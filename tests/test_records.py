@@ -3,7 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_vae.core.records import REASONS, Record, RecordBatch, decode, encode, parse_ts
+from stream_vae.core.records import (
+    REASONS,
+    Record,
+    RecordBatch,
+    RecordDecoder,
+    decode,
+    encode,
+    parse_ts,
+)
 from stream_vae.errors import RecordError
 
 FEATURES = ("temp", "pressure", "rpm")
@@ -126,3 +134,32 @@ def test_a_timestamp_past_float64_is_a_bad_timestamp_not_an_overflow() -> None:
     with pytest.raises(RecordError) as info:
         parse_ts(10**400)
     assert info.value.reason == "bad_timestamp"
+
+
+def test_a_batch_of_typed_rows_is_checked_at_once_with_the_reasons_of_one_record() -> None:
+    dec = RecordDecoder(("a", "b"))
+    rows = [("s-1", 1.0, [0.5, 1.5]), ("s-2", 2.0, [2.5, -3.5])]
+    batch = dec.batch(rows)
+    assert batch.series_ids == ("s-1", "s-2") and batch.values.dtype == np.float32
+    np.testing.assert_array_equal(batch.ts, [1.0, 2.0])
+    np.testing.assert_array_equal(batch.values, [[0.5, 1.5], [2.5, -3.5]])
+    # the other shapes a record may have take the per-record checks, with the same result
+    mixed = [("s-1", "1970-01-01T00:00:01Z", {"b": 1.5, "a": 0.5}), ("é" * 100, 2, [2.5, -3.5])]
+    slow = dec.batch(mixed)
+    assert slow.series_ids == ("s-1", "é" * 100)
+    np.testing.assert_array_equal(slow.ts, [1.0, 2.0])
+    np.testing.assert_array_equal(slow.values, batch.values)
+    bad = {
+        "nan_value": ("s", 1.0, [float("nan"), 0.0]),
+        "bad_value": ("s", 1.0, [1e39, 0.0]),
+        "bad_series_id": ("😀" * 65, 1.0, [0.0, 0.0]),  # 65 characters, 260 bytes
+        "bad_timestamp": ("s", float("inf"), [0.0, 0.0]),
+        "wrong_arity": ("s", 1.0, [0.0]),
+    }
+    for reason, row in bad.items():
+        with pytest.raises(RecordError) as info:
+            dec.batch([rows[0], row])
+        assert info.value.reason == reason, row
+        with pytest.raises(RecordError) as one:  # the same reason as the row alone says
+            dec.record(None, {"series_id": row[0], "ts": row[1], "values": row[2]})
+        assert one.value.reason == reason

@@ -285,18 +285,7 @@ class RecordDecoder:
     def record(self, key: bytes | None, body: dict[str, Any]) -> Record:
         """Validate one parsed message (named as :attr:`fields` says) into a :class:`Record`."""
         f = self.fields
-        sid = body.get(f.series_id)
-        if sid is None:
-            if not key:
-                raise RecordError("missing_field", "no series_id in the body and no message key")
-            try:
-                sid = key.decode("utf-8")
-            except UnicodeDecodeError:
-                raise RecordError("bad_series_id", "message key is not UTF-8") from None
-        if not isinstance(sid, str) or not sid or len(sid.encode()) > MAX_SERIES_ID_BYTES:
-            raise RecordError(
-                "bad_series_id", f"series_id must be a non-empty string ≤ 256 bytes: {sid!r}"
-            )
+        sid = self._series_id(key, body.get(f.series_id))
         if f.ts not in body:
             raise RecordError("missing_field", f"no {f.ts!r} field")
         if self._fields_in_order is not None:
@@ -309,6 +298,62 @@ class RecordDecoder:
         else:
             raw = body[f.values]
         return Record(sid, parse_ts(body[f.ts]), _values(raw, self.feature_names, self._index))
+
+    @staticmethod
+    def _series_id(key: bytes | None, sid: Any) -> str:
+        """The record's series id, or its message key's when the body has none."""
+        if sid is None:
+            if not key:
+                raise RecordError("missing_field", "no series_id in the body and no message key")
+            try:
+                sid = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RecordError("bad_series_id", "message key is not UTF-8") from None
+        if not isinstance(sid, str) or not sid or len(sid.encode()) > MAX_SERIES_ID_BYTES:
+            raise RecordError(
+                "bad_series_id", f"series_id must be a non-empty string ≤ 256 bytes: {sid!r}"
+            )
+        return sid
+
+    def batch(self, rows: Sequence[tuple[str, Any, Any]]) -> RecordBatch:
+        """Validate (series id, ts, values) rows into one batch, in order, or raise the first
+        bad row's :class:`RecordError` (named as :meth:`record` names it).
+
+        For callers whose values are already floats (a schema said so: pydantic, an Avro
+        ``double``): when every row's values are a list of d of them, the checks run on the
+        whole (n, d) array at once; a row they refuse, or any other row shape, goes through
+        the checks :meth:`record` runs, the one place the reasons are written.
+        """
+        d = len(self.feature_names)
+        vals = [v for _, _, v in rows]
+        arr = None
+        if vals and all(type(v) is list and len(v) == d for v in vals):
+            try:
+                arr = np.array(vals, dtype=np.float64)  # (n, d)
+            except (TypeError, ValueError, OverflowError):  # not numbers: the row checks say so
+                arr = None
+        if arr is not None:
+            ts = [t for _, t, _ in rows]
+            ts_arr = np.array(ts, dtype=np.float64) if all(type(t) is float for t in ts) else None
+            sids = tuple(sid for sid, _, _ in rows)
+            fine = (
+                ts_arr is not None
+                and np.isfinite(ts_arr).all()
+                and np.isfinite(arr).all()
+                and np.abs(arr).max(initial=0.0) <= _F32_MAX
+                # ≤ 64 characters are ≤ 256 bytes in UTF-8
+                and all(type(sid) is str and 0 < len(sid) <= 64 for sid in sids)
+            )
+            if fine:
+                assert ts_arr is not None
+                return RecordBatch(sids, ts_arr, arr.astype(np.float32))
+        records = [
+            Record(
+                self._series_id(None, sid), parse_ts(t), _values(v, self.feature_names, self._index)
+            )
+            for sid, t, v in rows
+        ]
+        return RecordBatch.from_records(records, d)
 
 
 def decode(

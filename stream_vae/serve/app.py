@@ -6,18 +6,25 @@ replicas scale behind any load balancer. OpenAPI at ``/openapi.json``, docs at `
 Errors are JSON ``{"reason": ..., "error": ...}``: ``invalid_request`` (422, the body does not
 match the schema), a record's own reason (422: ``unknown_feature``, ``wrong_arity``,
 ``bad_timestamp``, ...), ``too_large`` (413, past ``max_body_bytes`` or ``max_records``).
-The forward pass runs in the server's thread pool, not on its event loop.
+The forward pass runs in one worker thread of the app's own, not on its event loop, and not
+in the server's thread pool: torch's threads belong to the thread that calls it, and a pool
+that hands calls to several threads keeps several teams of them busy on the same cores (that
+cost a 256-window request 1.9× the time of its scoring, bench/serve.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import _json
 from ..core.records import RecordBatch, RecordDecoder
@@ -110,8 +117,7 @@ def _batch(req: ScoreRequest, decoder: RecordDecoder, window: int) -> RecordBatc
                 "wrong_arity", f"a window of {w.series_id} has {len(w.values)} points, not {window}"
             )
         rows += [(w.series_id, t, v) for t, v in zip(w.ts, w.values, strict=True)]
-    records = [decoder.record(None, {"series_id": s, "ts": t, "values": v}) for s, t, v in rows]
-    return RecordBatch.from_records(records, len(decoder.feature_names))
+    return decoder.batch(rows)
 
 
 def _response(scores: WindowScores, names: tuple[str, ...], window: int) -> Response:
@@ -150,6 +156,36 @@ def _response(scores: WindowScores, names: tuple[str, ...], window: int) -> Resp
     return Response(_json.dumps(body), media_type="application/json")
 
 
+class _LimitSize:
+    """Refuse a body whose Content-Length is past ``max_body_bytes`` before reading it (413),
+    or is not a number (400). Plain ASGI: Starlette's ``BaseHTTPMiddleware`` passes every body
+    through in-memory streams, which cost more than the whole scoring of a 256-window request
+    over HTTP did (bench/serve.py)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    length = value.decode("latin-1")
+                    response = None
+                    if not length.isdigit():
+                        response = _error(400, "invalid_request", f"Content-Length {length[:20]!r}")
+                    elif int(length) > self.max_body_bytes:
+                        response = _error(
+                            413,
+                            "too_large",
+                            f"body of {length} bytes, at most {self.max_body_bytes}",
+                        )
+                    if response is not None:
+                        await response(scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
+
+
 def _request_schema(app: FastAPI) -> dict[str, Any]:
     """:class:`ScoreRequest`'s JSON Schema for the OpenAPI document (its nested models go to
     ``components.schemas``, where OpenAPI looks for them)."""
@@ -177,20 +213,21 @@ def create_app(
     names = artifact.feature_names
     window = artifact.vae_config.window
     decoder = RecordDecoder(names)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-serve")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        executor.shutdown(wait=True)
+
     app = FastAPI(
         title="stream-vae",
         version=artifact.version,
         description="Stateless anomaly scoring of telemetry windows by an LSTM-VAE.",
+        lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and not length.isdigit():
-            return _error(400, "invalid_request", f"Content-Length {length[:20]!r}")
-        if length is not None and int(length) > max_body_bytes:
-            return _error(413, "too_large", f"body of {length} bytes, at most {max_body_bytes}")
-        return await call_next(request)
+    app.add_middleware(_LimitSize, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -253,6 +290,7 @@ def create_app(
             if size > max_body_bytes:
                 return _error(413, "too_large", f"body past {max_body_bytes} bytes")
             chunks.append(chunk)
-        return await run_in_threadpool(work, b"".join(chunks))  # the forward pass off the loop
+        # the forward pass off the loop, in the app's one worker thread
+        return await asyncio.get_running_loop().run_in_executor(executor, work, b"".join(chunks))
 
     return app
