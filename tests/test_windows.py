@@ -438,3 +438,57 @@ def test_property_a_split_stream_continues_identically_in_the_same_lru_order(
     assert split.series() == whole.series() == set(ref.series)
     if kw["max_series"] is not None:
         assert _eviction_order(split) == _eviction_order(whole) == list(ref.series)
+
+
+def _state(store: WindowStore) -> dict[str, object]:
+    """Everything a store holds per series (its ring oldest first), and its LRU order."""
+    out: dict[str, object] = {"lru": list(store._slots), "counters": store.counters}
+    w = store.window
+    for sid, slot in store._slots.items():
+        n, h = int(store._count[slot]), int(store._head[slot])
+        ring = store._pool[slot][(h + np.arange(w)) % w][w - n :] if n == w else store._pool[slot, :n]
+        out[sid] = (
+            ring.tolist(),
+            n,
+            float(store._last_ts[slot]),
+            repr(float(store._last_step[slot])),
+            int(store._since[slot]),
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"max_gap_s": 2.5},
+        {"max_gap_s": 2.5, "gap_policy": "ffill", "max_fill": 3},
+        {"max_series": 6},
+        {"calendar": ("day",)},
+    ],
+)
+def test_a_batch_pushed_at_once_matches_its_records_pushed_one_by_one(kwargs: dict) -> None:
+    """The vectorised path of push_many (big batches, stride 1) against the per-record loop,
+    on interleaved series with new series, single-record runs, and batches it must hand back
+    (late records, gaps, evictions)."""
+    rng = np.random.default_rng(7)
+    fast, slow = WindowStore(5, 2, **kwargs), WindowStore(5, 2, **kwargs)
+    t = {f"s{i}": 0.0 for i in range(9)}
+    for b in range(40):
+        n = int(rng.integers(32, 120))
+        live = [f"s{i}" for i in range(min(9, 2 + b // 4))]  # new series join as it goes
+        keys = [live[int(j)] for j in rng.integers(0, len(live), n)]
+        ts = []
+        for k in keys:
+            t[k] += float(rng.choice([1.0, 1.0, 1.0, 2.0, 4.0] if b % 5 == 4 else [1.0, 2.0]))
+            ts.append(t[k])
+        if b % 7 == 6:
+            ts[n // 2] = ts[n // 2] - 50.0  # a late record
+        vals = rng.normal(size=(n, 2)).astype(np.float32)
+        batch = RecordBatch(tuple(keys), np.array(ts), vals)
+        got = fast.push_many(batch)
+        ref = [slow.push_many(batch.slice(i, i + 1)) for i in range(n)]
+        assert got.keys == tuple(k for r in ref for k in r.keys)
+        np.testing.assert_array_equal(got.ts, np.concatenate([r.ts for r in ref]))
+        np.testing.assert_array_equal(got.values, np.concatenate([r.values for r in ref]))
+        assert _state(fast) == _state(slow), b

@@ -51,6 +51,9 @@ I64 = npt.NDArray[np.int64]
 # slots nobody uses yet) under ~25%.
 _GROWTH = 1.25
 _MIN_CAPACITY = 64
+# Batches at least this large take the vectorised path (WindowStore._push_runs) when they can:
+# below it, its fixed cost is more than the per-record loop's.
+_RUNS_MIN_RECORDS = 32
 _COUNTERS = ("points", "late", "gap_resets", "filled", "evicted_lru", "evicted_idle", "windows")
 
 
@@ -215,6 +218,10 @@ class WindowStore:
         values = batch.values
         if self.calendar:
             values = np.concatenate([values, calendar_columns(batch.ts, self.calendar)], axis=1)
+        if n >= _RUNS_MIN_RECORDS and self.stride == 1:
+            runs = self._push_runs(batch.series_ids, batch.ts, values)
+            if runs is not None:
+                return runs
         for i, (sid, t) in enumerate(zip(batch.series_ids, batch.ts.tolist(), strict=True)):
             slot = self._accept(sid, t)
             if slot >= 0 and self._append(slot, values[i], t):
@@ -226,6 +233,99 @@ class WindowStore:
         out.resize((len(keys), w, d), refcheck=False)  # (n_ready, W, d), shrunk in place
         self._counts["windows"] += len(keys)
         return ReadyWindows(tuple(keys), np.asarray(ends, dtype=np.float64), out)
+
+    def _push_runs(self, sids: tuple[str, ...], ts: F64, values: F32) -> ReadyWindows | None:
+        """:meth:`push_many` for the whole batch at once, series by series, when the stride is
+        1 and no record is late, bridges a gap or makes room by evicting: the same windows,
+        counters and state as one record at a time (tests/test_windows.py compares them), with
+        the per-record work in NumPy. None, having changed nothing, when a record needs the
+        one-at-a-time path."""
+        known = self._slots
+        names = list(dict.fromkeys(sids))  # the batch's series, in order of first record
+        is_new = np.array([s not in known for s in names], dtype=bool)  # (m,)
+        n_new = int(is_new.sum())
+        if n_new and self.max_series is not None and len(known) + n_new > self.max_series:
+            return None
+        group = {s: g for g, s in enumerate(names)}
+        rec_group = np.fromiter((group[s] for s in sids), np.int64, len(sids))  # (n,)
+        order = np.argsort(rec_group, kind="stable")  # by series, then arrival
+        t_sorted = ts[order]
+        starts = np.flatnonzero(np.r_[True, np.diff(rec_group[order]) != 0])  # (m,)
+        prev = np.empty(len(order))
+        prev[1:] = t_sorted[:-1]
+        prev[starts] = -math.inf  # a new series' first point follows nothing
+        held = np.flatnonzero(~is_new)
+        prev[starts[held]] = self._last_ts[[known[names[g]] for g in held.tolist()]]
+        step = t_sorted - prev  # (n,) NaN or ≤ 0: late
+        ok = step > 0
+        if self.max_gap_s is not None:
+            gap = step > self.max_gap_s
+            gap[starts[is_new]] = False
+            ok &= ~gap
+        if not ok.all():
+            return None
+        for s in names:  # in order of first record, as one record at a time allocates
+            if s not in known:
+                self._allocate(s)
+        slot = np.array([known[s] for s in names], dtype=np.int64)  # (m,)
+        out, rows = self._runs_windows(slot, starts, order, values)
+        self._runs_state(slot, starts, order, is_new, t_sorted, step, out)
+        keys = tuple(sids[i] for i in rows.tolist())
+        self._counts["points"] += len(sids)
+        self._counts["windows"] += len(keys)
+        return ReadyWindows(keys, ts[rows], out[0])
+
+    def _runs_windows(
+        self, slot: I64, starts: I64, order: I64, values: F32
+    ) -> tuple[tuple[F32, F32, I64], I64]:
+        """The ready windows (in arrival order) and their records; each series' points laid out
+        as [its ring (W rows, oldest first), its new rows] in one array ``seq``."""
+        w, c, ar = self.window, self.n_channels, self._ar
+        m, n = len(slot), len(order)
+        k = np.diff(np.r_[starts, n])  # (m,) records per series
+        rings = self._pool[slot[:, None], (self._head[slot][:, None] + ar) % w]  # (m, W, c)
+        offset = w * np.arange(m) + starts  # (m,) where each series' block starts in seq
+        seq = np.empty((m * w + n, c), dtype=np.float32)
+        seq[(offset[:, None] + ar).ravel()] = rings.reshape(-1, c)
+        g = np.repeat(np.arange(m), k)  # (n,) series of each sorted record
+        rank = np.arange(n) - starts[g]  # (n,) its place among its series' new records
+        seq[offset[g] + w + rank] = values[order]
+        ready = self._count[slot][g] + rank + 1 >= w  # (n,) a full window ends at it
+        sel = np.flatnonzero(ready)
+        sel = sel[np.argsort(order[sel])]  # in arrival order
+        windows = seq[(offset[g[sel]] + rank[sel] + 1)[:, None] + ar]  # (n_ready, W, c)
+        tails = seq[(offset + k)[:, None] + ar]  # (m, W, c) each series' newest W points
+        return (windows, tails, k), order[sel]
+
+    def _runs_state(
+        self,
+        slot: I64,
+        starts: I64,
+        order: I64,
+        is_new: npt.NDArray[np.bool_],
+        t_sorted: F64,
+        step: F64,
+        out: tuple[F32, F32, I64],
+    ) -> None:
+        """Each series' ring, counts and times as one record at a time leaves them."""
+        w = self.window
+        _, tails, k = out
+        last = starts + k - 1  # (m,) sorted position of each series' newest record
+        count = np.minimum(self._count[slot] + k, w)
+        full = count == w
+        self._pool[slot[full]] = tails[full]  # oldest first: the next write goes to row 0
+        self._head[slot[full]] = 0
+        for g in np.flatnonzero(~full).tolist():  # still filling: points at [0, count)
+            n_g = int(count[g])
+            self._pool[slot[g], :n_g] = tails[g, w - n_g :]
+            self._head[slot[g]] = n_g
+        self._count[slot] = count
+        self._last_ts[slot] = t_sorted[last]
+        stepped = ~(is_new & (k == 1))  # a new series' only point sets no step
+        self._last_step[slot[stepped]] = step[last[stepped]]
+        self._since[slot] = np.where(full, 0, self._since[slot] + k)
+        for g in np.argsort(order[last]).tolist():  # least recently updated first
+            self._slots.move_to_end(self._ids[int(slot[g])])  # type: ignore[arg-type]
 
     def _accept(self, sid: str, t: float) -> int:
         """Slot to append ``t`` to (after handling a gap), or -1 if the point is late."""
