@@ -101,6 +101,48 @@ def test_mapped_json_fields_and_what_is_missing() -> None:
     assert renamed(None, b'{"id": "x", "t": 2, "v": [1, 2]}').series_id == "x"
 
 
+def _results(out: list[object]) -> list[object]:
+    """Records as (id, ts, values), errors as their reason: what a batch decode is compared on."""
+    return [
+        o.reason if isinstance(o, RecordError) else (o.series_id, o.ts, o.values.tolist())  # type: ignore[attr-defined]
+        for o in out
+    ]
+
+
+def test_a_batch_of_avro_records_decodes_as_each_record_alone_would() -> None:
+    dec = RecordDecoder(NAMES, fields=FIELDS)
+    local = AvroDecoder(_json.dumps(SCHEMA).decode(), dec)
+    by_id = RegistryDecoder("avro", dec)
+    by_id.add_schema(42, _json.dumps(SCHEMA).decode())
+    good = [_avro({**READING, "machine": f"m-{i}", "time": 1.7e9 + i}) for i in range(40)]
+    bad = [
+        b"\x02not avro",  # bad_encoding
+        _avro({**READING, "temperature_c": float("nan")}),  # nan_value
+        _avro({**READING, "machine": ""}),  # bad_series_id
+        None,  # a tombstone
+    ]
+    for batch in (good, good[:5] + bad + good[5:]):
+        keys = [None] * len(batch)
+        alone = []
+        for v in batch:
+            try:
+                alone.append(local(None, v))
+            except RecordError as exc:
+                alone.append(exc)
+        assert _results(local.many(keys, batch)) == _results(alone)
+        wire = [None if v is None else _wire(42, v) for v in batch]
+        assert _results(by_id.many(keys, wire)) == _results(alone)
+    # a schema that does not type every value (a nullable feature) is checked record by record
+    nullable = {**SCHEMA, "fields": [*SCHEMA["fields"][:2],  # type: ignore[index]
+                {"name": "temperature_c", "type": ["null", "double"]}, *SCHEMA["fields"][3:]]}  # type: ignore[index]  # fmt: skip
+    loose = AvroDecoder(nullable, dec)
+    msgs = [_avro({**READING, "temperature_c": None}, nullable), _avro(READING, nullable)]
+    assert _results(loose.many([None, None], msgs)) == [
+        "bad_value",
+        ("m-7", 1.7e9, [71.5, 2.25]),
+    ]
+
+
 # -- through Kafka, with a schema registry stand-in --------------------------------------------
 
 

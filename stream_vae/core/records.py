@@ -257,6 +257,23 @@ class RecordDecoder:
             raise ValueError(f"FieldMap.features does not map the model's features {unmapped}")
         self._fields_in_order = [by_name[f] for f in self.feature_names] if by_name else None
 
+    @property
+    def value_fields(self) -> tuple[str, ...] | None:
+        """With per-feature fields, the message field of each model feature, in model order."""
+        return None if self._fields_in_order is None else tuple(self._fields_in_order)
+
+    def many(
+        self, keys: Sequence[bytes | None], values: Sequence[bytes | None]
+    ) -> list[Record | RecordError]:
+        """Each message decoded, or the reason it cannot be (aligned with ``values``)."""
+        out: list[Record | RecordError] = []
+        for key, value in zip(keys, values, strict=True):
+            try:
+                out.append(self(key, value))
+            except RecordError as exc:
+                out.append(exc)
+        return out
+
     def check_size(self, value: bytes | None) -> bytes:
         """The message value, unless it is a tombstone or past ``max_bytes``."""
         if value is None:
@@ -321,32 +338,21 @@ class RecordDecoder:
 
         For callers whose values are already floats (a schema said so: pydantic, an Avro
         ``double``): when every row's values are a list of d of them, the checks run on the
-        whole (n, d) array at once; a row they refuse, or any other row shape, goes through
-        the checks :meth:`record` runs, the one place the reasons are written.
+        whole (n, d) array at once (:meth:`columns`); a row they refuse, or any other row
+        shape, goes through the checks :meth:`record` runs, the one place the reasons are
+        written.
         """
         d = len(self.feature_names)
         vals = [v for _, _, v in rows]
-        arr = None
         if vals and all(type(v) is list and len(v) == d for v in vals):
             try:
                 arr = np.array(vals, dtype=np.float64)  # (n, d)
             except (TypeError, ValueError, OverflowError):  # not numbers: the row checks say so
-                arr = None
-        if arr is not None:
-            ts = [t for _, t, _ in rows]
-            ts_arr = np.array(ts, dtype=np.float64) if all(type(t) is float for t in ts) else None
-            sids = tuple(sid for sid, _, _ in rows)
-            fine = (
-                ts_arr is not None
-                and np.isfinite(ts_arr).all()
-                and np.isfinite(arr).all()
-                and np.abs(arr).max(initial=0.0) <= _F32_MAX
-                # ≤ 64 characters are ≤ 256 bytes in UTF-8
-                and all(type(sid) is str and 0 < len(sid) <= 64 for sid in sids)
-            )
-            if fine:
-                assert ts_arr is not None
-                return RecordBatch(sids, ts_arr, arr.astype(np.float32))
+                pass
+            else:
+                fast = self.columns([r[0] for r in rows], [r[1] for r in rows], arr)
+                if fast is not None:
+                    return fast
         records = [
             Record(
                 self._series_id(None, sid), parse_ts(t), _values(v, self.feature_names, self._index)
@@ -354,6 +360,33 @@ class RecordDecoder:
             for sid, t, v in rows
         ]
         return RecordBatch.from_records(records, d)
+
+    def columns(
+        self, series_ids: Sequence[Any], ts: Sequence[Any], values: npt.NDArray[np.float64]
+    ) -> RecordBatch | None:
+        """The batch of n records given as columns (``values`` (n, d), numbers already), when
+        every record passes the checks at once; None when one does not (the caller then checks
+        them one by one, which names the reason)."""
+        n = len(series_ids)
+        if values.shape != (n, len(self.feature_names)) or len(ts) != n:
+            return None
+        if not all(type(t) is float or type(t) is int for t in ts):
+            return None
+        # ≤ 64 characters are ≤ 256 bytes in UTF-8
+        if not all(type(s) is str and 0 < len(s) <= 64 for s in series_ids):
+            return None
+        try:
+            ts_arr = np.array(ts, dtype=np.float64)
+        except OverflowError:  # an int past float64's range
+            return None
+        fine = (
+            np.isfinite(ts_arr).all()
+            and np.isfinite(values).all()
+            and np.abs(values).max(initial=0.0) <= _F32_MAX
+        )
+        if not fine:
+            return None
+        return RecordBatch(tuple(series_ids), ts_arr, values.astype(np.float32, order="C"))
 
 
 def decode(

@@ -9,14 +9,14 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import KafkaSettings
 from ..core.formats import AvroDecoder, RegistryDecoder
 from ..core.records import FieldMap, Record, RecordDecoder
-from ..errors import ConfigError, StreamVAEError
+from ..errors import ConfigError, RecordError, StreamVAEError
 
 __all__ = ["RegistryUnavailableError", "SchemaRegistry", "fetch_schemas", "make_decoder"]
 
@@ -59,7 +59,14 @@ class SchemaRegistry:
         return schema
 
 
-Decoder = Callable[[bytes | None, bytes | None], Record]
+class Decoder(Protocol):
+    """An input format's decoder: one message, or a fetched batch of them."""
+
+    def __call__(self, key: bytes | None, value: bytes | None) -> Record: ...
+
+    def many(
+        self, keys: Sequence[bytes | None], values: Sequence[bytes | None]
+    ) -> list[Record | RecordError]: ...
 
 
 def make_decoder(

@@ -113,7 +113,8 @@ class KafkaSource:
         newest: dict[str, float] = {}  # per series, the newest ts accepted in this batch
         for tp, messages in fetched.items():
             until = self.replay_until.get(tp)
-            for m in messages:
+            decoded = self._decode.many([m.key for m in messages], [m.value for m in messages])
+            for m, rec in zip(messages, decoded, strict=True):
                 into = live
                 if until is not None:
                     if m.offset < until:
@@ -122,7 +123,8 @@ class KafkaSource:
                         del self.replay_until[tp]
                         until = None
                 try:
-                    rec = self._decode(m.key, m.value)
+                    if isinstance(rec, RecordError):
+                        raise rec
                     self._check_time(rec, now, newest)
                 except RecordError as exc:
                     dead = DeadLetter(
