@@ -208,12 +208,16 @@ class KafkaSettings(BaseModel):
     # and max_partition_fetch_bytes held per assigned partition.
     fetch_max_bytes: int = Field(16 << 20, ge=1024, description="one fetch response, at most")
     max_partition_fetch_bytes: int = Field(1 << 20, ge=1024, description="per partition fetch")
-    # The input messages' format (stream_vae.core.formats): the contract's JSON; Avro, by
-    # schema id from a schema registry (Confluent wire format) or, with avro_schema_file and no
-    # registry, by that one schema; JSON framed by the registry's wire format (json_schema).
-    value_format: Literal["json", "avro", "json_schema"] = "json"
+    # The input messages' format (stream_vae.core.formats): the contract's JSON; Avro or
+    # Protobuf, by schema id from a schema registry (Confluent wire format) or, with a local
+    # schema and no registry, by that one schema; JSON framed by the registry's wire format.
+    value_format: Literal["json", "avro", "protobuf", "json_schema"] = "json"
     schema_registry_url: str | None = Field(None, description="e.g. http://registry:8081")
     avro_schema_file: Path | None = Field(None, description="an .avsc: Avro without a registry")
+    # Protobuf without a registry: a FileDescriptorSet (protoc --include_imports
+    # --descriptor_set_out=FILE) and the full name of the message type in it.
+    protobuf_descriptor_file: Path | None = Field(None, description="a FileDescriptorSet")
+    protobuf_message: str | None = Field(None, description="e.g. telemetry.v1.Reading")
     # Where a record's parts are when its field names are not the contract's. feature_fields
     # maps each model feature to its own top-level field (then values_field is not read).
     series_id_field: str = Field("series_id", min_length=1)
@@ -250,6 +254,16 @@ class KafkaSettings(BaseModel):
             self.avro_schema_file is None
         ):
             raise ValueError("value_format avro needs schema_registry_url or avro_schema_file")
+        local_proto = self.protobuf_descriptor_file is not None
+        if (
+            self.value_format == "protobuf"
+            and (self.schema_registry_url is not None) == local_proto
+        ):
+            raise ValueError(
+                "value_format protobuf needs schema_registry_url or protobuf_descriptor_file"
+            )
+        if local_proto and self.protobuf_message is None:
+            raise ValueError("protobuf_descriptor_file needs protobuf_message (its full name)")
         return self
 
 

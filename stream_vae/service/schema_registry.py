@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import KafkaSettings
-from ..core.formats import AvroDecoder, RegistryDecoder
+from ..core.formats import AvroDecoder, ProtobufDecoder, RegistryDecoder
 from ..core.records import FieldMap, Record, RecordDecoder
 from ..errors import ConfigError, RecordError, StreamVAEError
 
@@ -37,9 +37,12 @@ class SchemaRegistry:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
 
-    def schema(self, schema_id: int) -> str | None:
+    def schema(self, schema_id: int, *, serialized: bool = False) -> str | None:
+        """``serialized``: Protobuf's ``FileDescriptorProto`` in base64 (``format=serialized``)
+        rather than its ``.proto`` text, which only a compiler could read."""
+        query = "?format=serialized" if serialized else ""
         req = urllib.request.Request(
-            f"{self.url}/schemas/ids/{schema_id}",
+            f"{self.url}/schemas/ids/{schema_id}{query}",
             headers={"Accept": "application/vnd.schemaregistry.v1+json, application/json"},
         )
         try:
@@ -88,6 +91,15 @@ def make_decoder(
         except OSError as exc:
             raise ConfigError(f"kafka.avro_schema_file: {exc}") from None
         return AvroDecoder(text, records), None
+    if k.value_format == "protobuf" and k.protobuf_descriptor_file is not None:
+        assert k.protobuf_message is not None  # checked with the settings
+        try:
+            data = Path(k.protobuf_descriptor_file).read_bytes()
+            return ProtobufDecoder(data, k.protobuf_message, records), None
+        except OSError as exc:
+            raise ConfigError(f"kafka.protobuf_descriptor_file: {exc}") from None
+        except RecordError as exc:  # no such message type in the set
+            raise ConfigError(f"kafka.protobuf_message: {exc.message}") from None
     assert k.schema_registry_url is not None  # checked with the settings
     registry = SchemaRegistry(k.schema_registry_url)
     return RegistryDecoder(k.value_format, records), registry
@@ -96,5 +108,6 @@ def make_decoder(
 def fetch_schemas(decoder: RegistryDecoder, registry: SchemaRegistry, ids: Iterable[int]) -> None:
     """Fetch the schemas of ``ids`` into ``decoder`` (blocking: run it off the event loop)."""
     for schema_id in sorted(ids):
-        decoder.add_schema(schema_id, registry.schema(schema_id))
+        text = registry.schema(schema_id, serialized=decoder.kind == "protobuf")
+        decoder.add_schema(schema_id, text)
         log.info("schema %d from %s", schema_id, registry.url)
