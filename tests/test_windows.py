@@ -446,7 +446,9 @@ def _state(store: WindowStore) -> dict[str, object]:
     w = store.window
     for sid, slot in store._slots.items():
         n, h = int(store._count[slot]), int(store._head[slot])
-        ring = store._pool[slot][(h + np.arange(w)) % w][w - n :] if n == w else store._pool[slot, :n]
+        ring = (
+            store._pool[slot][(h + np.arange(w)) % w][w - n :] if n == w else store._pool[slot, :n]
+        )
         out[sid] = (
             ring.tolist(),
             n,
