@@ -27,10 +27,13 @@ from stream_vae.lifecycle.reservoir import ReservoirSample
 from stream_vae.service import Service
 from stream_vae.service.feedback import parse_feedback
 from stream_vae.service.kafka import ensure_topics, make_producer
+from stream_vae.service.lifecycle import Lifecycle
+from stream_vae.service.metrics import ServiceMetrics
 from stream_vae.storage.registry import Lineage, Registry, VersionInfo
 from stream_vae.training.build import train_artifact
 from stream_vae.training.gate import with_false_positives
 
+from .conftest import TinyModel
 from .schemas import assert_valid
 from .test_service import _consume
 
@@ -149,9 +152,11 @@ def test_a_false_positive_starts_a_job_that_carries_every_verdict(tmp_path: Path
     # a verdict changed: the newest holds
     policy.feedback("confirmed", "fp-1", _rows(3, 100))
     assert policy.false_positives.n_alerts == 1 and policy.confirmed.n_alerts == 2
-    # the job's windows travel to the worker process and back unchanged
+    # the job's windows travel to the worker process and back unchanged, with their alerts
     back = load_job(save_job(job, tmp_path / "job.npz"), job.trigger)
     assert back.feedback_counts() == job.feedback_counts()
+    assert back.false_positive_ids == ("fp-1",) * 3 + ("fp-2",) * 4 == job.false_positive_ids
+    assert back.confirmed_ids == ("ok-1", "ok-1")
     assert job.false_positives is not None and back.false_positives is not None
     np.testing.assert_array_equal(back.false_positives, job.false_positives)
     np.testing.assert_array_equal(back.sample.windows, job.sample.windows)
@@ -159,6 +164,38 @@ def test_a_false_positive_starts_a_job_that_carries_every_verdict(tmp_path: Path
         "schedule", ReservoirSample(_rows(2), ("a", "b"), np.zeros(2)), 0.0
     )
     assert load_job(save_job(empty, tmp_path / "e.npz"), "schedule").false_positives is None
+
+
+def test_a_version_keeps_the_windows_it_learned_from_and_a_restart_reads_them_back(
+    tiny: TinyModel, tmp_path: Path
+) -> None:
+    art = tiny.artifact
+    w, d = art.vae_config.window, art.vae_config.n_features
+    fp = np.arange(3 * w * d, dtype=np.float32).reshape(3, w, d)
+    registry = Registry(tmp_path / "reg")
+    registry.publish(art, trigger="initial",
+                     feedback_windows={"false_positive": (("a1", "a1", "a2"), fp)})  # fmt: skip
+    registry.promote(art.version)
+    found = registry.feedback_windows(art.version)
+    assert [(a, x.shape[0]) for a, x in found["false_positive"]] == [("a1", 2), ("a2", 1)]
+    np.testing.assert_array_equal(found["false_positive"][1][1], fp[2:])
+    # a service starting on that version holds them for its later retrains, as learned ones
+    settings = load_settings(
+        env={}, kafka={"feedback_topic": "fb"}, registry={"root": str(tmp_path / "reg")}
+    )
+    lifecycle = Lifecycle(settings, art, ServiceMetrics(), registry)
+
+    async def start() -> None:
+        async with lifecycle:
+            pass
+
+    asyncio.run(start())
+    p = lifecycle.policy
+    assert p.false_positives.n_alerts == 2 and len(p.false_positives) == 3
+    assert p.due(1e12) is None  # not new: they start no job
+    other = Registry(tmp_path / "other")
+    other.publish(art, trigger="initial")
+    assert other.feedback_windows(art.version) == {}
 
 
 def test_the_registry_lists_what_feedback_a_version_learned_from() -> None:
@@ -325,6 +362,8 @@ def test_a_false_positive_fed_back_no_longer_alerts_after_the_retrain(
     # the marked windows: the live model alerted on most of them, the candidate on none
     assert gate["fp_alert_rate_live"] >= 0.5 and gate["fp_alert_rate_candidate"] <= 0.05, gate
     assert registry.lineage(promoted["version"]).feedback == fb
+    kept = registry.feedback_windows(promoted["version"])["false_positive"]
+    assert [(a, len(w)) for a, w in kept] == [(alert_id, fb["false_positive_windows"])]
     # after the swap, the same stretch again does not alert; the unmarked control still does
     opens = {
         (a["series_id"], a["kind"], a["model_version"] == promoted["version"])

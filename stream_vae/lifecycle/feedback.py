@@ -200,3 +200,7 @@ class FeedbackSet:
         if not self._alerts:
             return None
         return np.concatenate(list(self._alerts.values()))
+
+    def alert_ids(self) -> tuple[str, ...]:
+        """The alert each of :meth:`windows` came from."""
+        return tuple(a for a, w in self._alerts.items() for _ in range(len(w)))

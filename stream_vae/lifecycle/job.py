@@ -70,6 +70,7 @@ def run_job(
         n_windows=result.n_windows,
         gate=gate,
         feedback=None if job is None else job.feedback_counts(),
+        feedback_windows=None if job is None else job.feedback_windows(),
     )
     if result.gate.passed:
         registry.promote(cand.version, reason=f"{trigger}: gate passed")
@@ -138,6 +139,9 @@ def save_job(job: Job, path: Path) -> Path:
         w = getattr(job, name)
         if w is not None:
             feedback[name] = w
+            feedback[f"{name}_ids"] = np.array(
+                getattr(job, name.removesuffix("s") + "_ids"), dtype=str
+            )
     np.savez(
         path,
         windows=s.windows,
@@ -155,5 +159,7 @@ def load_job(path: Path, trigger: str) -> Job:
         sample = ReservoirSample(f["windows"], tuple(str(k) for k in f["keys"].tolist()), f["ts"])
         fp = np.asarray(f["false_positives"]) if "false_positives" in f else None
         confirmed = np.asarray(f["confirmed"]) if "confirmed" in f else None
+        fp_ids = tuple(f["false_positives_ids"].tolist()) if fp is not None else ()
+        confirmed_ids = tuple(f["confirmed_ids"].tolist()) if confirmed is not None else ()
         n_fp, n_confirmed = (int(n) for n in f["n_alerts"])
-    return Job(trigger, sample, None, 0.0, fp, confirmed, n_fp, n_confirmed)
+    return Job(trigger, sample, None, 0.0, fp, confirmed, n_fp, n_confirmed, fp_ids, confirmed_ids)

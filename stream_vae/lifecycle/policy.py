@@ -57,6 +57,18 @@ class Job:
     # how many alerts those windows came from, for the version's lineage
     n_false_positive_alerts: int = 0
     n_confirmed_alerts: int = 0
+    # the alert each window came from (kept with the version: stream_vae.storage.registry)
+    false_positive_ids: tuple[str, ...] = ()
+    confirmed_ids: tuple[str, ...] = ()
+
+    def feedback_windows(self) -> dict[str, tuple[tuple[str, ...], npt.NDArray[np.float32]]]:
+        """Per verdict, the alert of each window and the windows, for the registry."""
+        out = {}
+        if self.false_positives is not None:
+            out["false_positive"] = (self.false_positive_ids, self.false_positives)
+        if self.confirmed is not None:
+            out["confirmed"] = (self.confirmed_ids, self.confirmed)
+        return out
 
     def feedback_counts(self) -> dict[str, int]:
         """What the job learns from people's verdicts, as the registry records it."""
@@ -183,12 +195,16 @@ class RetrainPolicy:
         if (event.kind == "score" and r.on_drift) or (event.kind == "input" and r.on_input_drift):
             self._armed = event
 
-    def feedback(self, verdict: str, alert_id: str, windows: npt.NDArray[np.float32]) -> None:
-        """Windows (m, W, d) of an alert a person marked ``false_positive`` or ``confirmed``."""
+    def feedback(
+        self, verdict: str, alert_id: str, windows: npt.NDArray[np.float32], *, new: bool = True
+    ) -> None:
+        """Windows (m, W, d) of an alert a person marked ``false_positive`` or ``confirmed``;
+        ``new=False`` for verdicts a version already learned from (read back from the registry:
+        they do not start a job)."""
         if verdict == "false_positive":
             self.confirmed.discard(alert_id)  # the newest verdict on an alert holds
             self.false_positives.add(alert_id, windows)
-            self._new_false_positives += 1
+            self._new_false_positives += int(new)
         elif verdict == "confirmed":
             self.false_positives.discard(alert_id)
             self.confirmed.add(alert_id, windows)
@@ -233,6 +249,8 @@ class RetrainPolicy:
             self.confirmed.windows(),
             self.false_positives.n_alerts,
             self.confirmed.n_alerts,
+            self.false_positives.alert_ids(),
+            self.confirmed.alert_ids(),
         )
 
     def rejected(self, job: Job) -> bool:

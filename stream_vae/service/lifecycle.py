@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class Swap:
 
     artifact: Artifact
     detector: Detector  # built off the event loop
+    # the verdicts it learned from (its registry entry's feedback.npz), read off the loop too
+    feedback: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
 
 
 class Lifecycle:
@@ -103,6 +105,7 @@ class Lifecycle:
         self._drift_futures: deque[Future[list[DriftEvent]]] = deque()
         self._events: list[dict[str, Any]] = []
         self._swap: Swap | None = None
+        self._taken: Swap | None = None  # the swap handed to the service, until it installs it
         self._refused: set[str] = set()  # versions the service would not swap to
         self._proc: multiprocessing.process.BaseProcess | None = None  # the job's worker
         self._job: asyncio.Task[None] | None = None
@@ -293,11 +296,23 @@ class Lifecycle:
     def _load(self, version: str) -> Swap:
         assert self.registry is not None
         art = self.registry.load(version)
-        return Swap(art, build_detector(art, DetectorOptions.from_settings(self.settings.service)))
+        detector = build_detector(art, DetectorOptions.from_settings(self.settings.service))
+        return Swap(art, detector, self.registry.feedback_windows(version))
+
+    def _restore_feedback(self, found: dict[str, list[tuple[str, Any]]]) -> None:
+        """Verdicts a version learned from, back into the policy's sets: later retrains keep
+        learning them, across restarts and on every replica that swaps to it."""
+        for verdict, alerts in found.items():
+            for alert_id, windows in alerts:
+                self.policy.feedback(verdict, alert_id, windows, new=False)
+        if found:
+            p = self.policy
+            self.metrics.set_feedback_windows(len(p.false_positives), len(p.confirmed))
 
     def take_swap(self) -> Swap | None:
         """The loaded promoted version, once; None when there is nothing to swap to."""
         swap, self._swap = self._swap, None
+        self._taken = swap
         return swap
 
     def refused(self, version: str, reason: str) -> None:
@@ -308,6 +323,9 @@ class Lifecycle:
     def swapped(self, old: str, new: str, n_closed: int) -> None:
         """The service installed ``new``: the score scale changed, so drift starts afresh."""
         self.live_version = new
+        if self._taken is not None and self._taken.artifact.version == new:
+            self._restore_feedback(self._taken.feedback)
+            self._taken = None
         self.policy.disarm()
         if self.policy.monitor is not None:
             # after the updates already queued (the drift thread runs them in order)
@@ -332,6 +350,12 @@ class Lifecycle:
                 await asyncio.to_thread(self.registry.publish, self._artifact, trigger="initial")
             except OSError as exc:  # e.g. mounted read-only: scoring and swaps still work
                 log.warning("cannot publish %s to the registry: %s", self.live_version, exc)
+            try:
+                found = await asyncio.to_thread(self.registry.feedback_windows, self.live_version)
+            except (OSError, StreamVAEError) as exc:
+                log.warning("cannot read %s's feedback windows: %s", self.live_version, exc)
+            else:
+                self._restore_feedback(found)
             self._poll = asyncio.create_task(self._watch())
         return self
 

@@ -2,7 +2,8 @@
 
 Layout under ``root``::
 
-    versions/<version>/  an artifact directory (weights.pt, manifest.json) plus lineage.json
+    versions/<version>/  an artifact directory (weights.pt, manifest.json) plus lineage.json and,
+                         when people's verdicts taught it, feedback.npz (their windows)
     CURRENT              the promoted version's id, one line
     history.jsonl        append-only log of promotions and rollbacks
     LOCK                 held (flock) by whoever writes CURRENT or history.jsonl
@@ -43,12 +44,14 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from .. import _json
 from ..errors import ArtifactError, RegistryError
@@ -62,6 +65,7 @@ log = logging.getLogger(__name__)
 Trigger = Literal["initial", "drift", "schedule", "feedback", "manual"]
 _VERSIONS, _CURRENT, _HISTORY, _LOCK = "versions", "CURRENT", "history.jsonl", "LOCK"
 _LINEAGE = "lineage.json"
+_FEEDBACK = "feedback.npz"  # windows of alerts marked as false positives or confirmed
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a plain directory name: no traversal
 
 
@@ -254,6 +258,28 @@ class Registry:
             raise RegistryError(f"corrupt {path}: it names version {lineage.version!r}")
         return lineage
 
+    def feedback_windows(self, version: str) -> dict[str, list[tuple[str, np.ndarray]]]:
+        """Per verdict, the (alert id, windows (m, W, d)) a version learned from, in the order
+        they were given; empty for a version without any."""
+        path = self._existing(version) / _FEEDBACK
+        if not path.is_file():
+            return {}
+        out: dict[str, list[tuple[str, np.ndarray]]] = {}
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                for name in f.files:
+                    if not name.endswith(".alerts"):
+                        continue
+                    verdict = name.removesuffix(".alerts")
+                    ids, windows = f[name].tolist(), f[f"{verdict}.windows"]
+                    groups: dict[str, list[int]] = {}
+                    for i, alert in enumerate(ids):
+                        groups.setdefault(alert, []).append(i)
+                    out[verdict] = [(a, windows[rows]) for a, rows in groups.items()]
+        except (OSError, ValueError, KeyError) as exc:
+            raise RegistryError(f"corrupt {path}: {exc}") from None
+        return out
+
     def versions(self) -> list[VersionInfo]:
         """Published versions, oldest first; temporaries (dot names) are never listed."""
         base = self.root / _VERSIONS
@@ -296,8 +322,12 @@ class Registry:
         n_windows: int | None = None,
         gate: Mapping[str, Any] | None = None,
         feedback: Mapping[str, int] | None = None,
+        feedback_windows: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None,
     ) -> str:
-        """Store ``artifact`` with its lineage (not promoted); a version already there is kept."""
+        """Store ``artifact`` with its lineage (not promoted); a version already there is kept.
+        ``feedback_windows``: per verdict, the alert id of each window and the windows (m, W, d)
+        it learned from, kept with it so that a restarted service's later retrains still do
+        (:meth:`feedback_windows`)."""
         dest = self.path(artifact.version)
         if dest.is_dir():
             return artifact.version
@@ -317,6 +347,12 @@ class Registry:
         try:
             save_artifact(artifact, tmp)  # creates versions/
             (tmp / _LINEAGE).write_bytes(_json.dumps(lineage.to_dict(), indent=True))
+            if feedback_windows:
+                arrays: dict[str, Any] = {}
+                for verdict, (ids, windows) in feedback_windows.items():
+                    arrays[f"{verdict}.alerts"] = np.asarray(ids, dtype=str)
+                    arrays[f"{verdict}.windows"] = np.asarray(windows, dtype=np.float32)
+                np.savez(tmp / _FEEDBACK, **arrays)
             for f in tmp.iterdir():
                 _fsync(f)
             _fsync(tmp)
