@@ -104,6 +104,22 @@ def test_a_rejected_drift_job_is_retried_on_newer_windows_three_times() -> None:
     assert p.due(t + 100.0) is None
 
 
+def test_a_drift_event_while_a_retry_waits_does_not_push_it_out() -> None:
+    p = _policy()
+    p.on_drift(_drift(since_ts=0.0))
+    _add(p, np.arange(50.0))
+    job = p.due(50.0)
+    assert job is not None and p.rejected(job)
+    p.on_drift(_drift(since_ts=90.0))  # the same change, seen again by the restarted monitor
+    _add(p, np.arange(50.0, 100.0))
+    retry = p.due(100.0)  # 50 windows newer than the failed try, as without that event
+    assert retry is not None and retry.drift is not None and retry.drift.since_ts == 0.0
+    assert len(retry.sample) == 100
+    # with no retry waiting, a new event re-arms as before
+    p.on_drift(_drift(since_ts=150.0))
+    assert p.armed is not None and p.armed.since_ts == 150.0
+
+
 def test_schedule_counts_from_the_first_full_reservoir() -> None:
     p = _policy(schedule_s=100.0)
     _add(p, np.arange(50.0))
