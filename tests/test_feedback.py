@@ -20,7 +20,7 @@ from stream_vae.config import load_settings
 from stream_vae.core.records import Record, RecordBatch, encode
 from stream_vae.demo.synthetic import generate_fleet
 from stream_vae.errors import RecordError
-from stream_vae.lifecycle.feedback import AlertWindows, FeedbackSet
+from stream_vae.lifecycle.feedback import AlertWindows, Feedback, FeedbackSet
 from stream_vae.lifecycle.job import load_job, save_job
 from stream_vae.lifecycle.policy import RetrainPolicy
 from stream_vae.lifecycle.reservoir import ReservoirSample
@@ -149,8 +149,10 @@ def test_a_false_positive_starts_a_job_that_carries_every_verdict(tmp_path: Path
         "confirmed_windows": 2,
     }
     assert policy.due(23.0) is None  # counted from the job
-    # a verdict changed: the newest holds
-    policy.feedback("confirmed", "fp-1", _rows(3, 100))
+    # a verdict changed: the newest holds, with the windows already marked
+    changed = policy.marked("fp-1")
+    assert changed is not None and policy.marked("never") is None
+    policy.feedback("confirmed", "fp-1", changed)
     assert policy.false_positives.n_alerts == 1 and policy.confirmed.n_alerts == 2
     # the job's windows travel to the worker process and back unchanged, with their alerts
     back = load_job(save_job(job, tmp_path / "job.npz"), job.trigger)
@@ -193,6 +195,10 @@ def test_a_version_keeps_the_windows_it_learned_from_and_a_restart_reads_them_ba
     p = lifecycle.policy
     assert p.false_positives.n_alerts == 2 and len(p.false_positives) == 3
     assert p.due(1e12) is None  # not new: they start no job
+    # a person changes a verdict: the windows move, though the episode is long gone
+    assert lifecycle.on_feedback(Feedback("a1", "confirmed", "ana", None))
+    assert p.false_positives.n_alerts == 1 and p.confirmed.n_alerts == 1
+    assert not lifecycle.on_feedback(Feedback("nope", "confirmed", "ana", None))
     other = Registry(tmp_path / "other")
     other.publish(art, trigger="initial")
     assert other.feedback_windows(art.version) == {}

@@ -192,6 +192,9 @@ class FeedbackSet:
         while n > self.capacity:
             n -= len(self._alerts.popitem(last=False)[1])
 
+    def get(self, alert_id: str) -> F32 | None:
+        return self._alerts.get(alert_id)
+
     def discard(self, alert_id: str) -> None:
         self._alerts.pop(alert_id, None)
 

@@ -215,6 +215,11 @@ class RetrainPolicy:
             self.false_positives.discard(alert_id)
             self.confirmed.add(alert_id, windows)
 
+    def marked(self, alert_id: str) -> npt.NDArray[np.float32] | None:
+        """The windows of an alert already marked (a person changing the verdict), if held."""
+        w = self.false_positives.get(alert_id)
+        return self.confirmed.get(alert_id) if w is None else w
+
     def due(self, now_ts: float) -> Job | None:
         """A job to start now, or None; ``now_ts`` is the stream time of the newest window."""
         r = self.settings

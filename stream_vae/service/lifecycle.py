@@ -160,6 +160,8 @@ class Lifecycle:
     def on_feedback(self, fb: Feedback) -> bool:
         """A verdict on an alert; returns whether its windows were held here."""
         windows = None if self.alert_windows is None else self.alert_windows.take(fb.alert_id)
+        if windows is None:  # marked before: the newest verdict holds
+            windows = self.policy.marked(fb.alert_id)
         outcome = "applied" if windows is not None else "unknown_alert"
         self.metrics.add_feedback(fb.verdict, outcome)
         log.info(
