@@ -90,6 +90,23 @@ def test_an_episodes_windows_are_held_from_before_its_open_to_its_close() -> Non
     assert held.take("never") is None
 
 
+def test_an_episode_that_closes_and_one_that_opens_in_one_batch_keep_their_own_windows() -> None:
+    held = AlertWindows(per_alert=100, n_alerts=10, lead=2)
+    held.hold(["a"] * 5, np.arange(5.0), _rows(5), opened={"a": ("old", 0.0)})
+    # one batch: the old episode closes at ts 7, a new one opens at 12 and stays open
+    held.hold(["a"] * 10, np.arange(5.0, 15.0), _rows(10, 5),
+              opened={"a": ("new", 12.0)}, closed={"a": 7.0})  # fmt: skip
+    held.hold(["a"] * 2, [15.0, 16.0], _rows(2, 15))  # still the new one's
+    old, new = held.take("old"), held.take("new")
+    assert old is not None and old[:, 0, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert new is not None and new[:, 0, 0].tolist() == [10, 11, 12, 13, 14, 15, 16]
+    # opened and closed within one batch: nothing stays followed
+    held.hold(["b"] * 6, np.arange(6.0), _rows(6), opened={"b": ("short", 2.0)}, closed={"b": 3.0})
+    assert held.series() == frozenset()
+    short = held.take("short")
+    assert short is not None and short[:, 0, 0].tolist() == [0, 1, 2, 3]
+
+
 def test_a_long_episode_is_thinned_evenly_and_old_episodes_go_first() -> None:
     held = AlertWindows(per_alert=8, n_alerts=2, lead=0)
     held.hold(["a"] * 100, np.arange(100.0), _rows(100), opened={"a": ("id-1", 0.0)})

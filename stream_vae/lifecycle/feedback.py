@@ -109,30 +109,61 @@ class AlertWindows:
         (series → close ts) keeps its windows up to that time, then stops."""
         ts_arr = np.asarray(ts, dtype=np.float64)
         check_shape("AlertWindows.hold windows", windows.shape, (len(keys), None, None))
-        for series, (aid, start) in opened.items():
-            self._open[series] = (aid, start)
+        was_open = dict(self._open)  # the episodes open when the batch began
+        for aid, _ in opened.values():
             if aid not in self._held:
                 self._held[aid] = _Held(self.per_alert)
             while len(self._held) > self.n_alerts:
                 self._held.popitem(last=False)
-        if self._open:  # usually none: then no per-window lookup
-            rows: dict[str, list[int]] = {}
-            for i, k in enumerate(keys):
-                if k in self._open:
-                    rows.setdefault(k, []).append(i)
-            for series, idx in rows.items():
-                aid, start = self._open[series]
-                end = closed.get(series, np.inf)
-                # the score rose before the smoothed one crossed: the windows leading into
-                # the open that this batch still has belong to the pattern too
-                before = [i for i in idx if ts_arr[i] < start] if series in opened else []
-                sel = before[max(0, len(before) - self.lead) :]
-                sel += [i for i in idx if start <= ts_arr[i] <= end]
+        if not was_open and not opened:
+            return  # usually: then no per-window lookup
+        rows: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            if k in was_open or k in opened:
+                rows.setdefault(k, []).append(i)
+        for series, idx in rows.items():
+            for aid, sel in self._spans(series, idx, ts_arr, was_open, opened, closed):
                 held = self._held.get(aid)
                 if held is not None and sel:
                     held.add(np.asarray(windows[sel], dtype=np.float32))
-        for series in closed:
-            self._open.pop(series, None)
+        for series in closed:  # an episode that closed in the batch, and none opened after it
+            new = opened.get(series)
+            if new is None or closed[series] >= new[1]:
+                self._open.pop(series, None)
+        for series, (aid, start) in opened.items():
+            if series not in closed or closed[series] < start:
+                self._open[series] = (aid, start)
+
+    def _spans(
+        self,
+        series: str,
+        idx: list[int],
+        ts: npt.NDArray[np.float64],
+        was_open: Mapping[str, tuple[str, float]],
+        opened: Mapping[str, tuple[str, float]],
+        closed: Mapping[str, float],
+    ) -> list[tuple[str, list[int]]]:
+        """The rows of one series that belong to each of its episodes in this batch: the one
+        open before it (to its close, if it closed), and one opened in it (from up to ``lead``
+        rows before its open, to its close, if it closed too)."""
+        out = []
+        close, new = closed.get(series), opened.get(series)
+        if series in was_open:
+            last = close if close is not None and (new is None or close < new[1]) else np.inf
+            out.append((was_open[series][0], [i for i in idx if ts[i] <= last]))
+        if new is not None:
+            aid, start = new
+            last = close if close is not None and close >= start else np.inf
+            # the score rose before the smoothed one crossed: the windows leading into the
+            # open that this batch still has belong to the pattern too
+            before = [
+                i
+                for i in idx
+                if ts[i] < start and (series not in was_open or close is None or ts[i] > close)
+            ]
+            sel = before[max(0, len(before) - self.lead) :]
+            out.append((aid, sel + [i for i in idx if start <= ts[i] <= last]))
+        return out
 
     def take(self, alert_id: str) -> F32 | None:
         """The windows (m, W, d) held for ``alert_id``, removed; None when none are held."""
