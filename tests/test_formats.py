@@ -240,6 +240,7 @@ def test_protobuf_by_schema_id_and_message_indexes() -> None:
     assert info.value.reason == "missing_field"
     for bad, reason in (
         (_wire(5, b"\x02\x0a"), "unknown_schema"),  # index 5: no such message
+        (_wire(5, b"\x02\x01"), "unknown_schema"),  # index -1: not the last message
         (_wire(5, b"\x02"), "bad_encoding"),  # the indexes run past the message
         (_wire(6, b"\x00"), "unknown_schema"),
     ):

@@ -115,6 +115,8 @@ class ProtoSchema:
         """The message type the indexes name in the schema's (last) file: the i-th top-level
         message, then its j-th nested one, ..."""
         proto = self._protos[-1]
+        if min(indexes, default=0) < 0:  # zigzag allows them; Python would count from the end
+            raise RecordError("unknown_schema", f"no message at indexes {list(indexes)}")
         try:
             m = proto.message_type[indexes[0]]
             names = [m.name]
