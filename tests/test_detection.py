@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from stream_vae.config import load_settings
+from stream_vae.config import Settings, load_settings
 from stream_vae.core.records import RecordBatch
 from stream_vae.demo.synthetic import Fleet, generate_fleet
 from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.scoring.hybrid import roc_auc
 from stream_vae.storage.artifact import Artifact
-from stream_vae.training.build import train_artifact
+from stream_vae.training.build import rescore_artifact, train_artifact
 
 from .conftest import TINY_TOML
 
@@ -31,6 +31,7 @@ class Trained:
     artifact: Artifact
     train: Fleet
     test: Fleet
+    settings: Settings
 
 
 def _batch(f: Fleet) -> RecordBatch:
@@ -51,7 +52,7 @@ def trained() -> Trained:
         scoring={"target_fpr": 0.01},
     )
     art = train_artifact(_batch(train), fleet.feature_names, settings, device="cpu", progress=False)
-    return Trained(art, train, test)
+    return Trained(art, train, test, settings)
 
 
 def _window_scores(art: Artifact, test: Fleet) -> tuple[dict[str, list[float]], np.ndarray]:
@@ -109,6 +110,32 @@ def test_calibrated_threshold_holds_its_false_positive_rate(trained: Trained) ->
     print(f"false-positive rate {fpr:.4f} over {len(smoothed)} windows for a 1% target")
     assert trained.artifact.calibration.target_fpr == 0.01
     assert 0.005 <= fpr <= 0.02, f"FPR {fpr:.4f} for a 1% target"
+
+
+def test_a_stride_scores_every_sth_window_with_a_threshold_calibrated_for_it(
+    trained: Trained,
+) -> None:
+    """``window.stride = 4``: the same weights score every 4th window of a series, and the
+    threshold, calibrated on the EMA of every 4th validation window (as the service smooths
+    them), holds the 1% target on the fresh normal data of the test above."""
+    s = trained.settings
+    four = s.model_copy(update={"window": s.window.model_copy(update={"stride": 4})})
+    art = rescore_artifact(trained.artifact, _batch(trained.train), four)
+    assert art.spec.window.stride == 4
+    assert all((art.state_dict[k] == v).all() for k, v in trained.artifact.state_dict.items())
+    fresh = generate_fleet(12, 6, 1800, seed=3, anomaly_start=1000, n_anomalies_per_series=0)
+    clean = fresh.split(1000)[1].split(300)[0]
+    out = list(LiveModel(art, DetectorOptions(device="cpu")).stream(_batch(clean), 1000))
+    ts = np.concatenate([o.ts for o in out])
+    step = float(clean.ts[1] - clean.ts[0])
+    first = float(clean.ts[0]) + (W - 1) * step
+    assert np.allclose((ts - first) / step % 4, 0)  # windows end at steps W-1, W+3, ...
+    assert len(ts) == 12 * ((300 - W) // 4 + 1)
+    smoothed = np.concatenate([o.smoothed for o in out])
+    fpr = float((smoothed >= art.threshold).mean())
+    at_stride_1 = float((smoothed >= trained.artifact.threshold).mean())
+    print(f"stride 4: false-positive rate {fpr:.4f} ({at_stride_1:.4f} at the stride-1 threshold)")
+    assert 0.004 <= fpr <= 0.025, f"FPR {fpr:.4f} for a 1% target"
 
 
 @pytest.fixture(scope="module")

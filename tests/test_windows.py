@@ -467,10 +467,13 @@ def _state(store: WindowStore) -> dict[str, object]:
         {"max_gap_s": 2.5, "gap_policy": "ffill", "max_fill": 3},
         {"max_series": 6},
         {"calendar": ("day",)},
+        {"stride": 3},
+        {"stride": 7, "max_series": 6},
+        {"stride": 2, "max_gap_s": 2.5, "gap_policy": "ffill", "max_fill": 3},
     ],
 )
 def test_a_batch_pushed_at_once_matches_its_records_pushed_one_by_one(kwargs: dict) -> None:
-    """The vectorised path of push_many (big batches, stride 1) against the per-record loop,
+    """The vectorised path of push_many (big batches, any stride) against the per-record loop,
     on interleaved series with new series, single-record runs, and batches it must hand back
     (late records, gaps, evictions)."""
     rng = np.random.default_rng(7)

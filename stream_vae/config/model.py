@@ -18,6 +18,8 @@ class WindowSettings(BaseModel):
     model_config = FROZEN
 
     size: int = Field(32, ge=2, le=4096, description="points per window (W)")
+    # Training always learns from every window; the stride decides which the service scores
+    # (each series' every S-th), and the threshold is calibrated for it (docs/operations.md).
     stride: int = Field(1, ge=1, description="new points between two scored windows")
     # A gap longer than this (event time) breaks a series: reset, or forward-fill a few points.
     max_gap_s: float | None = Field(None, gt=0)

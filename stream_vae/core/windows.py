@@ -220,7 +220,7 @@ class WindowStore:
         values = batch.values
         if self.calendar:
             values = np.concatenate([values, calendar_columns(batch.ts, self.calendar)], axis=1)
-        if n >= _RUNS_MIN_RECORDS and self.stride == 1:
+        if n >= _RUNS_MIN_RECORDS:
             runs = self._push_runs(batch.series_ids, batch.ts, values)
             if runs is not None:
                 return runs
@@ -237,8 +237,8 @@ class WindowStore:
         return ReadyWindows(tuple(keys), np.asarray(ends, dtype=np.float64), out)
 
     def _push_runs(self, sids: tuple[str, ...], ts: F64, values: F32) -> ReadyWindows | None:
-        """:meth:`push_many` for the whole batch at once, series by series, when the stride is
-        1 and no record is late, bridges a gap or makes room by evicting: the same windows,
+        """:meth:`push_many` for the whole batch at once, series by series, when no record is
+        late, bridges a gap or makes room by evicting: the same windows,
         counters and state as one record at a time (tests/test_windows.py compares them), with
         the per-record work in NumPy. None, having changed nothing, when a record needs the
         one-at-a-time path."""
@@ -292,7 +292,10 @@ class WindowStore:
         g = np.repeat(np.arange(m), k)  # (n,) series of each sorted record
         rank = np.arange(n) - starts[g]  # (n,) its place among its series' new records
         seq[offset[g] + w + rank] = values[order]
-        ready = self._count[slot][g] + rank + 1 >= w  # (n,) a full window ends at it
+        # A series' first window in this batch ends at its record `first`: the buffer is full
+        # and `stride` points have come since its last window; then one every `stride` records.
+        first = self._first_ready(slot)  # (m,)
+        ready = (rank >= first[g]) & ((rank - first[g]) % self.stride == 0)  # (n,)
         sel = np.flatnonzero(ready)
         sel = sel[np.argsort(order[sel])]  # in arrival order
         # every W consecutive rows of seq, as a view (L - W + 1, W, c): a window is one block
@@ -300,6 +303,12 @@ class WindowStore:
         windows = view[offset[g[sel]] + rank[sel] + 1]  # (n_ready, W, c), copied
         tails = view[offset + k]  # (m, W, c) each series' newest W points
         return (windows, tails, k), order[sel]
+
+    def _first_ready(self, slot: I64) -> I64:
+        """Per series (its state before the batch): the rank, among its new records, of the
+        first that ends a window, as :meth:`_append` decides it one record at a time."""
+        fills = self.window - self._count[slot] - 1  # records until the buffer is full
+        return np.maximum(np.maximum(fills, 0), self.stride - self._since[slot] - 1)
 
     def _runs_state(
         self,
@@ -314,6 +323,7 @@ class WindowStore:
         """Each series' ring, counts and times as one record at a time leaves them."""
         w = self.window
         _, tails, k = out
+        first = self._first_ready(slot)  # from the state before the batch
         last = starts + k - 1  # (m,) sorted position of each series' newest record
         count = np.minimum(self._count[slot] + k, w)
         full = count == w
@@ -327,7 +337,9 @@ class WindowStore:
         self._last_ts[slot] = t_sorted[last]
         stepped = ~(is_new & (k == 1))  # a new series' only point sets no step
         self._last_step[slot[stepped]] = step[last[stepped]]
-        self._since[slot] = np.where(full, 0, self._since[slot] + k)
+        emitted = k > first  # (m,) a window came in this batch
+        last_ready = first + (k - 1 - first) // self.stride * self.stride
+        self._since[slot] = np.where(emitted, k - 1 - last_ready, self._since[slot] + k)
         for g in np.argsort(order[last]).tolist():  # least recently updated first
             self._slots.move_to_end(self._ids[int(slot[g])])  # type: ignore[arg-type]
 

@@ -62,7 +62,15 @@ from ..training.gate import retrain
 from .datasets import LabelledSeries
 from .novelty import carry_novelty, novelty_stage
 
-__all__ = ["DEFAULT_DETECTORS", "DETECTORS", "LATENT_MODES", "Output", "run_detector"]
+__all__ = [
+    "DEFAULT_DETECTORS",
+    "DETECTORS",
+    "LATENT_MODES",
+    "Output",
+    "run_detector",
+    "score_product",
+    "train_product",
+]
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +147,14 @@ class _Episodes:
 
 
 def _stream_vae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
-    return _product(series, _train(series, settings, seed), settings)
+    return score_product(series, train_product(series, settings, seed), settings)
 
 
 def _stream_vae_modes(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
     """One training, scored in every latent mode: ``vae-hybrid-<mode>`` (the product with that
     mode: its hybrid, weights and threshold refitted on the same training rows) and
     ``vae-latent-<mode>`` (that latent term alone)."""
-    art = _train(series, settings, seed)
+    art = train_product(series, settings, seed)
     seeded = _seeded(settings, seed)
     modes = [m for m in LATENT_MODES if m != "iwae" or art.spec.model.gaussian_output]
     out: dict[str, Output] = {}
@@ -159,13 +167,13 @@ def _stream_vae_modes(series: LabelledSeries, settings: Settings, seed: int) -> 
             if mode == art.spec.scoring.latent_mode
             else rescore_artifact(art, _as_batch(series, "train"), s)
         )
-        rows = _product(series, scored, s)
+        rows = score_product(series, scored, s)
         out[f"vae-hybrid-{mode}"] = rows["stream-vae"]
         out[f"vae-latent-{mode}"] = rows["vae-latent"]
     return out
 
 
-def _product(series: LabelledSeries, art: Artifact, settings: Settings) -> dict[str, Output]:
+def score_product(series: LabelledSeries, art: Artifact, settings: Settings) -> dict[str, Output]:
     """The test rows through the service's path for ``art``: the product's row and its
     ablations."""
     n = len(series.test)
@@ -186,6 +194,8 @@ def _product(series: LabelledSeries, art: Artifact, settings: Settings) -> dict[
         cols["novelty"][rows] = novelty.update(out.keys, out.smoothed)
         episodes.feed(out.alerts)
     episodes.finish()
+    stride = art.spec.window.stride
+    cols = {k: _newly_covered(v, stride) for k, v in cols.items()}
     beta = art.spec.scoring.ema_beta
     linear = (
         {"vae-linear": Output(_ema(_fill(cols["linear"]), beta))} if art.hybrid.has_linear else {}
@@ -231,6 +241,7 @@ def _other_threshold(
     episodes.finish()
     scores = np.full(len(series.test), np.nan)
     scores[series.test_rows(t)] = s
+    scores = _newly_covered(scores, art.spec.window.stride)
     return {f"stream-vae-{mode}": Output(_fill(scores), episodes.predictions)}
 
 
@@ -240,7 +251,7 @@ def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -
     swap between chunks (:meth:`LiveModel.install`, the service's swap). The score is the
     smoothed score over the threshold of the version live at that row (threshold 1); the
     novelty history carries over a swap, rescaled to the new threshold."""
-    art = _train(series, settings, seed)
+    art = train_product(series, settings, seed)
     live = _live(art, settings)
     policy = RetrainPolicy.for_model(
         art, settings.drift, settings.retrain, seed=settings.service.seed
@@ -292,7 +303,7 @@ def _lstm_ae(series: LabelledSeries, settings: Settings, seed: int) -> dict[str,
             ),
         }
     )
-    art = _train(series, ae, seed)
+    art = train_product(series, ae, seed)
     scores = np.full(len(series.test), np.nan)
     for out in _live(art, ae).stream(_as_batch(series, "test"), _CHUNK):
         scores[series.test_rows(out.ts)] = out.smoothed
@@ -377,7 +388,7 @@ def _seeded(settings: Settings, seed: int) -> Settings:
     return settings.model_copy(update={"train": settings.train.model_copy(update={"seed": seed})})
 
 
-def _train(series: LabelledSeries, settings: Settings, seed: int) -> Artifact:
+def train_product(series: LabelledSeries, settings: Settings, seed: int) -> Artifact:
     """Train and calibrate on the series' training rows, as `stream-vae train` does."""
     return train_artifact(
         _as_batch(series, "train"),
@@ -389,8 +400,9 @@ def _train(series: LabelledSeries, settings: Settings, seed: int) -> Artifact:
 
 
 def _live(art: Artifact, settings: Settings) -> LiveModel:
-    """The service's path for one series: its device, its episode shaping."""
-    return LiveModel(art, DetectorOptions(device=settings.service.device), alerts=settings.alerts)
+    """The service's path for one series: its forward pass (device, backend, precision), its
+    episode shaping."""
+    return LiveModel(art, DetectorOptions.from_settings(settings.service), alerts=settings.alerts)
 
 
 def _windows(x: F64, w: int) -> F64:
@@ -409,6 +421,26 @@ def _mark(
     start, blamed = opened
     predictions[start:end] = True
     top[start:end, : len(blamed)] = blamed
+
+
+def _newly_covered(scores: F64, stride: int) -> F64:
+    """With ``window.stride`` S > 1, a window is scored every S rows: its score also goes to
+    the S − 1 rows before its last, which it is the first window to cover (rows no window has
+    covered yet stay NaN).
+
+    >>> _newly_covered(np.array([np.nan, np.nan, 1.0, np.nan, 2.0, np.nan]), 2).tolist()
+    [nan, 1.0, 1.0, 2.0, 2.0, nan]
+    """
+    if stride == 1:
+        return scores
+    out = scores.copy()
+    scored = np.flatnonzero(np.isfinite(scores))
+    for back in range(1, stride):
+        rows = scored - back
+        rows = rows[rows >= 0]
+        rows = rows[np.isnan(out[rows])]
+        out[rows] = scores[rows + back]
+    return out
 
 
 def _fill(scores: F64) -> F64:

@@ -113,8 +113,12 @@ def rescore_artifact(art: Artifact, batch: RecordBatch, settings: Settings) -> A
     the threshold refitted on the same split of the same training records (``settings``' window
     and train sections must be those ``art`` was trained with). One training serves every
     latent mode in an evaluation (``vae-hybrid-<mode>``). With ``train.contamination`` the
-    references are fitted on every training window (which ones the fit trimmed is not kept)."""
-    if settings.window != art.spec.window or settings.model != art.spec.model:
+    references are fitted on every training window (which ones the fit trimmed is not kept).
+    ``settings.window.stride`` may differ from the model's: the threshold is then calibrated
+    for that stride."""
+    # the stride only decides which windows are scored: the same weights serve any
+    window = settings.window.model_copy(update={"stride": art.spec.window.stride})
+    if window != art.spec.window or settings.model != art.spec.model:
         raise ArtifactError("rescore_artifact: the window and model settings must be the model's")
     _, w_train, w_val = _split_windows(batch.in_time_order(), settings)
     out = package_artifact(
@@ -148,6 +152,24 @@ def _split_windows(
                 f"{name} part (got {len(batch)} rows over {len(set(batch.series_ids))} series)"
             )
     return scaler, w_train, w_val
+
+
+def stride_phases(keys: Sequence[str], stride: int) -> list[str]:
+    r"""The windows of each series (stride-1 windows, in order) as ``stride`` interleaved
+    sequences of every ``stride``-th window: the key of the series and its window's phase.
+
+    >>> stride_phases(["a", "b", "a", "a"], 2)
+    ['a', 'b', 'a\x001', 'a']
+    """
+    if stride == 1:
+        return list(keys)
+    seen: dict[str, int] = {}
+    out = []
+    for k in keys:
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        out.append(k if n % stride == 0 else f"{k}\x00{n % stride}")
+    return out
 
 
 def _check_magnitudes(batch: RecordBatch, feature_names: Sequence[str]) -> None:
@@ -256,9 +278,13 @@ def package_artifact(
     hybrid, weight_aucs = _fit_hybrid(detector, val_windows, val_parts, settings)
     raw = hybrid.raw(val_parts).raw
     # The threshold applies to the smoothed score, so calibrate on exactly that: the validation
-    # windows in order through a fresh per-series EMA.
+    # windows in order through a fresh per-series EMA, of every `stride`-th window as the
+    # service scores them (each of the stride's phases its own sequence, so none is wasted).
+    stride = settings.window.stride
     smoothed = (
-        SeriesEMA(settings.scoring.ema_beta).update(val_keys, raw) if smooth_calibration else raw
+        SeriesEMA(settings.scoring.ema_beta).update(stride_phases(val_keys, stride), raw)
+        if smooth_calibration
+        else raw
     )
     calibration = calibrate(
         smoothed,
