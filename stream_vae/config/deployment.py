@@ -38,7 +38,8 @@ class ServiceSettings(BaseModel):
     device: str = "auto"
     # auto: ONNX Runtime on the CPU where the onnx extra is installed (1.2-3x eager PyTorch
     # there, docs/operations.md), PyTorch on a GPU or where ORT cannot run the model (sampled
-    # latent modes, a precision or compile setting), eager PyTorch otherwise; logged at start.
+    # latent modes, a bf16/fp16 or compile setting), eager PyTorch otherwise; precision int8
+    # takes ORT. Logged at start.
     backend: Literal["auto", "torch", "onnx"] = "auto"
     # the scoring process's torch threads (training and the retrain job have their own)
     torch_threads: int = Field(2, ge=1, le=256)
@@ -76,7 +77,9 @@ class ServiceSettings(BaseModel):
     metrics_port: int | None = Field(9108, ge=0, le=65535, description="0: any free port")
     # Autocast dtype of the forward pass (bf16 also runs on the CPU; fp16 needs CUDA) and
     # optional torch.compile. fp32 is the reference of the parity bound (docs/operations.md).
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # int8: ONNX Runtime's dynamic quantisation of the weights, on the CPU (docs/operations.md
+    # has its speed and its bound on the scores).
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
     compile: bool = False
 
 

@@ -9,8 +9,10 @@ Runtime on the CPU.
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Literal, Protocol
 
 import numpy as np
@@ -30,6 +32,7 @@ __all__ = [
     "Precision",
     "TorchBackend",
     "example_input",
+    "int8_graph",
     "onnx_graph",
     "output_names",
 ]
@@ -208,6 +211,18 @@ def onnx_graph(model: LSTMVAE, out: str | IO[bytes], opset: int = 17) -> None:
             opset_version=opset,
             dynamo=False,
         )
+
+
+def int8_graph(graph: bytes) -> bytes:
+    """``graph`` (:func:`onnx_graph`) with its LSTM and linear weights quantised to int8 by ONNX
+    Runtime's dynamic quantisation (activations are quantised per call)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # the onnx extra
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(graph)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        return dst.read_bytes()
 
 
 class OrtBackend:

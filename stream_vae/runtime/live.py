@@ -28,7 +28,14 @@ from ..config.deployment import AlertSettings, ServiceSettings
 from ..core.records import RecordBatch
 from ..core.windows import ReadyWindows, WindowStore
 from ..errors import ArtifactError, ConfigError
-from ..model.backends import Backend, OrtBackend, Precision, TorchBackend, onnx_graph
+from ..model.backends import (
+    Backend,
+    OrtBackend,
+    Precision,
+    TorchBackend,
+    int8_graph,
+    onnx_graph,
+)
 from ..model.detector import MAX_BATCH, Detector
 from ..model.sampled import SAMPLED_MODES
 from ..model.vae import pick_device
@@ -62,7 +69,7 @@ class DetectorOptions:
 
     device: str = "auto"
     backend: Literal["auto", "torch", "onnx"] = "torch"  # auto: resolve_backend decides
-    precision: Precision = "fp32"
+    precision: Precision | Literal["int8"] = "fp32"  # int8: ONNX Runtime's (int8_graph)
     compile: bool = False
     cuda_graphs: bool = False
     max_batch: int = MAX_BATCH  # most windows per forward pass
@@ -87,12 +94,14 @@ def resolve_backend(artifact: Artifact, o: DetectorOptions) -> tuple[str, str]:
     and can run the model, eager PyTorch otherwise."""
     if o.backend != "auto":
         return o.backend, "as configured"
+    if artifact.spec.scoring.latent_mode in SAMPLED_MODES:
+        return "torch", f"latent_mode {artifact.spec.scoring.latent_mode} samples in PyTorch"
+    if o.precision == "int8":
+        return "onnx", "precision int8 is ONNX Runtime's dynamic quantisation, on the CPU"
     if pick_device(o.device).type != "cpu":
         return "torch", f"PyTorch on {pick_device(o.device)}"
     if o.precision != "fp32" or o.compile or o.cuda_graphs:
         return "torch", "precision/compile/cuda_graphs are PyTorch's"
-    if artifact.spec.scoring.latent_mode in SAMPLED_MODES:
-        return "torch", f"latent_mode {artifact.spec.scoring.latent_mode} samples in PyTorch"
     if all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime")):
         return "onnx", "ONNX Runtime on the CPU"
     return "torch", "eager PyTorch on the CPU (pip install 'stream-vae[onnx]' for ORT)"
@@ -117,17 +126,22 @@ def build_detector(artifact: Artifact, options: DetectorOptions | None = None) -
         )
     impl: Backend
     if backend == "onnx":
-        if o.precision != "fp32" or o.compile or o.cuda_graphs:
-            raise ConfigError("precision, compile and cuda_graphs apply to the torch backend only")
+        if o.precision not in ("fp32", "int8") or o.compile or o.cuda_graphs:
+            raise ConfigError(
+                "precision bf16/fp16, compile and cuda_graphs apply to the torch backend only"
+            )
         buf = io.BytesIO()
         onnx_graph(artifact.model(), buf)
         try:
-            impl = OrtBackend(buf.getvalue(), o.threads)
+            graph = int8_graph(buf.getvalue()) if o.precision == "int8" else buf.getvalue()
+            impl = OrtBackend(graph, o.threads)
         except ImportError:
             raise ArtifactError(
                 "the onnx backend needs onnxruntime: pip install 'stream-vae[onnx]'"
             ) from None
     else:
+        if o.precision == "int8":
+            raise ConfigError("precision int8 is ONNX Runtime's: set backend to onnx or auto")
         impl = TorchBackend(
             artifact.model(),
             pick_device(o.device),
