@@ -55,36 +55,36 @@ def test_timestamps(raw: object, expected: float) -> None:
     assert parse_ts(raw) == expected
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "reason"),
-    [
-        (b"k", b"{not json", "bad_json"),
-        (b"k", b"[1, 2, 3]", "bad_json"),
-        (b"k", None, "bad_json"),
-        (None, b'{"ts": 1, "values": [1, 2, 3]}', "missing_field"),
-        (b"k", b'{"values": [1, 2, 3]}', "missing_field"),
-        (b"k", b'{"ts": 1}', "missing_field"),
-        (b"k", b'{"ts": 1, "values": [1, 2]}', "wrong_arity"),
-        (b"k", b'{"ts": 1, "values": {"temp": 1, "pressure": 2}}', "wrong_arity"),
-        (b"k", b'{"ts": 1, "values": {"temp": 1, "pressure": 2, "volts": 3}}', "unknown_feature"),
-        (b"k", b'{"ts": 1, "values": [1, NaN, 3]}', "nan_value"),  # Python's json.dumps writes it
-        (b"k", b'{"ts": 1, "values": [1, -Infinity, 3]}', "nan_value"),
-        (b"k", b'{"ts": 1, "values": [1, "NaN", 3]}', "nan_value"),
-        (b"k", b'{"ts": 1, "values": {"temp": 1, "pressure": "inf", "rpm": 2}}', "nan_value"),
-        (b"k", b'{"ts": 1, "values": [1, "NaNo", 3], "note": "NaN"}', "bad_value"),
-        (b"k", b'{"ts": 1, "values": [1, 1e400, 3]}', "bad_json"),
-        (b"k", b'{"ts": 1, "values": [1, 1e300, 3]}', "bad_value"),  # finite but not float32
-        (b"k", b'{"ts": 1, "values": [1, "2", 3]}', "bad_value"),
-        (b"k", b'{"ts": 1, "values": [1, true, 3]}', "bad_value"),
-        (b"k", b'{"ts": 1, "values": 7}', "bad_value"),
-        (b"k", b'{"ts": "yesterday", "values": [1, 2, 3]}', "bad_timestamp"),
-        (b"k", b'{"ts": true, "values": [1, 2, 3]}', "bad_timestamp"),
-        (b"k", b'{"ts": null, "values": [1, 2, 3]}', "bad_timestamp"),
-        (b"k", b'{"series_id": 5, "ts": 1, "values": [1, 2, 3]}', "bad_series_id"),
-        (b"k", b'{"series_id": "", "ts": 1, "values": [1, 2, 3]}', "bad_series_id"),
-        (b"\xff\xfe", b'{"ts": 1, "values": [1, 2, 3]}', "bad_series_id"),
-    ],
-)
+REJECTIONS = [
+    (b"k", b"{not json", "bad_json"),
+    (b"k", b"[1, 2, 3]", "bad_json"),
+    (b"k", None, "bad_json"),
+    (None, b'{"ts": 1, "values": [1, 2, 3]}', "missing_field"),
+    (b"k", b'{"values": [1, 2, 3]}', "missing_field"),
+    (b"k", b'{"ts": 1}', "missing_field"),
+    (b"k", b'{"ts": 1, "values": [1, 2]}', "wrong_arity"),
+    (b"k", b'{"ts": 1, "values": {"temp": 1, "pressure": 2}}', "wrong_arity"),
+    (b"k", b'{"ts": 1, "values": {"temp": 1, "pressure": 2, "volts": 3}}', "unknown_feature"),
+    (b"k", b'{"ts": 1, "values": [1, NaN, 3]}', "nan_value"),  # Python's json.dumps writes it
+    (b"k", b'{"ts": 1, "values": [1, -Infinity, 3]}', "nan_value"),
+    (b"k", b'{"ts": 1, "values": [1, "NaN", 3]}', "nan_value"),
+    (b"k", b'{"ts": 1, "values": {"temp": 1, "pressure": "inf", "rpm": 2}}', "nan_value"),
+    (b"k", b'{"ts": 1, "values": [1, "NaNo", 3], "note": "NaN"}', "bad_value"),
+    (b"k", b'{"ts": 1, "values": [1, 1e400, 3]}', "bad_json"),
+    (b"k", b'{"ts": 1, "values": [1, 1e300, 3]}', "bad_value"),  # finite but not float32
+    (b"k", b'{"ts": 1, "values": [1, "2", 3]}', "bad_value"),
+    (b"k", b'{"ts": 1, "values": [1, true, 3]}', "bad_value"),
+    (b"k", b'{"ts": 1, "values": 7}', "bad_value"),
+    (b"k", b'{"ts": "yesterday", "values": [1, 2, 3]}', "bad_timestamp"),
+    (b"k", b'{"ts": true, "values": [1, 2, 3]}', "bad_timestamp"),
+    (b"k", b'{"ts": null, "values": [1, 2, 3]}', "bad_timestamp"),
+    (b"k", b'{"series_id": 5, "ts": 1, "values": [1, 2, 3]}', "bad_series_id"),
+    (b"k", b'{"series_id": "", "ts": 1, "values": [1, 2, 3]}', "bad_series_id"),
+    (b"\xff\xfe", b'{"ts": 1, "values": [1, 2, 3]}', "bad_series_id"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), REJECTIONS)
 def test_rejections_carry_a_reason(key: bytes | None, value: bytes | None, reason: str) -> None:
     with pytest.raises(RecordError) as info:
         decode(key, value, FEATURES)
@@ -163,3 +163,60 @@ def test_a_batch_of_typed_rows_is_checked_at_once_with_the_reasons_of_one_record
         with pytest.raises(RecordError) as one:  # the same reason as the row alone says
             dec.record(None, {"series_id": row[0], "ts": row[1], "values": row[2]})
         assert one.value.reason == reason
+
+
+def test_a_json_batch_is_checked_at_once_and_says_what_one_message_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RecordDecoder.many parses each message and checks the batch as one array; a batch with
+    any message the array cannot take (every rejection above, and the other shapes a good
+    message may have) gives, message by message, what decoding it alone gives."""
+    dec = RecordDecoder(FEATURES)
+    good = [
+        (b"k1", b'{"series_id": "m-1", "ts": 1.5, "values": [1, 2.5, -3]}'),
+        (None, b'{"series_id": "m-2", "ts": 2, "values": [0.0, 1e30, 7]}'),
+        (b"k", b'{"series_id": "m-3", "ts": 3, "values": {"rpm": 3, "temp": 1, "pressure": 2}}'),
+    ]
+    other_shapes = [
+        (b"k3", b'{"ts": 3, "values": [1, 2, 3]}'),  # the id from the key
+        (b"k", b'{"series_id": "m", "ts": "1970-01-01T00:00:04Z", "values": [1, 2, 3]}'),
+        (b"k", b'{"series_id": "m", "ts": 5, "values": {"rpm": 3, "temp": 1, "volts": 2}}'),
+        (b"k", b'{"series_id": "untrue", "ts": 6, "values": [1, 2, 3]}'),  # "true" in a name
+        (b"k", b'{"series_id": "m", "ts": 7, "values": [1, 2, 12345678901234567890123]}'),
+    ]
+
+    def alone(msgs: list[tuple[bytes | None, bytes | None]]) -> list[object]:
+        out: list[object] = []
+        for k, v in msgs:
+            try:
+                r = dec(k, v)
+                out.append((r.series_id, r.ts, r.values.tolist()))
+            except RecordError as exc:
+                out.append(exc.reason)
+        return out
+
+    def together(msgs: list[tuple[bytes | None, bytes | None]]) -> list[object]:
+        got = dec.many([k for k, _ in msgs], [v for _, v in msgs])
+        return [
+            g.reason if isinstance(g, RecordError) else (g.series_id, g.ts, g.values.tolist())
+            for g in got
+        ]
+
+    for extra in [*[(k, v) for k, v, _ in REJECTIONS], *other_shapes]:
+        msgs = [*good, extra, good[0]]
+        assert together(msgs) == alone(msgs), extra
+    # a batch of plain messages (values all lists, or all objects) never reaches the
+    # per-record checks
+    monkeypatch.setattr(RecordDecoder, "record", lambda *a: pytest.fail("per-record path"))
+    assert (
+        together(good[:2] * 20)
+        == [
+            ("m-1", 1.5, [1.0, 2.5, -3.0]),
+            ("m-2", 2.0, [0.0, float(np.float32(1e30)), 7.0]),
+        ]
+        * 20
+    )
+    assert together(good[2:] * 20) == [("m-3", 3.0, [1.0, 2.0, 3.0])] * 20
+    one = RecordDecoder(("x",))
+    got = one.many([None] * 2, [b'{"series_id": "a", "ts": 1, "values": {"x": 4}}'] * 2)
+    assert [(r.series_id, r.values.tolist()) for r in got] == [("a", [4.0])] * 2  # type: ignore[union-attr]

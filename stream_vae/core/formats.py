@@ -18,15 +18,12 @@ import io
 import logging
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from operator import itemgetter
 from typing import Any, Literal
-
-import numpy as np
 
 from .. import _json
 from ..errors import RecordError
 from .protobuf import ProtoSchema, message_indexes
-from .records import Record, RecordBatch, RecordDecoder
+from .records import Record, RecordDecoder, outcome
 
 __all__ = ["AvroDecoder", "ProtobufDecoder", "RegistryDecoder", "wire_schema_id"]
 
@@ -77,45 +74,6 @@ def _typed(schema: Any, decoder: RecordDecoder) -> bool:
     )
 
 
-def _many(
-    decoder: RecordDecoder, typed: bool, keys: Sequence[bytes | None], payloads: list[Any]
-) -> list[Record | RecordError]:
-    """Records from ``payloads``, one per message: its parsed body, or its outcome already (a
-    Record or a RecordError). Checked as one array where the schema types every value (the
-    common case: bench/decode.py), else, or when a record in it is refused, one at a time."""
-    out: list[Any] = list(payloads)
-    good = [i for i, p in enumerate(payloads) if type(p) is dict]
-    if typed and good:
-        batch = _columns(decoder, [payloads[i] for i in good])
-        if batch is not None:
-            sids, ts, values = batch.series_ids, batch.ts.tolist(), batch.values
-            for j, i in enumerate(good):
-                out[i] = Record(sids[j], ts[j], values[j])
-            return out
-    for i in good:
-        try:
-            out[i] = decoder.record(keys[i], payloads[i])
-        except RecordError as exc:
-            out[i] = exc
-    return out
-
-
-def _columns(decoder: RecordDecoder, bodies: list[dict[str, Any]]) -> RecordBatch | None:
-    """The bodies as one checked batch (RecordDecoder.columns), or None when one of them needs
-    the per-record checks (a field missing, a value refused)."""
-    f, fields = decoder.fields, decoder.value_fields
-    try:
-        if fields is not None:
-            cols = list(zip(*map(itemgetter(f.series_id, f.ts, *fields), bodies), strict=True))
-            values = np.array(cols[2:], dtype=np.float64).T  # (d, n) → (n, d)
-        else:
-            cols = list(zip(*map(itemgetter(f.series_id, f.ts, f.values), bodies), strict=True))
-            values = np.array(cols[2], dtype=np.float64)  # (n, d); ragged: ValueError
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
-    return decoder.columns(cols[0], cols[1], values)
-
-
 def _read_avro(payload: bytes, schema: Any, reader: Any) -> dict[str, Any]:
     try:
         body = reader(io.BytesIO(payload), schema)
@@ -124,14 +82,6 @@ def _read_avro(payload: bytes, schema: Any, reader: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise RecordError("bad_encoding", f"expected an Avro record, got {type(body).__name__}")
     return body
-
-
-def _one(decode: Any, key: bytes | None, value: bytes | None) -> Record | RecordError:
-    try:
-        rec: Record = decode(key, value)
-    except RecordError as exc:
-        return exc
-    return rec
 
 
 Read = Callable[[bytes], dict[str, Any]]  # a payload → the record's fields (or bad_encoding)
@@ -156,13 +106,13 @@ class _OneSchema:
         payloads: list[Any] = []
         for key, value in zip(keys, values, strict=True):
             if value is None or len(value) > max_bytes:
-                payloads.append(_one(self, key, value))
+                payloads.append(outcome(self, key, value))
                 continue
             try:
                 payloads.append(read(value))
             except RecordError as exc:
                 payloads.append(exc)
-        return _many(self.decoder, self._typed, keys, payloads)
+        return self.decoder.bodies(keys, payloads, typed=self._typed)
 
 
 class AvroDecoder(_OneSchema):
@@ -273,7 +223,7 @@ class RegistryDecoder:
         """Each message decoded, or the reason it cannot be (aligned with ``values``); Avro or
         Protobuf whose schemas type every value is checked as one array."""
         if self.kind == "json_schema":
-            return [_one(self, k, v) for k, v in zip(keys, values, strict=True)]
+            return [outcome(self, k, v) for k, v in zip(keys, values, strict=True)]
         max_bytes, typed = self.decoder.max_bytes, True
         payloads: list[Any] = []
         for key, value in zip(keys, values, strict=True):
@@ -284,7 +234,7 @@ class RegistryDecoder:
                 except RecordError:
                     reader = None  # it says why, below
             if reader is None or value is None:  # refused, or an unknown schema: it says why
-                payloads.append(_one(self, key, value))
+                payloads.append(outcome(self, key, value))
                 continue
             read, start, typed_one = reader
             typed &= typed_one
@@ -292,4 +242,4 @@ class RegistryDecoder:
                 payloads.append(read(value[start:]))
             except RecordError as exc:
                 payloads.append(exc)
-        return _many(self.decoder, typed, keys, payloads)
+        return self.decoder.bodies(keys, payloads, typed=typed)

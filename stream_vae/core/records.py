@@ -18,11 +18,13 @@ stream_vae.errors.RecordError: missing_field: no series_id in the body and no me
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,7 @@ __all__ = [
     "RecordDecoder",
     "decode",
     "encode",
+    "outcome",
     "parse_ts",
 ]
 
@@ -265,14 +268,87 @@ class RecordDecoder:
     def many(
         self, keys: Sequence[bytes | None], values: Sequence[bytes | None]
     ) -> list[Record | RecordError]:
-        """Each message decoded, or the reason it cannot be (aligned with ``values``)."""
-        out: list[Record | RecordError] = []
+        """Each message decoded, or the reason it cannot be (aligned with ``values``).
+
+        Each message is parsed, then the batch is checked as one array when every value is a
+        JSON number (:meth:`bodies`). A message that holds ``true`` or ``false`` anywhere (a
+        bool would pass as a number in the array), fails to parse or is not an object goes
+        through :meth:`__call__`, which names the reason.
+        """
+        payloads: list[Any] = []
+        max_bytes = self.max_bytes
         for key, value in zip(keys, values, strict=True):
+            body = None
+            if (
+                value is not None
+                and len(value) <= max_bytes
+                and b"true" not in value
+                and b"false" not in value
+            ):
+                with contextlib.suppress(_json.JSONDecodeError):  # the outcome says why
+                    body = _json.loads(value)
+            payloads.append(body if type(body) is dict else outcome(self, key, value))
+        return self.bodies(keys, payloads, typed=False)
+
+    def bodies(
+        self, keys: Sequence[bytes | None], payloads: list[Any], *, typed: bool
+    ) -> list[Record | RecordError]:
+        """Records from ``payloads``, one per message: its parsed body (a dict), or its outcome
+        already (a Record or a RecordError). The bodies are checked as one array (the common
+        case: bench/decode.py) when their values are all numbers: ``typed``, a schema says so
+        (Avro, Protobuf); otherwise (JSON) the array must come out numeric by itself. When one
+        is refused, or has another shape, every body is checked one at a time by
+        :meth:`record`, which names the reasons."""
+        out: list[Any] = list(payloads)
+        good = [i for i, p in enumerate(payloads) if type(p) is dict]
+        if good:
+            batch = self._body_columns([payloads[i] for i in good], typed)
+            if batch is not None:
+                sids, ts, values = batch.series_ids, batch.ts.tolist(), batch.values
+                for j, i in enumerate(good):
+                    out[i] = Record(sids[j], ts[j], values[j])
+                return out
+        for i in good:
             try:
-                out.append(self(key, value))
+                out[i] = self.record(keys[i], payloads[i])
             except RecordError as exc:
-                out.append(exc)
+                out[i] = exc
         return out
+
+    def _in_order(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        """Values as lists, or as objects keyed by exactly the model's features (their values
+        in model order; a missing key raises KeyError); None for any other mix."""
+        if not values or type(values[0]) is not dict:
+            return values
+        names = self.feature_names
+        if not all(type(v) is dict and len(v) == len(names) for v in values):
+            return None  # a key too many or too few: the per-record checks name it
+        get = itemgetter(*names)
+        return [get(v) for v in values] if len(names) > 1 else [(v[names[0]],) for v in values]
+
+    def _body_columns(self, bodies: list[dict[str, Any]], typed: bool) -> RecordBatch | None:
+        """The bodies as one checked batch (:meth:`columns`), or None when one of them needs
+        the per-record checks (a field missing, a value that is not a number, one refused)."""
+        f, fields = self.fields, self._fields_in_order
+        try:
+            if fields is not None:
+                cols = list(zip(*map(itemgetter(f.series_id, f.ts, *fields), bodies), strict=True))
+                raw: Any = cols[2:]  # (d, n)
+            else:
+                cols = list(zip(*map(itemgetter(f.series_id, f.ts, f.values), bodies), strict=True))
+                raw = self._in_order(cols[2])  # (n, d)
+                if raw is None:
+                    return None
+            # a schema's floats convert as they are; JSON's must already be numbers (a string,
+            # a null or an object makes the array a string or object one: refused)
+            values = np.array(raw, dtype=np.float64) if typed else np.array(raw)
+        except (KeyError, TypeError, ValueError, OverflowError):  # ragged, missing: ValueError
+            return None
+        if values.dtype.kind not in "fi":
+            return None
+        if fields is not None:
+            values = values.T
+        return self.columns(cols[0], cols[1], values.astype(np.float64, copy=False))
 
     def check_size(self, value: bytes | None) -> bytes:
         """The message value, unless it is a tombstone or past ``max_bytes``."""
@@ -387,6 +463,16 @@ class RecordDecoder:
         if not fine:
             return None
         return RecordBatch(tuple(series_ids), ts_arr, values.astype(np.float32, order="C"))
+
+
+def outcome(
+    decode: Callable[[bytes | None, bytes | None], Record], key: bytes | None, value: bytes | None
+) -> Record | RecordError:
+    """What ``decode`` makes of one message: its record, or the error it raises."""
+    try:
+        return decode(key, value)
+    except RecordError as exc:
+        return exc
 
 
 def decode(
