@@ -107,11 +107,18 @@ class ReplayWatermark:
     def replay_starts(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """The replay start of each partition of ``next_offsets`` (last processed + 1)."""
         out = dict(next_offsets)
-        for sid, tail in self._tail.items():
+        # One pass over every series held, so kept lean: _tail and _partition gain and lose
+        # their keys together, so their values pair up in order; the few open episodes' pins
+        # come after.
+        for tail, tp in zip(self._tail.values(), self._partition.values(), strict=True):
+            if tail:
+                first = tail[0]
+                if first < out.get(tp, first):
+                    out[tp] = first
+        for sid, pin in self._open.items():
             tp = self._partition[sid]
-            if tp in out and tail:
-                need = min(self._open.get(sid, tail[0]), tail[0])
-                out[tp] = min(out[tp], need)
+            if tp in out and self._tail[sid] and pin < out[tp]:
+                out[tp] = pin
         return out
 
     def series_on(self, partitions: Iterable[TopicPartition]) -> list[str]:
