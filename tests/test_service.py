@@ -945,6 +945,7 @@ def test_an_unreadable_state_topic_replays_the_bounded_tail_and_keeps_the_stored
         "alert_topic": f"alerts5-{tag}",
         "dead_letter_topic": f"dlq5-{tag}",
         "topic_partitions": 1,
+        "session_timeout_ms": 2000,  # the takeover joins once the first member's session ends
     }
     service = {"max_batch_records": 200, "max_wait_ms": 20, "device": "cpu", "metrics_port": None}
     first = load_settings(env={}, kafka=kafka, service=service)
