@@ -13,7 +13,15 @@ the ratio to "bare" is what alerting costs), and "full" with every component on
 normalisers: what bench/configs/asd.toml runs), whose ratio to the default "full" is what those
 components cost.
 Each figure is the median over --repeats runs; every run loops for at least --min-seconds.
-The ratio full/bare is what the scorer costs. Only public tools (time.perf_counter) are used.
+The ratio full/bare is what the scorer costs.
+
+The FLOP-bound limit: the model's forward pass is, in FLOPs, its matrix products (per window:
+each LSTM's input and recurrent products at each of the W steps, the heads; the gates'
+element-wise work is not counted, see :func:`flops_per_window`). Those products are timed on
+their own, as plain ``torch.mm`` at the shapes a batch gives them (the same threads), and their
+measured GFLOP/s over the FLOPs per window is the most windows/s the CPU can give the model. The
+table reports ONNX Runtime's model + scorer against that limit (the target: ≥ 0.6), and the
+square-matrix peak (2,048²) for scale. Only public tools (time.perf_counter) are used.
 """
 
 from __future__ import annotations
@@ -75,6 +83,51 @@ class TraceBackend:
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, None, np.ndarray, np.ndarray]:
         recon, mu, logvar = self.module(torch.from_numpy(x))
         return recon.numpy(), None, mu.numpy(), logvar.numpy()
+
+
+def gemm_shapes(cfg: VAEConfig, n: int) -> list[tuple[int, int, int, int]]:
+    """``(m, k, n_out, times)``: the matrix products of one forward pass on ``n`` windows (z =
+    μ). Each LSTM layer takes its input product over all W steps at once (as oneDNN and ONNX
+    Runtime do), then one recurrent product per step."""
+    w, h, g = cfg.window, cfg.hidden, 4 * cfg.hidden
+    out = []
+    for first_in in (cfg.n_features, cfg.latent):  # the encoder, then the decoder
+        for layer in range(cfg.layers):
+            out.append((n * w, first_in if layer == 0 else h, g, 1))  # input: all steps
+            out.append((n, h, g, w))  # recurrent: one per step
+    out.append((n, h, cfg.latent, 2))  # μ and log σ² from the last state
+    n_out = cfg.n_features * (2 if cfg.gaussian_output else 1)
+    out.append((n * w, h, n_out, 1))  # the output head at every step
+    return out
+
+
+def flops_per_window(cfg: VAEConfig) -> float:
+    """2·m·k·n FLOPs per product (a multiply and an add), summed, per window."""
+    return sum(2.0 * m * k * o * t for m, k, o, t in gemm_shapes(cfg, 1))
+
+
+def gemm_rate(cfg: VAEConfig, n: int, repeats: int, min_s: float) -> float:
+    """Windows/s if a forward pass on ``n`` windows cost only its matrix products."""
+    rng = np.random.default_rng(1)
+    ops = []
+    for m, k, o, t in gemm_shapes(cfg, n):
+        a = torch.from_numpy(rng.normal(size=(m, k)).astype(np.float32))
+        b = torch.from_numpy(rng.normal(size=(k, o)).astype(np.float32))
+        ops.append((a, b, torch.empty(m, o), t))
+
+    def run() -> None:
+        for a, b, c, t in ops:
+            for _ in range(t):
+                torch.mm(a, b, out=c)
+
+    return _rate(run, n, repeats, min_s)
+
+
+def peak_gflops(repeats: int, min_s: float) -> float:
+    """sgemm GFLOP/s on two 2,048 x 2,048 float32 matrices."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    c = torch.empty(2048, 2048)
+    return _rate(lambda: torch.mm(a, b, out=c), 1, repeats, min_s) * 2 * 2048**3 / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +240,29 @@ def main(argv: list[str] | None = None) -> int:
             f"{lf:,.0f} | {lf / eb:.2f} | "
             f"{tb:,.0f} | {tf:,.0f} | {ob:,.0f} | {of:,.0f} | {of / ob:.2f} | {of / ef:.2f} |"
         )
+    cfg = model.config
+    flops = flops_per_window(cfg)
+    peak = peak_gflops(args.repeats, args.min_seconds)
+    lines += [
+        "",
+        f"FLOP-bound limit: {flops / 1e6:.2f} MFLOP per window in matrix products; "
+        f"sgemm peak (2,048²) {peak:.0f} GFLOP/s = {peak * 1e9 / flops:,.0f} windows/s.",
+        "",
+        "| batch | GEMM GFLOP/s at the model's shapes | limit windows/s | ORT bare / limit | "
+        "ORT +scorer / limit | ORT +scorer / peak limit |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        b = r["batch"]
+        if b < 16:
+            continue  # latency-bound sizes: no FLOP limit applies
+        limit = gemm_rate(cfg, b, args.repeats, args.min_seconds)
+        ob, of = r["onnxruntime"]
+        lines.append(
+            f"| {b} | {limit * flops / 1e9:.0f} | {limit:,.0f} | {ob / limit:.2f} | "
+            f"{of / limit:.2f} | {of * flops / (peak * 1e9):.2f} |"
+        )
+        print(f"batch {b}: GEMM-only limit {limit:,.0f} windows/s", file=sys.stderr)
     text = "\n".join(lines)
     print(text)
     if args.out:
