@@ -67,10 +67,18 @@ def test_writes_are_throttled_and_a_held_back_start_is_flushed(broker: EmbeddedB
             store = CheckpointStore(k, producer, topic=topic, interval_s=3600.0)
             await store.ensure_topic()
             seen = []
-            await store.save({P0: Checkpoint(1, 2)})  # the first write of a partition: now
-            await store.save({P0: Checkpoint(3, 4)})  # within the interval: held back
+            asked: list[dict[TopicPartition, int]] = []
+
+            def starts(committed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+                asked.append(dict(committed))  # a pass over every series, in the service
+                return {tp: c - 1 for tp, c in committed.items()}
+
+            await store.save_commits({P0: 2}, starts)  # the first write of a partition: now
+            await store.save_commits({P0: 4}, starts)  # within the interval: held back
+            assert asked == [{P0: 2}]  # not even computed while nothing is due
             seen.append(await store.load([P0]))
-            await store.flush([P0])  # before a revoke: what was held back is written
+            await store.flush([P0], starts)  # before a revoke: what was held back is written
+            assert asked == [{P0: 2}, {P0: 4}]
             seen.append(await store.load([P0]))
             await store.save({P0: Checkpoint(3, 9)}, force=True)  # same start: nothing to write
             seen.append(await store.load([P0]))

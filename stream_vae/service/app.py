@@ -210,7 +210,8 @@ class Service:
                         await task
             try:  # what the throttle held back; a stale start is valid (a longer replay)
                 await asyncio.wait_for(
-                    self._checkpoints.flush(consumer.assignment()), svc.shutdown_timeout_s
+                    self._checkpoints.flush(consumer.assignment(), self._watermark.replay_starts),
+                    svc.shutdown_timeout_s,
                 )
             except (KafkaError, TimeoutError) as exc:
                 log.warning("could not write the last replay starts: %s", exc)
@@ -365,10 +366,7 @@ class Service:
         committed = await self._source.commit(batch.next_offsets)
         if committed:
             assert self._checkpoints is not None
-            starts = self._watermark.replay_starts(committed)
-            await self._checkpoints.save(
-                {tp: Checkpoint(starts[tp], c) for tp, c in committed.items()}
-            )
+            await self._checkpoints.save_commits(committed, self._watermark.replay_starts)
         late = store.counters["late"] - late_before
         self._record(batch, len(ready), late, alerts, inference_s)
         self.metrics.add_windows_scored(len(scored), int(scored.is_alert.sum()))
@@ -490,7 +488,8 @@ class Service:
         async with self._lock:
             self._source.generation += 1
             try:
-                await self._checkpoints.flush(gone)  # what the throttle held back
+                # what the throttle held back
+                await self._checkpoints.flush(gone, self._watermark.replay_starts)
             except KafkaError as exc:  # a stale checkpoint is still valid: a longer replay
                 log.warning("could not write the checkpoints of %s: %s", sorted(gone), exc)
             self._checkpoints.forget(gone)

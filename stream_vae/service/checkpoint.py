@@ -19,7 +19,9 @@ failed, the series' records between the two commits would be missing. So a check
 only after its commit succeeded, and one is written before a partition's first commit (its start
 then is where consumption started, with no state). Whatever crash comes between, the checkpoint
 on record was made for a commit at or before the committed offset. Writes are throttled
-(``service.checkpoint_interval_s``): a stale start only makes the replay longer.
+(``service.checkpoint_interval_s``): a stale start only makes the replay longer. The starts
+themselves (a pass over every series held) are computed only when a write is due, and for
+what the throttle held back, when a partition is revoked or the service stops.
 
 Reading: the topic is read from the beginning up to a marker this reader writes, not up to an end
 offset, since some Kafka-compatible brokers answer ListOffsets(LATEST) off by a batch. The
@@ -33,7 +35,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -49,6 +51,8 @@ __all__ = ["Checkpoint", "CheckpointStore"]
 log = logging.getLogger(__name__)
 
 _MARKER = b"\x00marker/"
+# committed offsets (last processed + 1) -> each partition's replay start
+Starts = Callable[[dict[TopicPartition, int]], dict[TopicPartition, int]]
 
 
 async def stop_reader(consumer: AIOKafkaConsumer) -> None:
@@ -100,6 +104,8 @@ class CheckpointStore:
         self._producer = producer
         self._written: dict[TopicPartition, tuple[Checkpoint, float]] = {}  # last write, when
         self._pending: dict[TopicPartition, Checkpoint] = {}  # newer, held back by the throttle
+        # commits whose replay starts are not computed yet (save_commits): the newest of each
+        self._commits: dict[TopicPartition, int] = {}
 
     def _key(self, tp: TopicPartition) -> bytes:
         return orjson.dumps([self.kafka.group_id, tp.topic, tp.partition])
@@ -201,17 +207,43 @@ class CheckpointStore:
         for tp, cp in due.items():
             self._written[tp] = (cp, now)
 
-    async def flush(self, partitions: Iterable[TopicPartition]) -> None:
+    async def save_commits(self, committed: dict[TopicPartition, int], starts: Starts) -> None:
+        """The checkpoints of commits that just succeeded. Their replay starts (``starts``: a
+        pass over every series held) are computed only when one of them is due to be written;
+        until then the newest commit of each partition is held (:meth:`flush` writes it)."""
+        self._commits.update(committed)
+        now = time.monotonic()
+        written = self._written
+        if all(tp in written and now - written[tp][1] < self.interval_s for tp in self._commits):
+            return
+        await self.save(self._computed(dict(self._commits), starts))
+
+    async def flush(self, partitions: Iterable[TopicPartition], starts: Starts) -> None:
         """Write what the throttle held back for ``partitions`` (before they are revoked)."""
-        held = {tp: self._pending[tp] for tp in partitions if tp in self._pending}
+        wanted = set(partitions)
+        mine = {tp: c for tp, c in self._commits.items() if tp in wanted}
+        self._pending.update(self._computed(mine, starts))
+        held = {tp: self._pending[tp] for tp in wanted if tp in self._pending}
         if held:
             await self.save(held, force=True)
+
+    def _computed(
+        self, commits: dict[TopicPartition, int], starts: Starts
+    ) -> dict[TopicPartition, Checkpoint]:
+        """Checkpoints of these held commits, which are held no longer."""
+        if not commits:
+            return {}
+        found = starts(commits)
+        for tp in commits:
+            self._commits.pop(tp, None)
+        return {tp: Checkpoint(found[tp], c) for tp, c in commits.items()}
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop what is remembered of partitions no longer ours (another owner writes them)."""
         for tp in partitions:
             self._written.pop(tp, None)
             self._pending.pop(tp, None)
+            self._commits.pop(tp, None)
 
 
 def _parse(value: bytes | None) -> Checkpoint | None:
