@@ -106,6 +106,7 @@ class CheckpointStore:
         self._pending: dict[TopicPartition, Checkpoint] = {}  # newer, held back by the throttle
         # commits whose replay starts are not computed yet (save_commits): the newest of each
         self._commits: dict[TopicPartition, int] = {}
+        self._computed_at: dict[TopicPartition, float] = {}  # when its start was last computed
 
     def _key(self, tp: TopicPartition) -> bytes:
         return orjson.dumps([self.kafka.group_id, tp.topic, tp.partition])
@@ -213,8 +214,8 @@ class CheckpointStore:
         until then the newest commit of each partition is held (:meth:`flush` writes it)."""
         self._commits.update(committed)
         now = time.monotonic()
-        written = self._written
-        if all(tp in written and now - written[tp][1] < self.interval_s for tp in self._commits):
+        done = self._computed_at  # a start that did not move is not written, yet was computed
+        if all(tp in done and now - done[tp] < self.interval_s for tp in self._commits):
             return
         await self.save(self._computed(dict(self._commits), starts))
 
@@ -234,8 +235,10 @@ class CheckpointStore:
         if not commits:
             return {}
         found = starts(commits)
+        now = time.monotonic()
         for tp in commits:
             self._commits.pop(tp, None)
+            self._computed_at[tp] = now
         return {tp: Checkpoint(found[tp], c) for tp, c in commits.items()}
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
@@ -244,6 +247,7 @@ class CheckpointStore:
             self._written.pop(tp, None)
             self._pending.pop(tp, None)
             self._commits.pop(tp, None)
+            self._computed_at.pop(tp, None)
 
 
 def _parse(value: bytes | None) -> Checkpoint | None:
