@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     registry = _registry(args, settings, required=args.model is None)
     artifact = load_artifact(args.model) if args.model is not None else registry.load()
     service = Service(settings, artifact, registry=registry)
+    # What is alive now (torch, the model, the settings: hundreds of thousands of objects) lives
+    # as long as the process: out of the cyclic collector's walks, which at 100k series cost a
+    # quarter of the service's rate (docs/operations.md). Reference counting still frees it.
+    gc.freeze()
     _until_signalled(service.run, settings)
     print("stopped: " + ", ".join(f"{k} {v}" for k, v in service.accounting().items()))
     return 0
