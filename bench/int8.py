@@ -25,7 +25,6 @@ import argparse
 import copy
 import io
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +39,7 @@ from stream_vae.demo.synthetic import generate_fleet
 from stream_vae.evaluation.datasets import read_smd
 from stream_vae.evaluation.detectors import score_product, train_product
 from stream_vae.evaluation.runner import series_metrics
-from stream_vae.model.backends import OrtBackend, TorchBackend, onnx_graph
+from stream_vae.model.backends import OrtBackend, TorchBackend, int8_graph, onnx_graph
 from stream_vae.model.detector import Detector
 from stream_vae.model.vae import LSTMVAE, VAEConfig
 from stream_vae.storage.artifact import Artifact
@@ -59,17 +58,10 @@ def torch_int8(model: LSTMVAE) -> LSTMVAE:
 
 
 def ort_graphs(model: LSTMVAE) -> tuple[bytes, bytes]:
-    """The float32 ONNX graph and its dynamically quantised int8 copy."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    """The float32 ONNX graph and its dynamically quantised int8 copy (as the service makes it)."""
     buf = io.BytesIO()
     onnx_graph(model, buf)
-    fp32 = buf.getvalue()
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(fp32)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
-        return fp32, dst.read_bytes()
+    return buf.getvalue(), int8_graph(buf.getvalue())
 
 
 def backends(model: LSTMVAE, threads: int) -> dict[str, Forward]:

@@ -8,11 +8,10 @@ Runtime on the CPU.
 
 from __future__ import annotations
 
+import io
 import logging
-import tempfile
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Literal, Protocol
 
 import numpy as np
@@ -215,14 +214,13 @@ def onnx_graph(model: LSTMVAE, out: str | IO[bytes], opset: int = 17) -> None:
 
 def int8_graph(graph: bytes) -> bytes:
     """``graph`` (:func:`onnx_graph`) with its LSTM and linear weights quantised to int8 by ONNX
-    Runtime's dynamic quantisation (activations are quantised per call)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # the onnx extra
+    Runtime's dynamic quantisation (activations are quantised per call), in memory."""
+    import onnx  # the onnx extra
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(graph)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
-        return dst.read_bytes()
+    out = io.BytesIO()  # written by onnx.save_model, which takes a stream as well as a path
+    quantize_dynamic(onnx.load_from_string(graph), out, weight_type=QuantType.QInt8)
+    return out.getvalue()
 
 
 class OrtBackend:
