@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import sys
 import time
@@ -120,6 +121,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         return RecordBatch(tuple(s), t, v)
 
     half_batch = batch_of(half)
+    gc.freeze()  # as `stream-vae run` does before its service starts
     service = Service(settings, art)
     samples: list[tuple[float, int]] = []
     latencies: list[np.ndarray] = []
