@@ -223,7 +223,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     service = Service(settings, artifact, registry=registry)
     # What is alive now (torch, the model, the settings: hundreds of thousands of objects) lives
     # as long as the process: out of the cyclic collector's walks, which at 100k series cost a
-    # quarter of the service's rate (docs/operations.md). Reference counting still frees it.
+    # quarter of the service's rate (docs/operations.md). Reference counting still frees it (the
+    # first model after a hot swap: any part of it in a reference cycle stays, one model at most).
     gc.freeze()
     _until_signalled(service.run, settings)
     print("stopped: " + ", ".join(f"{k} {v}" for k, v in service.accounting().items()))
