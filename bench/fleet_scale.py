@@ -124,7 +124,12 @@ def step_batches(base: np.ndarray, n_series: int, steps: range, t0: float) -> Re
     )
 
 
-async def committed(settings: Settings, partitions: int) -> int:
+async def poll_committed(
+    settings: Settings, partitions: int, polls: list[tuple[float, int]], done: asyncio.Event
+) -> None:
+    """Append (time, the group's committed offsets summed over partitions) every 50 ms until
+    ``done``, through one consumer; a poll is stamped when its answer came (a commit it sees
+    happened by then)."""
     k = settings.kafka
     c = AIOKafkaConsumer(
         bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False
@@ -132,7 +137,10 @@ async def committed(settings: Settings, partitions: int) -> int:
     await c.start()
     try:
         tps = [TopicPartition(k.input_topics[0], p) for p in range(partitions)]
-        return sum([await c.committed(tp) or 0 for tp in tps])
+        while not done.is_set():
+            total = sum([await c.committed(tp) or 0 for tp in tps])
+            polls.append((time.perf_counter(), total))
+            await asyncio.sleep(0.05)
     finally:
         await c.stop()
 
@@ -249,12 +257,7 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> dict[str, 
         polls: list[tuple[float, int]] = []
         done = asyncio.Event()
 
-        async def poll() -> None:
-            while not done.is_set():
-                polls.append((time.perf_counter(), await committed(settings, args.partitions)))
-                await asyncio.sleep(0.05)
-
-        poller = asyncio.create_task(poll())
+        poller = asyncio.create_task(poll_committed(settings, args.partitions, polls, done))
         rss_half = []
         for step in range(w - 1 + args.steps, n_steps):
             batch = step_batch(base, args.series, step, t0)
