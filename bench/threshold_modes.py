@@ -31,7 +31,7 @@ from stream_vae.core.records import RecordBatch
 from stream_vae.evaluation import metrics as M
 from stream_vae.evaluation import nab
 from stream_vae.evaluation.datasets import LabelledSeries, read_smd
-from stream_vae.runtime.live import DetectorOptions, LiveModel
+from stream_vae.runtime.live import DetectorOptions, LiveModel, novelty_history
 from stream_vae.scoring.episodes import EpisodeTracker
 from stream_vae.scoring.spot import StreamingThreshold, TailStart
 from stream_vae.training.build import train_artifact
@@ -103,9 +103,12 @@ def _predictions(series: LabelledSeries, cached: dict[str, Any], a: AlertSetting
             ceiling=a.threshold_ceiling,
         )
         thr = spot.update(keys, s)
+    gate = novelty_history(a)
+    may_open = None if gate is None else gate.update(keys, s) >= a.novelty_gate
     p = np.zeros(len(series.test), dtype=bool)
     opened = None
-    for e in EpisodeTracker(a.hysteresis, a.close_after, a.cooldown).update(keys, ts, s, thr):
+    tracker = EpisodeTracker(a.hysteresis, a.close_after, a.cooldown)
+    for e in tracker.update(keys, ts, s, thr, may_open):
         row = int(series.test_rows([e.ts])[0])
         if e.event == "open":
             opened = row

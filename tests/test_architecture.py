@@ -40,6 +40,7 @@ CORE = [
     "stream_vae.lifecycle.reservoir",
     "stream_vae.lifecycle.policy",
     "stream_vae.evaluation.novelty",
+    "stream_vae.scoring.novelty",
     "stream_vae.errors",
     "stream_vae._json",
 ]

@@ -1,4 +1,5 @@
-"""SeriesNovelty: high at the onset of a new, larger-than-recent excursion, 0 while it lasts."""
+"""SeriesNovelty: high at the onset of a new, larger-than-recent excursion, 0 while it lasts;
+and the alerts' novelty gate built on it."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from stream_vae.config import EvaluationSettings
+from stream_vae.config import AlertSettings, EvaluationSettings
 from stream_vae.errors import ConfigError
-from stream_vae.evaluation.novelty import SeriesNovelty, carry_novelty, novelty_stage
+from stream_vae.evaluation.novelty import carry_novelty, novelty_stage
+from stream_vae.runtime.live import build_scorer
+from stream_vae.scoring.hybrid import HybridScore, ScoreParts
+from stream_vae.scoring.novelty import SeriesNovelty
+from stream_vae.scoring.scorer import Scorer
+
+from .conftest import TinyModel
 
 
 def test_onset_scores_persistence_does_not() -> None:
@@ -324,3 +331,76 @@ def test_a_censored_excursion_that_lasts_a_block_enters_the_maximum_and_carries_
     nv = SeriesNovelty(1000, 1.0, censor=0.4)
     nv.update(["a"] * 450, x[:450])
     assert np.array_equal(nv.update(["a"] * 150, x[450:]), whole[450:])
+
+
+# -- the novelty gate of the alerts (alerts.novelty_gate) --------------------------------------
+
+
+def _gate_stream(n: int = 600) -> ScoreParts:
+    """One series at a low error, with the same excursion at rows 100, 250 and 400 (10 rows
+    each) and a larger one at row 500."""
+    err = np.full((n, 3), 0.5, dtype=np.float32)
+    for start in (100, 250, 400):
+        err[start : start + 10] = 3.0
+    err[500:510] = 6.0
+    return ScoreParts(err, np.ones(n, dtype=np.float32))
+
+
+def _gate_scorer(novelty: SeriesNovelty | None, gate: float = 0.05) -> Scorer:
+    fit_on = np.random.default_rng(0).gamma(2.0, 0.25, size=(300, 3)).astype(np.float32)
+    hybrid = HybridScore(alpha=1.0).fit(ScoreParts(fit_on, np.ones(300, dtype=np.float32)))
+    # between the raw score at the low error and at the excursions'
+    parts = _gate_stream(2)
+    low = float(hybrid.raw(parts).raw[0])
+    high = float(hybrid.raw(ScoreParts(np.full((1, 3), 3.0, np.float32), np.ones(1))).raw[0])
+    return Scorer(
+        hybrid,
+        (low + high) / 2,
+        ("a", "b", "c"),
+        "v",
+        ema_beta=0.0,
+        close_after=2,
+        novelty=novelty,
+        novelty_gate=gate,
+    )
+
+
+def _opens(sc: Scorer, parts: ScoreParts, rows: range) -> list[int]:
+    idx = np.asarray(rows)
+    out = sc.update(["s"] * len(idx), idx.astype(np.float64), parts.take(idx))
+    return [int(a.ts) for a in out.alerts if a.event == "open"]
+
+
+def test_the_gate_opens_a_recurring_high_once_and_a_new_higher_one_again() -> None:
+    parts = _gate_stream()
+    assert _opens(_gate_scorer(None), parts, range(600)) == [100, 250, 400, 500]
+    gated = _gate_scorer(SeriesNovelty(1000))
+    assert _opens(gated, parts, range(600)) == [100, 500]
+    # an open episode stays open while its score stays up: the gate is for opens only
+    gated = _gate_scorer(SeriesNovelty(1000))
+    out = gated.update(["s"] * 105, np.arange(105.0), parts.take(np.arange(105)))
+    assert [a.event for a in out.alerts] == ["open"] and gated.open_series() == {"s"}
+    # once the history of the first excursion is older than the window, it opens again
+    short = _gate_scorer(SeriesNovelty(100))
+    assert _opens(short, parts, range(600)) == [100, 250, 400, 500]
+
+
+def test_a_swap_carries_the_history_the_gate_measures_against() -> None:
+    parts = _gate_stream()
+    old = _gate_scorer(SeriesNovelty(1000))
+    assert _opens(old, parts, range(300)) == [100]
+    carried = _gate_scorer(SeriesNovelty(1000))
+    carried.carry(old)
+    assert _opens(carried, parts, range(300, 600)) == [500]
+    fresh = _gate_scorer(SeriesNovelty(1000))  # no history: the repeat at 400 is new to it
+    assert _opens(fresh, parts, range(300, 600)) == [400, 500]
+
+
+def test_the_settings_turn_the_gate_on(tiny: TinyModel) -> None:
+    assert build_scorer(tiny.artifact, AlertSettings()).novelty is None
+    sc = build_scorer(tiny.artifact, AlertSettings(novelty_gate=0.05, novelty_window=500))
+    assert sc.novelty is not None and sc.novelty_gate == 0.05
+    assert (sc.novelty.window, sc.novelty.censor) == (500, 0.4)
+    assert sc.novelty in sc._parts()  # its per-series state is dropped with the rest
+    with pytest.raises(ValueError, match="novelty_gate"):
+        AlertSettings(novelty_gate=1.5)

@@ -125,6 +125,14 @@ class AlertSettings(BaseModel):
     threshold_ceiling: float = Field(
         3.0, ge=1, description="highest streaming threshold, × calibrated"
     )
+    # The novelty gate (stream_vae.scoring.novelty): an episode opens only where the smoothed
+    # score rises above the series' maximum of its previous novelty_window windows by at least
+    # this share of its peak (0 = off: every crossing opens one). A recurring high alerts once
+    # per novelty_window, not each time; an excursion whose rise reaches novelty_censor (0 =
+    # off) stays out of that maximum, so one anomaly does not hide the next.
+    novelty_gate: float = Field(0.0, ge=0, le=1)
+    novelty_window: int = Field(2000, ge=10, description="windows a rise must beat (the gate)")
+    novelty_censor: float = Field(0.4, ge=0, le=1)
     # Data-quality alerts that do not ask the model (stream_vae.scoring.quality), each its own
     # alert kind; a model trained before they existed has no reference for them and gives none.
     quality_kinds: tuple[Literal["flatline", "out_of_range", "stale"], ...] = (

@@ -52,7 +52,7 @@ from ..config import Settings
 from ..core.records import RecordBatch
 from ..errors import ArtifactError
 from ..lifecycle.policy import RetrainPolicy
-from ..runtime.live import DetectorOptions, LiveModel, streaming_threshold
+from ..runtime.live import DetectorOptions, LiveModel, novelty_history, streaming_threshold
 from ..scoring.alerts import Alert
 from ..scoring.ema import SeriesEMA
 from ..scoring.episodes import EpisodeTracker
@@ -235,8 +235,11 @@ def _other_threshold(
             thr = streaming_threshold(art, a).update(keys, s)
         except ArtifactError:  # too few held-out windows for a streaming start
             return {}
+    gate = novelty_history(a)
+    may_open = None if gate is None else gate.update(keys, s) >= a.novelty_gate
     episodes = _Episodes(series, a.top_k)
-    for e in EpisodeTracker(a.hysteresis, a.close_after, a.cooldown).update(keys, t, s, thr):
+    tracker = EpisodeTracker(a.hysteresis, a.close_after, a.cooldown)
+    for e in tracker.update(keys, t, s, thr, may_open):
         episodes.event(e.ts, e.event, [])
     episodes.finish()
     scores = np.full(len(series.test), np.nan)

@@ -42,6 +42,7 @@ from ..model.vae import pick_device
 from ..scoring.alerts import Alert
 from ..scoring.clusters import EpisodeClusters
 from ..scoring.hybrid import ScoreParts
+from ..scoring.novelty import SeriesNovelty
 from ..scoring.quality import QUALITY_KINDS, QualityMonitor, StaleMonitor
 from ..scoring.scorer import ScoredBatch, Scorer
 from ..scoring.shaping import AlertShaper
@@ -192,7 +193,16 @@ def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Sco
         shaper=alert_shaper(a),
         stale=StaleMonitor(a.stale_factor) if "stale" in a.quality_kinds else None,
         clusters=EpisodeClusters(a.cluster_similarity) if a.cluster_similarity > 0 else None,
+        novelty=novelty_history(a),
+        novelty_gate=a.novelty_gate,
     )
+
+
+def novelty_history(alerts: AlertSettings) -> SeriesNovelty | None:
+    """The per-series history the novelty gate measures a rise against (None: no gate)."""
+    if alerts.novelty_gate == 0:
+        return None
+    return SeriesNovelty(alerts.novelty_window, censor=alerts.novelty_censor)
 
 
 def alert_shaper(alerts: AlertSettings) -> AlertShaper | None:

@@ -114,6 +114,7 @@ class EpisodeTracker:
         ts: npt.ArrayLike,
         scores: npt.ArrayLike,
         threshold: float | npt.ArrayLike,
+        may_open: npt.ArrayLike | None = None,
     ) -> list[EpisodeEvent]:
         """Feed rows in order and return the events they cause (in row order).
 
@@ -129,6 +130,9 @@ class EpisodeTracker:
             Finite, non-negative smoothed scores.
         threshold : float or array_like, shape (n,)
             Open threshold, one for all rows or one per row.
+        may_open : array_like of bool, shape (n,), optional
+            Where False, a row at the threshold does not open an episode (the novelty gate:
+            it keeps an open episode open as usual). None: every row may open one.
 
         Returns
         -------
@@ -140,6 +144,10 @@ class EpisodeTracker:
         >>> t = EpisodeTracker()
         >>> [e.event for e in t.update(["a"], np.array([5.0]), np.array([3.0]), 2.0)]
         ['open']
+        >>> gated = EpisodeTracker().update(["b"] * 2, np.arange(2.0), np.full(2, 3.0), 2.0,
+        ...                                 may_open=[False, True])
+        >>> [(e.row, e.event) for e in gated]  # the first row met the threshold, not the gate
+        [(1, 'open')]
         """
         n = len(keys)
         ts_a = np.asarray(ts, dtype=np.float64)
@@ -153,6 +161,11 @@ class EpisodeTracker:
             raise DataError("EpisodeTracker.update: non-finite ts, score or threshold")
         thr = np.broadcast_to(thr, (n,))
         hot = sc >= thr
+        gate = None
+        if may_open is not None:
+            gate = np.asarray(may_open, dtype=bool)
+            check_shape("EpisodeTracker.update may_open", gate.shape, (n,))
+            hot &= gate
         # Rows of idle series below the threshold change nothing: only series that are active
         # already or reach the threshold somewhere in this batch need the sequential pass.
         active = self._state.keys() | {keys[i] for i in np.flatnonzero(hot).tolist()}
@@ -160,17 +173,20 @@ class EpisodeTracker:
             return []
         rows = [i for i, k in enumerate(keys) if k in active]
         ts_l, sc_l, thr_l = ts_a.tolist(), sc.tolist(), thr.tolist()
+        gate_l = [True] * n if gate is None else gate.tolist()
         events: list[EpisodeEvent] = []
         for i in rows:
-            ev = self._step(i, keys[i], ts_l[i], sc_l[i], thr_l[i])
+            ev = self._step(i, keys[i], ts_l[i], sc_l[i], thr_l[i], gate_l[i])
             if ev is not None:
                 events.append(ev)
         return events
 
-    def _step(self, row: int, key: str, ts: float, score: float, thr: float) -> EpisodeEvent | None:
+    def _step(
+        self, row: int, key: str, ts: float, score: float, thr: float, may_open: bool
+    ) -> EpisodeEvent | None:
         st = self._state.get(key)
         if st is None:
-            if score < thr:
+            if score < thr or not may_open:
                 return None
             self._state[key] = _State(True, ts, score, 0, 0)
             return EpisodeEvent(row, key, "open", ts, ts, score)

@@ -1,7 +1,9 @@
 """The streaming scorer: hybrid score → per-series EMA → threshold → alert episodes.
 
 The threshold is the calibrated one (``static``), or each series' own streaming threshold
-(:class:`~stream_vae.scoring.spot.StreamingThreshold`), which starts from it.
+(:class:`~stream_vae.scoring.spot.StreamingThreshold`), which starts from it. With a novelty
+gate (:class:`~stream_vae.scoring.novelty.SeriesNovelty`), a crossing opens an episode only
+where the score also rises above the series' recent maximum.
 
 Pure and stateful per series; the service, the offline CLI and evaluation all call
 :meth:`Scorer.update` with the windows' keys, timestamps and the model's :class:`ScoreParts`.
@@ -23,6 +25,7 @@ from .clusters import EpisodeClusters
 from .ema import SeriesEMA
 from .episodes import EpisodeEvent, EpisodeTracker
 from .hybrid import HybridScore, ScoreParts
+from .novelty import SeriesNovelty
 from .quality import QualityEvent, QualityMonitor, StaleMonitor
 from .shaping import AlertShaper
 from .spot import StreamingThreshold
@@ -79,6 +82,8 @@ class Scorer:
         shaper: AlertShaper | None = None,
         stale: StaleMonitor | None = None,
         clusters: EpisodeClusters | None = None,
+        novelty: SeriesNovelty | None = None,
+        novelty_gate: float = 0.0,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -100,6 +105,10 @@ class Scorer:
         self.stale = stale
         # None: episodes are not grouped into recurring kinds
         self.clusters = clusters
+        # None: every crossing of the threshold opens an episode; else only a crossing whose
+        # novelty reaches novelty_gate (a recurring high alerts once per novelty window)
+        self.novelty = novelty
+        self.novelty_gate = novelty_gate
         self._cluster_of: dict[str, tuple[str, int]] = {}  # series -> its open episode's kind
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
@@ -127,7 +136,12 @@ class Scorer:
             if self.streaming is None
             else self.streaming.update(keys, smoothed)
         )
-        events = self._episodes.update(keys, ts_arr, smoothed, thr)
+        may_open = (
+            None
+            if self.novelty is None
+            else self.novelty.update(keys, smoothed) >= self.novelty_gate
+        )
+        events = self._episodes.update(keys, ts_arr, smoothed, thr, may_open)
         # Attribution only for the rows that raised an event: most batches raise none.
         rel = self.hybrid.feature_errors(parts.take(np.array([e.row for e in events], np.intp)))
         tops = top_features_many(rel, self.feature_names, self.top_k)
@@ -316,13 +330,16 @@ class Scorer:
         )
 
     def carry(self, old: Scorer) -> None:
-        """Take over the streaming thresholds of the scorer this one replaces (a model swap:
-        each series keeps where its threshold stood against the calibration)."""
+        """Take over the streaming thresholds and novelty history of the scorer this one
+        replaces (a model swap: each series keeps where its threshold stood against the
+        calibration, and its recent maximum in the new model's units)."""
         if self.streaming is not None and old.streaming is not None:
             self.streaming.carry(old.streaming)
+        if self.novelty is not None and old.novelty is not None:
+            self.novelty.carry(old.novelty, self.threshold / old.threshold)
 
     def _parts(self) -> tuple[SeriesState, ...]:
-        optional = (self.streaming, self.quality, self.shaper, self.stale)
+        optional = (self.streaming, self.quality, self.shaper, self.stale, self.novelty)
         return (self._ema, self._episodes, *(p for p in optional if p is not None))
 
     def series(self) -> frozenset[str]:

@@ -28,13 +28,13 @@ from stream_vae import _json
 from stream_vae.core.records import RecordBatch
 from stream_vae.core.state import SeriesState, StateRegistry
 from stream_vae.core.windows import WindowStore
-from stream_vae.evaluation.novelty import SeriesNovelty
 from stream_vae.lifecycle.drift import DriftMonitor
 from stream_vae.lifecycle.reservoir import CleanReservoir
 from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.scoring.ema import SeriesEMA
 from stream_vae.scoring.episodes import EpisodeTracker
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts
+from stream_vae.scoring.novelty import SeriesNovelty
 from stream_vae.scoring.quality import QualityMonitor
 from stream_vae.scoring.reference import QualityReference
 from stream_vae.scoring.scorer import Scorer
@@ -155,6 +155,15 @@ def _dspot_scorer() -> Scorer:
     return Scorer(base.hybrid, 1.2, base.feature_names, "v-test", close_after=2, streaming=_spot())
 
 
+def _gated_scorer() -> Scorer:
+    base = _scorer()
+    # a short history, so that a stream of a few hundred rows has repeats and new highs
+    novelty = SeriesNovelty(20, 0.99, censor=0.3)
+    return Scorer(
+        base.hybrid, 0.8, base.feature_names, "v-test", novelty=novelty, novelty_gate=0.05
+    )
+
+
 def _scorer_feed(sc: Scorer, s: Stream, i: int, j: int) -> list[Any]:
     idx = np.arange(i, j)
     out = sc.update(s["keys"][i:j], s["ts"][i:j], s["parts"].take(idx))
@@ -253,6 +262,7 @@ CASES = [
     Case("Scorer", _scorer, _parts_stream, _scorer_feed),
     Case("StreamingThreshold", _spot, _score_stream, _spot_feed),
     Case("Scorer-dspot", _dspot_scorer, _parts_stream, _scorer_feed),
+    Case("Scorer-novelty-gate", _gated_scorer, _parts_stream, _scorer_feed),
     Case("QualityMonitor", _quality, _quality_stream, _quality_feed),
     # The drift monitor: with max_samples_per_batch at least a batch's sampled rows, chunking
     # changes nothing: the thinning counters and every KSWIN see the same samples in the same
@@ -409,6 +419,12 @@ def _ema_state_feed(ema: SeriesEMA, keys: list[str], t0: float, seed: int) -> li
     return ema.update(keys, x).tolist()  # type: ignore[no-any-return]
 
 
+def _novelty_state_feed(nv: SeriesNovelty, keys: list[str], t0: float, seed: int) -> list[Any]:
+    # the first feed (seed 0) sets a high maximum; a series fed again without it has a rise
+    x = (10.0 if seed == 0 else 1.0) + np.arange(len(keys), dtype=np.float64)
+    return nv.update(keys, x).tolist()  # type: ignore[no-any-return]
+
+
 def _episodes_state_feed(t: EpisodeTracker, keys: list[str], t0: float, seed: int) -> list[Any]:
     # every row is over the threshold: each series opens an episode (and keeps it open)
     x = np.random.default_rng(seed).uniform(1.0, 3.0, size=len(keys))
@@ -498,6 +514,8 @@ STATE_CASES = [
     StateCase("Scorer", lambda _: _low_threshold_scorer(), _scorer_state_feed, 4, 2),
     StateCase("StreamingThreshold", lambda _: _spot(), _ema_state_feed, n_first=4, n_again=2),
     StateCase("Scorer-dspot", lambda _: _dspot_scorer(), _scorer_state_feed, 4, 2),
+    StateCase("SeriesNovelty", lambda _: SeriesNovelty(30), _novelty_state_feed, 4, 2),
+    StateCase("Scorer-novelty-gate", lambda _: _gated_scorer(), _scorer_state_feed, 4, 2),
     StateCase("QualityMonitor", lambda _: _quality(), _quality_state_feed, 4, 2),
     StateCase(
         "DriftMonitor",
@@ -596,7 +614,7 @@ def test_the_registry_refuses_what_is_not_series_state_and_duplicate_names() -> 
     ema = SeriesEMA(0.5)
     registry = StateRegistry({"ema": ema})
     with pytest.raises(TypeError, match="SeriesState"):
-        registry.register("novelty", SeriesNovelty())  # type: ignore[arg-type]  # no series()
+        registry.register("counts", {"a": 1})  # type: ignore[arg-type]  # no series()
     with pytest.raises(TypeError, match="SeriesState"):
         StateRegistry({"x": object()})  # type: ignore[dict-item]
     other = SeriesEMA(0.9)
