@@ -122,3 +122,40 @@ def test_a_silent_series_is_stale_until_it_comes_back(tiny) -> None:  # type: ig
     assert gone[0].ts == 60.0 * 39 and gone[0].score > 5  # silent 10 intervals at the check
     back = [a for a in live.process(records(["a", "b"], 40, 1)).alerts if a.kind == "stale"]
     assert [(a.series_id, a.event, a.alert_id) for a in back] == [("a", "close", gone[0].alert_id)]
+
+
+def test_the_wall_clock_sees_a_silent_fleet_and_a_revoke_closes_its_episodes(tiny) -> None:  # type: ignore[no-untyped-def]
+    art = tiny.artifact
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(60, 3)) * art.scaler.std[:3] + art.scaler.mean[:3]
+    # 30 records a series, one a second: 15 windows of 16 points each
+    batch = RecordBatch(("a", "b") * 30, np.repeat(np.arange(30.0), 2), x.astype(np.float32))
+    stream = LiveModel(art, DetectorOptions(device="cpu"), alerts=AlertSettings(
+        quality_kinds=("stale",)))  # fmt: skip
+    stream.process(batch)
+    assert stream.scorer.tick() == ()  # stream time: nothing moves without a window
+    wall = LiveModel(art, DetectorOptions(device="cpu"), alerts=AlertSettings(
+        quality_kinds=("stale",), stale_clock="wall", stale_factor=3.0))  # fmt: skip
+    assert wall.scorer.stale is not None and wall.scorer.stale.clock is not None
+    now = [1000.0]
+    wall.scorer.stale.clock = lambda: now[0]
+    wall.process(batch)  # both arrive at 1000, one each second of event time
+    now[0] = 1002.0
+    assert wall.scorer.tick() == ()
+    now[0] = 1004.0  # 4 s with nothing: 4 usual intervals
+    opened = wall.scorer.tick()
+    assert [(a.series_id, a.kind, a.event, a.ts) for a in opened] == [
+        ("a", "stale", "open", 1004.0),
+        ("b", "stale", "open", 1004.0),
+    ]
+    assert wall.open_series(all_kinds=True) == {"a", "b"}
+    # a revoke closes what the next owner's replay cannot rebuild, of the series named only
+    closed = wall.scorer.close_wall_stale(1005.0, "revoked", ["b"])
+    assert [(a.series_id, a.event, a.reason, a.alert_id) for a in closed] == [
+        ("b", "close", "revoked", opened[1].alert_id)
+    ]
+    assert stream.scorer.close_wall_stale(1005.0, "revoked", ["a", "b"]) == ()
+    # "a" comes back: its episode closes with its next window
+    back = wall.process(RecordBatch(("a",), np.array([30.0]), x[:1].astype(np.float32)))
+    stale = [(a.series_id, a.event) for a in back.alerts if a.kind == "stale"]
+    assert stale == [("a", "close")]

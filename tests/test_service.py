@@ -627,6 +627,61 @@ def test_a_frozen_sensor_and_silent_series_give_their_alert_kinds_on_the_topic(
     assert stale == {r.series_id for r in rows} - {sid}, messages
 
 
+def test_a_fleet_falling_silent_is_stale_by_the_wall_clock(
+    broker: EmbeddedBroker, tiny: TinyModel
+) -> None:
+    """Issue 18: by stream time a whole fleet falling silent raises nothing (no record moves
+    the time on); by the wall clock (``alerts.stale_clock = "wall"``) every series is stale
+    while no record arrives at all, and one that comes back closes its episode."""
+    on = {"quality_kinds": ["stale"], "stale_clock": "wall", "stale_factor": 2.0}
+    settings = _fault_settings(broker, "wall", alerts=on)
+    k = settings.kafka
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    rows = [r for r in table.batch.in_time_order().records()][:240]
+    # one record a second of event time each: silent for 2 s of wall time is stale
+    start = time.time() - 1000.0
+    seen: Counter[str] = Counter()
+    timed = []
+    for r in rows:
+        timed.append(Record(r.series_id, start + seen[r.series_id], r.values))
+        seen[r.series_id] += 1
+    fleet = set(seen)
+    back = Record(rows[0].series_id, start + seen[rows[0].series_id], rows[0].values)
+
+    async def scenario() -> tuple[int, list[Any]]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        await _send_all(k, timed, table.feature_names)
+        service = Service(settings, tiny.artifact)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        async with asyncio.timeout(60):
+            while service.accounting()["consumed"] < len(timed):
+                assert not task.done(), "the service stopped"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(4.0)  # nothing arrives: 2 usual intervals and the check's
+            consumed_silent = service.accounting()["consumed"]
+            await _send_all(k, [back], table.feature_names)
+            while service.accounting()["consumed"] < len(timed) + 1:
+                assert not task.done(), "the service stopped"
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        alerts = await _consume(k, k.alert_topic, service.accounting()["alerts"])
+        return consumed_silent, alerts
+
+    consumed_silent, alerts = asyncio.run(scenario())
+    assert consumed_silent == len(timed)  # the opens came with no record to score
+    messages = [_json.loads(m.value) for m in alerts]  # type: ignore[attr-defined]
+    stale = [a for a in messages if a["kind"] == "stale"]
+    opens = {a["series_id"]: a for a in stale if a["event"] == "open"}
+    assert set(opens) == fleet, messages
+    assert all(a["score"] >= 2.0 for a in opens.values())  # silent for >= 2 intervals
+    closes = [a for a in stale if a["event"] == "close"]
+    assert [(a["series_id"], a["alert_id"]) for a in closes] == [
+        (back.series_id, opens[back.series_id]["alert_id"])
+    ]
+
+
 def test_the_streaming_threshold_holds_its_rate_on_a_drifting_stream_and_finds_a_spike(
     broker: EmbeddedBroker, tiny: TinyModel
 ) -> None:

@@ -144,6 +144,11 @@ class AlertSettings(BaseModel):
     # partitions at uneven pace (a backlog on one) makes the lagging partition's series look
     # silent; turn it on where the stream is consumed near real time.
     stale_factor: float = Field(5.0, gt=1)
+    # "stream": silent by stream time (reproducible on replay; a fleet that falls silent at
+    # once raises nothing). "wall": silent since its last record arrived, by the service's
+    # clock, checked while the input is idle too, so a whole fleet falling silent is seen;
+    # a rebalance closes these episodes (reason "revoked") and the next owner re-opens them.
+    stale_clock: Literal["stream", "wall"] = "stream"
     flatline_ratio: float = Field(
         0.05, gt=0, lt=1, description="a feature moving less than this × its training movement"
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -191,11 +192,20 @@ def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Sco
         streaming=None if a.threshold_mode == "static" else streaming_threshold(artifact, a),
         quality=quality_monitor(artifact, a),
         shaper=alert_shaper(a),
-        stale=StaleMonitor(a.stale_factor) if "stale" in a.quality_kinds else None,
+        stale=stale_monitor(a),
         clusters=EpisodeClusters(a.cluster_similarity) if a.cluster_similarity > 0 else None,
         novelty=novelty_history(a),
         novelty_gate=a.novelty_gate,
     )
+
+
+def stale_monitor(alerts: AlertSettings) -> StaleMonitor | None:
+    """The ``stale`` check the deployment asks for (None: not asked for), by stream time or by
+    the wall clock."""
+    if "stale" not in alerts.quality_kinds:
+        return None
+    clock = time.time if alerts.stale_clock == "wall" else None
+    return StaleMonitor(alerts.stale_factor, clock=clock)
 
 
 def novelty_history(alerts: AlertSettings) -> SeriesNovelty | None:

@@ -35,7 +35,7 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -239,10 +239,13 @@ class StaleMonitor:
     """Per-series ``stale`` episodes: a series silent for ``factor`` times its usual interval.
 
     A series' usual interval is the exponentially weighted mean of the gaps between its windows
-    (weight ``1/16``); it is known after ``min_gaps`` gaps. Time is the stream's: the newest
-    timestamp any series has reached (a fleet that goes silent all at once does not move it;
-    see docs/service.md). A series is checked once per :meth:`update`; its episode opens at that
-    time and closes at its next window.
+    (weight ``1/16``); it is known after ``min_gaps`` gaps. Time is the stream's (``clock``
+    None): the newest timestamp any series has reached, so a fleet that goes silent all at once
+    does not move it (see docs/service.md). With a ``clock`` (the wall clock, in the service),
+    a series is silent since its newest window *arrived*, by that clock, and :meth:`check`
+    finds it so even when no window arrives at all. A series is checked once per
+    :meth:`update` (and :meth:`check`), at most once per smallest usual interval; its episode
+    opens at that time and closes at its next window.
 
     Examples
     --------
@@ -254,14 +257,31 @@ class StaleMonitor:
     [('a', 'open', 14.0, 10.0)]
     >>> [(e.series_id, e.event, e.ts) for e in mon.update(["a"], [15.0])]
     [('a', 'close', 15.0)]
+
+    By the wall clock, the whole fleet falling silent is seen too:
+
+    >>> now = [100.0]
+    >>> wall = StaleMonitor(factor=5.0, min_gaps=3, clock=lambda: now[0])
+    >>> ev = wall.update(["a", "b"] * 5, np.repeat(np.arange(5.0), 2))  # arrived at 100
+    >>> now[0] = 104.0
+    >>> wall.check()
+    []
+    >>> now[0] = 106.0  # nothing for 6 s: 6 usual intervals
+    >>> [(e.series_id, e.event, e.ts) for e in wall.check()]
+    [('a', 'open', 106.0), ('b', 'open', 106.0)]
     """
 
-    def __init__(self, factor: float = 5.0, min_gaps: int = 3) -> None:
+    def __init__(
+        self, factor: float = 5.0, min_gaps: int = 3, clock: Callable[[], float] | None = None
+    ) -> None:
         if factor <= 1.0 or min_gaps < 1:
             raise ConfigError(f"StaleMonitor: need factor > 1 and min_gaps >= 1, got {factor!r}")
         self.factor = factor
         self.min_gaps = min_gaps
-        # series -> [last ts, mean gap (nan: none yet), gaps seen, stale since (nan: not stale)]
+        # None: stream time; else the time a series is silent by (its windows' arrival)
+        self.clock = clock
+        # series -> [last ts, mean gap (nan: none yet), gaps seen, stale since (nan: not
+        # stale), when its last window arrived (the clock's; stream time: its ts)]
         self._state: dict[str, list[float]] = {}
         self._now = -math.inf
         self._min_gap = math.inf  # the smallest usual interval of any series
@@ -271,14 +291,16 @@ class StaleMonitor:
         """Feed windows (their series and ts) in order; returns the closes of series that came
         back (at their row) and the opens of series now silent too long (row ``len(keys)``)."""
         t = np.asarray(ts, dtype=np.float64).tolist()
+        arrived = None if self.clock is None else self.clock()
         events: list[QualityEvent] = []
         state = self._state
         for i, (k, ti) in enumerate(zip(keys, t, strict=True)):
+            at = ti if arrived is None else arrived
             st = state.get(k)
             if st is None:
-                state[k] = [ti, math.nan, 0.0, math.nan]
+                state[k] = [ti, math.nan, 0.0, math.nan, at]
                 continue
-            last, gap, n, since = st
+            last, gap, n, since, _ = st
             if not math.isnan(since):  # it came back
                 events.append(QualityEvent(i, k, "stale", "close", ti, since, 0.0, self.factor, ()))
                 st[3] = math.nan
@@ -287,23 +309,32 @@ class StaleMonitor:
                 st[1] = d if math.isnan(gap) else gap + (d - gap) / 16.0
                 self._min_gap = min(self._min_gap, st[1])
                 st[2] = n + 1.0
-                st[0] = ti
-        if t:
+                st[0], st[4] = ti, at
+        if t and arrived is None:
             self._now = max(self._now, max(t))
-        now, n_rows = self._now, len(keys)
-        # The check walks every series: at most once per smallest usual interval of stream
-        # time (a fleet of 100k series reporting each minute: once a minute, not every batch).
+        return events + self._sweep(len(keys), arrived)
+
+    def check(self) -> list[QualityEvent]:
+        """The opens of series silent too long by the clock now, with no window to feed (row
+        0); none in stream time, which only windows move."""
+        return [] if self.clock is None else self._sweep(0, self.clock())
+
+    def _sweep(self, row: int, wall: float | None) -> list[QualityEvent]:
+        now = self._now if wall is None else wall
+        # The sweep walks every series: at most once per smallest usual interval of time (a
+        # fleet of 100k series reporting each minute: once a minute, not every batch).
         if now < self._next_check:
-            return events
+            return []
         if math.isfinite(self._min_gap):
             self._next_check = now + self._min_gap
-        for k, st in state.items():
-            last, gap, n, since = st
-            if math.isnan(since) and n >= self.min_gaps and now - last > self.factor * gap:
+        events = []
+        for k, st in self._state.items():
+            _, gap, n, since, at = st
+            if math.isnan(since) and n >= self.min_gaps and now - at > self.factor * gap:
                 st[3] = now
-                silent = (now - last) / gap
+                silent = (now - at) / gap
                 events.append(
-                    QualityEvent(n_rows, k, "stale", "open", now, now, silent, self.factor, ())
+                    QualityEvent(row, k, "stale", "open", now, now, silent, self.factor, ())
                 )
         return events
 
@@ -325,7 +356,7 @@ class StaleMonitor:
         return frozenset(self._state)
 
     def nbytes(self) -> int:
-        return (KEY_BYTES + 150) * len(self._state)
+        return (KEY_BYTES + 180) * len(self._state)
 
     def drop(self, keys: Iterable[str]) -> None:
         for k in keys:

@@ -199,6 +199,31 @@ class Scorer:
             suppressed,
         )
 
+    def tick(self) -> tuple[Alert, ...]:
+        """What time alone raises, with no window to score: the ``stale`` opens of series
+        silent too long by the wall clock (``stale`` with a clock; else nothing). The service
+        calls it while its input is idle, so that a whole fleet falling silent is seen."""
+        if self.stale is None or self.stale.clock is None:
+            return ()
+        alerts = tuple(self._quality_alert(e, None, None) for e in self.stale.check())
+        return (
+            alerts
+            if self.shaper is None or not alerts
+            else self.shaper.shape(alerts, len(self._ema))
+        )
+
+    def close_wall_stale(self, ts: float, reason: str, series: Iterable[str]) -> tuple[Alert, ...]:
+        """Close the wall-clock ``stale`` episodes of ``series`` (their partitions were revoked).
+        Replaying records rebuilds every other kind of episode at the next owner, with the same
+        ``alert_id``; a silence by the wall clock is not in the records, so its episode would be
+        left open for good. The next owner opens its own if the series stays silent."""
+        if self.stale is None or self.stale.clock is None:
+            return ()
+        closes = self._quality_closes(
+            ts, reason, [("stale", s, start) for s, start in self.stale.close(series)]
+        )
+        return closes if self.shaper is None else self.shaper.shape(closes, len(self._ema))
+
     def _kinds(self, events: Sequence[EpisodeEvent], rel: F64) -> list[tuple[str, int]]:
         """Each event's recurring kind: an open is assigned by its attribution, a close says
         its open's ("", 0 without clustering)."""
@@ -217,11 +242,11 @@ class Scorer:
         self,
         row: int,
         top: tuple[tuple[str, float], ...],
-        parts: ScoreParts,
+        parts: ScoreParts | None,
         windows: npt.NDArray[np.floating[Any]] | None,
     ) -> tuple[tuple[str, float, float], ...]:
         """(feature, observed, expected) of the row's newest point, for its top features."""
-        if parts.expected is None or windows is None:
+        if parts is None or parts.expected is None or windows is None:
             return ()
         index = self._feature_index
         return tuple(
@@ -230,7 +255,10 @@ class Scorer:
         )
 
     def _quality_alert(
-        self, e: QualityEvent, parts: ScoreParts, windows: npt.NDArray[np.floating[Any]] | None
+        self,
+        e: QualityEvent,
+        parts: ScoreParts | None,
+        windows: npt.NDArray[np.floating[Any]] | None,
     ) -> Alert:
         named = tuple((self.feature_names[f], round(1.0 / len(e.features), 4)) for f in e.features)
         return Alert(
@@ -307,6 +335,12 @@ class Scorer:
         opened = [] if self.quality is None else self.quality.close(series)
         if self.stale is not None:
             opened += [("stale", s, start) for s, start in self.stale.close(series)]
+        return self._quality_closes(ts, reason, opened)
+
+    def _quality_closes(
+        self, ts: float, reason: str, opened: Iterable[tuple[str, str, float]]
+    ) -> tuple[Alert, ...]:
+        """Close events of data-quality episodes: (kind, series, start ts) each."""
         nan = float("nan")
         return tuple(
             Alert(

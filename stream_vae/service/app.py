@@ -278,6 +278,8 @@ class Service:
                     await self._step(consumer, batch)
                     in_flight -= batch.n_consumed
                     self.metrics.set_records_in_flight(in_flight)
+                else:  # the input is idle: what the clock alone raises
+                    await self._tick()
         finally:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -304,6 +306,9 @@ class Service:
         events = self.lifecycle.take_events()
         if events:
             await self._publish_events(events)
+        self._log_alerts(alerts)
+
+    def _log_alerts(self, alerts: Sequence[Alert]) -> None:
         for a in alerts:
             log.info(
                 "alert %s %s %s score %.3f (model %s)",
@@ -319,6 +324,19 @@ class Service:
                     "model_version": a.model_version,
                 },
             )
+
+    async def _tick(self) -> None:
+        """Publish what time alone raises while no record arrives (``stale`` by the wall
+        clock: a whole fleet falling silent); nothing to commit."""
+        assert self._sink is not None
+        async with self._lock:
+            alerts = self.live.scorer.tick()
+            if not alerts:
+                return
+            await self._sink.publish(alerts, ())
+            for a in alerts:
+                self.metrics.add_alerts(a.event)
+        self._log_alerts(alerts)
 
     async def _infer(self, batch: SourceBatch) -> tuple[ReadyWindows, ScoredBatch, float]:
         """Windows, forward pass (in the worker thread) and scores of a batch's records."""
@@ -484,6 +502,7 @@ class Service:
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         assert self._source is not None and self._checkpoints is not None
+        assert self._sink is not None
         gone = set(revoked)
         async with self._lock:
             self._source.generation += 1
@@ -494,6 +513,15 @@ class Service:
                 log.warning("could not write the checkpoints of %s: %s", sorted(gone), exc)
             self._checkpoints.forget(gone)
             series = self._watermark.series_on(gone)
+            # a wall-clock stale episode is not rebuilt by the next owner's replay: closed here
+            closes = self.live.scorer.close_wall_stale(time.time(), "revoked", series)
+            if closes:
+                try:
+                    await self._sink.publish(closes, ())
+                except KafkaError as exc:
+                    log.warning("could not publish %d stale closes: %s", len(closes), exc)
+                for a in closes:
+                    self.metrics.add_alerts(a.event)
             self.state.drop(series)
             self.metrics.set_series_held(self.live.store.n_series)
             for tp in gone:
