@@ -34,6 +34,7 @@ from stream_vae.evaluation.datasets import LabelledSeries, read_smd
 from stream_vae.runtime.live import DetectorOptions, LiveModel, novelty_history
 from stream_vae.scoring.episodes import EpisodeTracker
 from stream_vae.scoring.spot import StreamingThreshold, TailStart
+from stream_vae.scoring.threshold import newest_point_error
 from stream_vae.training.build import train_artifact
 
 _START_KEYS = ("level", "peak_threshold", "peak_rate", "shape", "scale")
@@ -76,13 +77,20 @@ def _score(series: LabelledSeries, settings: Settings) -> dict[str, Any]:
     art = train_artifact(train, series.feature_names, settings, device="cpu", progress=False)
     live = LiveModel(art, DetectorOptions(device="cpu"))
     test = RecordBatch((series.name,) * len(series.test), series.ts, series.test.astype(np.float32))
-    ts, smoothed = [], []
-    for out in live.stream(test, 512):
+    ts, smoothed, err = [], [], []
+    scale = art.scaler.std[: len(art.feature_names)]
+    for ready, out in live.steps(test, 512):
         ts.append(out.ts)
         smoothed.append(out.smoothed)
+        if out.expected is not None:
+            err.append(newest_point_error(ready.values, out.expected, scale))
+    settle = art.calibration.details.get("settle")
     return {
         "ts": np.concatenate(ts),
         "smoothed": np.concatenate(smoothed),
+        # each window's newest-point error and the level it settles below (alerts.close_on_settle)
+        "settle_err": np.concatenate(err) if err and settle else None,
+        "settle_level": float(settle["level"]) if settle else None,
         "t0": art.threshold,
         "q": art.calibration.target_fpr,
         "start": art.calibration.details.get("stream"),  # None: too few held-out windows
@@ -108,7 +116,10 @@ def _predictions(series: LabelledSeries, cached: dict[str, Any], a: AlertSetting
     p = np.zeros(len(series.test), dtype=bool)
     opened = None
     tracker = EpisodeTracker(a.hysteresis, a.close_after, a.cooldown)
-    for e in tracker.update(keys, ts, s, thr, may_open):
+    settled = None
+    if a.close_on_settle and cached.get("settle_err") is not None:
+        settled = cached["settle_err"] < cached["settle_level"]
+    for e in tracker.update(keys, ts, s, thr, may_open, settled):
         row = int(series.test_rows([e.ts])[0])
         if e.event == "open":
             opened = row
@@ -162,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", action="store_true", help="sweep depth, floor and ceiling")
+    p.add_argument(
+        "--settle", action="store_true", help="each threshold with close_on_settle flipped too"
+    )
     args = p.parse_args(argv)
     settings = load_settings(args.config, train={"seed": args.seed})
     series, files = _series(args.layout, args.root)
@@ -174,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
                 "t0": float(loaded[f"{s.name}/t0"]),
                 "q": float(loaded[f"{s.name}/q"]),
                 "start": _start(loaded[f"{s.name}/start"]),
+                "settle_err": loaded.get(f"{s.name}/settle_err"),
+                "settle_level": (
+                    float(loaded[f"{s.name}/settle_level"])
+                    if f"{s.name}/settle_level" in loaded
+                    else None
+                ),
             }
             for s in series
         }
@@ -193,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                     [] if c["start"] is None else [c["start"][k] for k in _START_KEYS]
                 ),
             }
+            if c["settle_err"] is not None:
+                flat[f"{name}/settle_err"] = c["settle_err"]
+                flat[f"{name}/settle_level"] = np.float64(c["settle_level"])
         np.savez(args.cache, **flat)
     base = settings.alerts
     variants = [("static", base.model_copy(update={"threshold_mode": "static"}))]
@@ -211,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         variants.append((f"dspot depth {depth} floor {floor} ceiling {ceiling}", a))
+    if args.settle:
+        flip = not base.close_on_settle
+        variants += [
+            (f"{name}, close_on_settle {flip}", a.model_copy(update={"close_on_settle": flip}))
+            for name, a in variants
+        ]
     profiles = nab.read_profiles(args.root) if args.layout == "nab" else {}
     for name, a in variants:
         line = (

@@ -11,10 +11,11 @@ import pytest
 from stream_vae.config import AlertSettings
 from stream_vae.core.records import RecordBatch
 from stream_vae.errors import ConfigError
-from stream_vae.runtime.live import DetectorOptions, LiveModel
+from stream_vae.runtime.live import DetectorOptions, LiveModel, build_scorer
 from stream_vae.scoring.alerts import alert_id
 from stream_vae.scoring.quality import QualityMonitor
 from stream_vae.scoring.reference import QualityReference, ScoreReference
+from stream_vae.storage.tabular import read_table
 
 
 def _reference() -> QualityReference:
@@ -159,3 +160,38 @@ def test_the_wall_clock_sees_a_silent_fleet_and_a_revoke_closes_its_episodes(tin
     back = wall.process(RecordBatch(("a",), np.array([30.0]), x[:1].astype(np.float32)))
     stale = [(a.series_id, a.event) for a in back.alerts if a.kind == "stale"]
     assert stale == [("a", "close")]
+
+
+def test_an_episode_ends_when_the_data_settles_not_a_window_later(tiny) -> None:  # type: ignore[no-untyped-def]
+    art = tiny.artifact
+    settle = art.calibration.details["settle"]  # trained with it: the validation windows' level
+    assert settle["quantile"] == 0.99 and settle["level"] > 0
+    table = read_table(tiny.test_csv, feature_names=art.feature_names)
+    b = table.batch
+    idx = np.flatnonzero(np.asarray(b.series_ids) == b.series_ids[0])[:120]
+    ts = b.ts[idx]
+    x = b.values[idx].copy()
+    x[60:63, 0] += 12.0 * art.scaler.std[0]  # a 3-point spike
+    batch = RecordBatch((b.series_ids[0],) * len(idx), ts, x)
+
+    def anomaly_episodes(close_on_settle: bool) -> list[tuple[int, int]]:
+        a = AlertSettings(quality_kinds=(), close_on_settle=close_on_settle)
+        out = LiveModel(art, DetectorOptions(device="cpu"), alerts=a).process(batch)
+        rows = {float(t): i for i, t in enumerate(ts)}
+        ev = [(rows[a.ts], a.event) for a in out.alerts if a.kind == "anomaly"]
+        opens = [r for r, e in ev if e == "open"]
+        closes = [r for r, e in ev if e == "close"]
+        return list(zip(opens, closes, strict=False))
+
+    w = art.spec.window.size  # 16
+    by_score = anomaly_episodes(False)
+    settled = anomaly_episodes(True)
+    assert by_score and settled and by_score[0][0] == settled[0][0] == 60
+    # the window's score holds the spike until it leaves the window; the newest point lets go
+    assert by_score[0][1] >= 60 + w
+    assert settled[0][1] <= 63 + AlertSettings().close_after  # 3 settled rows after the spike
+    assert len(settled) == 1  # and no second episode while the window still holds the spike
+    # a model trained before the level existed closes on its score alone
+    older = replace(art, calibration=replace(art.calibration, details={"quantile": 0.99}))
+    assert build_scorer(older, AlertSettings(close_on_settle=True)).settle is None
+    assert build_scorer(art, AlertSettings(close_on_settle=True)).settle is not None

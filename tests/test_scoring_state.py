@@ -193,6 +193,38 @@ def test_episode_cooldown_suppresses_flapping() -> None:
     assert [(e[0], e[2]) for e in calm] == [(0, "open"), (1, "close"), (4, "open"), (6, "close")]
 
 
+def test_a_settled_newest_point_ends_the_episode_and_the_score_must_fall_before_the_next() -> None:
+    # a window score holds an anomaly for W rows after it ended (rows 3-7 here); the newest
+    # points settle from row 3 on
+    scores = np.array([0.1, 2.0, 2.0, 1.9, 1.9, 1.9, 1.9, 1.9, 0.1, 0.1, 2.0, 0.1, 0.1, 0.1])
+    settled = np.zeros(14, dtype=bool)
+    settled[[0, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13]] = True
+    ts = np.arange(14.0)
+    by_score = EpisodeTracker(close_after=2).update(["a"] * 14, ts, scores, 1.0)
+    assert [(e.row, e.event) for e in by_score] == [
+        (1, "open"),
+        (9, "close"),
+        (10, "open"),
+        (12, "close"),
+    ]
+    t = EpisodeTracker(close_after=2)
+    ev = t.update(["a"] * 14, ts, scores, 1.0, settled=settled)
+    # settled at 3 and 4: closed at 4 while the score is still up; 5-7 cannot reopen (the
+    # score has not fallen yet); row 8 falls, and a new anomaly at 10 opens again
+    assert [(e.row, e.event) for e in ev] == [
+        (1, "open"),
+        (4, "close"),
+        (10, "open"),
+        (12, "close"),
+    ]
+    assert t.series() == frozenset()
+    # row by row, the same
+    one = EpisodeTracker(close_after=2)
+    rows = [one.update(["a"], ts[i : i + 1], scores[i : i + 1], 1.0, settled=settled[i : i + 1])
+            for i in range(14)]  # fmt: skip
+    assert [(i, e.event) for i, r in enumerate(rows) for e in r] == [(e.row, e.event) for e in ev]
+
+
 def test_episode_series_are_independent_and_cooldown_is_per_series() -> None:
     t = EpisodeTracker(close_after=1, cooldown=1)
     keys = ["a", "b", "a", "b", "a", "b"]

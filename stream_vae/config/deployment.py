@@ -125,6 +125,11 @@ class AlertSettings(BaseModel):
     threshold_ceiling: float = Field(
         3.0, ge=1, description="highest streaming threshold, × calibrated"
     )
+    # An episode also ends when the data does: after close_after windows whose newest point
+    # looks normal again (its error below the 0.99 quantile of the validation windows'), not
+    # only when the window's score lets go of the anomaly (W windows later). A model trained
+    # before this existed has no such level and closes on its score alone.
+    close_on_settle: bool = False
     # The novelty gate (stream_vae.scoring.novelty): an episode opens only where the smoothed
     # score rises above the series' maximum of its previous novelty_window windows by at least
     # this share of its peak (0 = off: every crossing opens one). A recurring high alerts once

@@ -181,10 +181,12 @@ def score_product(series: LabelledSeries, art: Artifact, settings: Settings) -> 
     live = _live(art, settings)
     novelty = novelty_stage(settings.evaluation)
     episodes = _Episodes(series, settings.alerts.top_k)
-    stream_ts, stream_smoothed = [], []  # every window, in stream order
+    stream_ts, stream_smoothed, stream_settled = [], [], []  # every window, in stream order
     for out in live.stream(_as_batch(series, "test"), _CHUNK):
         stream_ts.append(out.ts)
         stream_smoothed.append(out.smoothed)
+        if out.settled is not None:
+            stream_settled.append(out.settled)
         rows = series.test_rows(out.ts)
         cols["smoothed"][rows] = out.smoothed
         cols["recon"][rows] = out.recon
@@ -208,7 +210,7 @@ def score_product(series: LabelledSeries, art: Artifact, settings: Settings) -> 
             art.calibration.threshold,
             np.nan_to_num(cols["novelty"]),
         ),
-        **_other_threshold(series, art, settings, stream_ts, stream_smoothed),
+        **_other_threshold(series, art, settings, stream_ts, stream_smoothed, stream_settled),
         "vae-recon": Output(_ema(_fill(cols["recon"]), beta)),
         "vae-latent": Output(_ema(_fill(cols["latent"]), beta)),
         **linear,
@@ -221,6 +223,7 @@ def _other_threshold(
     settings: Settings,
     ts: list[F64],
     smoothed: list[F64],
+    settled: list[npt.NDArray[np.bool_]],
 ) -> dict[str, Output]:
     """The product as it alerts under the other threshold mode (``stream-vae-dspot`` when the
     settings say ``static``, and the reverse): the same smoothed scores, its own thresholds and
@@ -239,7 +242,8 @@ def _other_threshold(
     may_open = None if gate is None else gate.update(keys, s) >= a.novelty_gate
     episodes = _Episodes(series, a.top_k)
     tracker = EpisodeTracker(a.hysteresis, a.close_after, a.cooldown)
-    for e in tracker.update(keys, t, s, thr, may_open):
+    done = np.concatenate(settled) if settled else None
+    for e in tracker.update(keys, t, s, thr, may_open, done):
         episodes.event(e.ts, e.event, [])
     episodes.finish()
     scores = np.full(len(series.test), np.nan)

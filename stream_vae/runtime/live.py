@@ -25,6 +25,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from ..config.deployment import AlertSettings, ServiceSettings
 from ..core.records import RecordBatch
 from ..core.windows import ReadyWindows, WindowStore
@@ -196,7 +199,19 @@ def build_scorer(artifact: Artifact, alerts: AlertSettings | None = None) -> Sco
         clusters=EpisodeClusters(a.cluster_similarity) if a.cluster_similarity > 0 else None,
         novelty=novelty_history(a),
         novelty_gate=a.novelty_gate,
+        settle=settle_level(artifact, a),
     )
+
+
+def settle_level(
+    artifact: Artifact, alerts: AlertSettings
+) -> tuple[float, npt.NDArray[np.float32]] | None:
+    """(level, the features' scale) of the newest-point check that ends an episode when the
+    data settles (None: not asked for, or a model trained before it has no level)."""
+    settle = artifact.calibration.details.get("settle")
+    if not alerts.close_on_settle or settle is None:
+        return None
+    return float(settle["level"]), artifact.scaler.std[: len(artifact.feature_names)]
 
 
 def stale_monitor(alerts: AlertSettings) -> StaleMonitor | None:

@@ -10,6 +10,10 @@ Per row, in order, for the row's series:
   consecutive low rows, any other row resets it; when the count reaches ``close_after`` the
   episode closes (a ``close`` event) and the next ``cooldown`` rows of the series cannot open
   a new one.
+* with ``settled`` flags (the window's newest point looks normal again): a settled row counts
+  as a low row too, so an episode ends when the data does, not when the window's score lets go
+  of the anomaly (a window of W points keeps it for W rows). An episode closed so, while its
+  score is still up, opens no new one before a row below ``threshold * hysteresis``.
 
 Examples
 --------
@@ -64,6 +68,8 @@ class _State:
     peak: float
     n_below: int  # consecutive rows below the close level (open only)
     cooldown_left: int  # rows that still cannot open an episode (closed only)
+    # closed while its score was still up (settled): no open before a row below the close level
+    waiting: bool = False
 
 
 # A _State of five slots: the object and its boxed floats and ints (measured ~180 B).
@@ -115,6 +121,7 @@ class EpisodeTracker:
         scores: npt.ArrayLike,
         threshold: float | npt.ArrayLike,
         may_open: npt.ArrayLike | None = None,
+        settled: npt.ArrayLike | None = None,
     ) -> list[EpisodeEvent]:
         """Feed rows in order and return the events they cause (in row order).
 
@@ -133,6 +140,9 @@ class EpisodeTracker:
         may_open : array_like of bool, shape (n,), optional
             Where False, a row at the threshold does not open an episode (the novelty gate:
             it keeps an open episode open as usual). None: every row may open one.
+        settled : array_like of bool, shape (n,), optional
+            Where True, the row's newest point looks normal again: it counts toward closing an
+            open episode as a row below the close level does. None: no row is settled.
 
         Returns
         -------
@@ -166,6 +176,10 @@ class EpisodeTracker:
             gate = np.asarray(may_open, dtype=bool)
             check_shape("EpisodeTracker.update may_open", gate.shape, (n,))
             hot &= gate
+        done = None
+        if settled is not None:
+            done = np.asarray(settled, dtype=bool)
+            check_shape("EpisodeTracker.update settled", done.shape, (n,))
         # Rows of idle series below the threshold change nothing: only series that are active
         # already or reach the threshold somewhere in this batch need the sequential pass.
         active = self._state.keys() | {keys[i] for i in np.flatnonzero(hot).tolist()}
@@ -174,15 +188,23 @@ class EpisodeTracker:
         rows = [i for i, k in enumerate(keys) if k in active]
         ts_l, sc_l, thr_l = ts_a.tolist(), sc.tolist(), thr.tolist()
         gate_l = [True] * n if gate is None else gate.tolist()
+        done_l = [False] * n if done is None else done.tolist()
         events: list[EpisodeEvent] = []
         for i in rows:
-            ev = self._step(i, keys[i], ts_l[i], sc_l[i], thr_l[i], gate_l[i])
+            ev = self._step(i, keys[i], ts_l[i], sc_l[i], thr_l[i], gate_l[i], done_l[i])
             if ev is not None:
                 events.append(ev)
         return events
 
     def _step(
-        self, row: int, key: str, ts: float, score: float, thr: float, may_open: bool
+        self,
+        row: int,
+        key: str,
+        ts: float,
+        score: float,
+        thr: float,
+        may_open: bool,
+        settled: bool,
     ) -> EpisodeEvent | None:
         st = self._state.get(key)
         if st is None:
@@ -190,18 +212,21 @@ class EpisodeTracker:
                 return None
             self._state[key] = _State(True, ts, score, 0, 0)
             return EpisodeEvent(row, key, "open", ts, ts, score)
-        if not st.open:  # cooling down: this row cannot open an episode
+        low = score < thr * self.hysteresis
+        if not st.open:  # cooling down, or waiting for the score: this row cannot open one
             st.cooldown_left -= 1
-            if st.cooldown_left <= 0:
+            st.waiting = st.waiting and not low
+            if st.cooldown_left <= 0 and not st.waiting:
                 del self._state[key]
             return None
         st.peak = max(st.peak, score)
-        st.n_below = st.n_below + 1 if score < thr * self.hysteresis else 0
+        st.n_below = st.n_below + 1 if low or settled else 0
         if st.n_below < self.close_after:
             return None
         ev = EpisodeEvent(row, key, "close", ts, st.start_ts, st.peak)
-        if self.cooldown > 0:
+        if self.cooldown > 0 or not low:
             st.open, st.n_below, st.cooldown_left = False, 0, self.cooldown
+            st.waiting = not low
         else:
             del self._state[key]
         return ev

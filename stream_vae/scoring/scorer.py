@@ -29,6 +29,7 @@ from .novelty import SeriesNovelty
 from .quality import QualityEvent, QualityMonitor, StaleMonitor
 from .shaping import AlertShaper
 from .spot import StreamingThreshold
+from .threshold import newest_point_error
 
 __all__ = ["ScoredBatch", "Scorer"]
 
@@ -53,6 +54,8 @@ class ScoredBatch:
     # alert opens this batch did not publish, by reason ("budget", "incident"): counted, never
     # dropped silently
     suppressed: dict[str, int] = field(default_factory=dict)
+    # (n,) whether each window's newest point looks normal again (alerts.close_on_settle)
+    settled: npt.NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -84,6 +87,7 @@ class Scorer:
         clusters: EpisodeClusters | None = None,
         novelty: SeriesNovelty | None = None,
         novelty_gate: float = 0.0,
+        settle: tuple[float, npt.NDArray[np.floating[Any]]] | None = None,
     ) -> None:
         self.hybrid = hybrid
         self.threshold = threshold
@@ -109,6 +113,9 @@ class Scorer:
         # novelty reaches novelty_gate (a recurring high alerts once per novelty window)
         self.novelty = novelty
         self.novelty_gate = novelty_gate
+        # None: an episode closes on its score alone; else (level, features' scale): also when
+        # the newest point's error is below the level for close_after windows running
+        self.settle = None if settle is None else (settle[0], np.asarray(settle[1], np.float64))
         self._cluster_of: dict[str, tuple[str, int]] = {}  # series -> its open episode's kind
         self._ema = SeriesEMA(ema_beta)
         self._episodes = EpisodeTracker(hysteresis, close_after, cooldown)
@@ -141,7 +148,12 @@ class Scorer:
             if self.novelty is None
             else self.novelty.update(keys, smoothed) >= self.novelty_gate
         )
-        events = self._episodes.update(keys, ts_arr, smoothed, thr, may_open)
+        settled = (
+            None
+            if self.settle is None or parts.expected is None or windows is None
+            else newest_point_error(windows, parts.expected, self.settle[1]) < self.settle[0]
+        )
+        events = self._episodes.update(keys, ts_arr, smoothed, thr, may_open, settled)
         # Attribution only for the rows that raised an event: most batches raise none.
         rel = self.hybrid.feature_errors(parts.take(np.array([e.row for e in events], np.intp)))
         tops = top_features_many(rel, self.feature_names, self.top_k)
@@ -197,6 +209,7 @@ class Scorer:
             h.linear,
             parts.expected,
             suppressed,
+            settled,
         )
 
     def tick(self) -> tuple[Alert, ...]:

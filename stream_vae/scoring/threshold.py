@@ -43,14 +43,17 @@ from ..errors import StreamVAEError, check_shape
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "SETTLE_QUANTILE",
     "Calibration",
     "CalibrationError",
     "PotFit",
     "calibrate",
     "fit_gpd",
+    "newest_point_error",
     "pot_threshold",
     "quantile_threshold",
     "trimmed_tail_threshold",
+    "with_settle_level",
 ]
 
 F64 = npt.NDArray[np.float64]
@@ -412,3 +415,48 @@ def _calibrate_trimmed(s: F64, q: float, method: str, contamination: float) -> C
         "n_peaks": fit.n_peaks,  # with the set-aside normal tail extrapolated
     }
     return Calibration(fit.threshold, "trimmed", q, s.size, details)
+
+
+# The newest point of a window "looks normal again" below this quantile of the validation
+# windows' newest-point errors (alerts.close_on_settle).
+SETTLE_QUANTILE = 0.99
+
+
+def newest_point_error(
+    windows: npt.NDArray[np.floating[Any]],
+    expected: npt.NDArray[np.floating[Any]],
+    scale: npt.NDArray[np.floating[Any]],
+) -> F64:
+    """Each window's error at its newest point: the mean over the d features of the squared
+    difference between the value and the model's reconstruction of it (``expected``, data
+    units), in units of the features' training ``scale`` (d,), as the model sees them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.zeros((2, 4, 2)); w[1, -1] = [2.0, 0.0]
+    >>> newest_point_error(w, np.zeros((2, 2)), np.array([1.0, 1.0])).tolist()
+    [0.0, 2.0]
+    """
+    d = len(scale)
+    diff = (np.asarray(windows[:, -1, :d], np.float64) - expected[:, :d]) / scale
+    return (diff * diff).mean(axis=1)  # type: ignore[no-any-return]
+
+
+def with_settle_level(calibration: Calibration, errors: npt.ArrayLike) -> Calibration:
+    """``calibration`` with the level below which a window's newest point looks normal: the
+    :data:`SETTLE_QUANTILE` of the validation windows' :func:`newest_point_error`
+    (``details["settle"]``). Unchanged where there are none."""
+    e = np.asarray(errors, dtype=np.float64)
+    e = e[np.isfinite(e)]
+    if not e.size:
+        return calibration
+    level = float(np.quantile(e, SETTLE_QUANTILE))
+    settle = {"level": level, "quantile": SETTLE_QUANTILE}
+    return Calibration(
+        calibration.threshold,
+        calibration.method,
+        calibration.target_fpr,
+        calibration.n,
+        {**calibration.details, "settle": settle},
+    )

@@ -38,7 +38,7 @@ from ..scoring.reference import (
     ScoreReference,
 )
 from ..scoring.spot import with_stream_start
-from ..scoring.threshold import calibrate
+from ..scoring.threshold import calibrate, newest_point_error, with_settle_level
 from ..storage.artifact import Artifact
 from .fit import FitResult, fit, make_windows, split_by_time
 
@@ -293,6 +293,11 @@ def package_artifact(
         contamination=settings.train.contamination,
     )
     calibration = with_stream_start(calibration, smoothed)
+    if val_parts.expected is not None:
+        errors = newest_point_error(
+            val_windows, val_parts.expected, scaler.std[: detector.n_values]
+        )
+        calibration = with_settle_level(calibration, errors)
     metrics = {
         "n_windows": {"train": len(train_windows), "val": len(val_windows)},
         **_auc_metrics(weight_aucs, hybrid.has_linear),
