@@ -241,11 +241,12 @@ class StaleMonitor:
     A series' usual interval is the exponentially weighted mean of the gaps between its windows
     (weight ``1/16``); it is known after ``min_gaps`` gaps. Time is the stream's (``clock``
     None): the newest timestamp any series has reached, so a fleet that goes silent all at once
-    does not move it (see docs/service.md). With a ``clock`` (the wall clock, in the service),
-    a series is silent since its newest window *arrived*, by that clock, and :meth:`check`
-    finds it so even when no window arrives at all. A series is checked once per
-    :meth:`update` (and :meth:`check`), at most once per smallest usual interval; its episode
-    opens at that time and closes at its next window.
+    does not move it (see docs/service.md); every :meth:`update` checks. With a ``clock`` (the
+    wall clock, in the service), a series is silent since its newest window *arrived*, by that
+    clock, and only :meth:`check` opens episodes (the service calls it after every poll, idle
+    or not, so a whole fleet falling silent is seen, and a replay of old records opens none).
+    The check walks the series at most once per smallest usual interval; an episode opens at
+    that time and closes at the series' next window.
 
     Examples
     --------
@@ -310,9 +311,11 @@ class StaleMonitor:
                 self._min_gap = min(self._min_gap, st[1])
                 st[2] = n + 1.0
                 st[0], st[4] = ti, at
-        if t and arrived is None:
+        if arrived is not None:  # by the clock, only check() opens: a replay opens nothing
+            return events
+        if t:
             self._now = max(self._now, max(t))
-        return events + self._sweep(len(keys), arrived)
+        return events + self._sweep(len(keys), None)
 
     def check(self) -> list[QualityEvent]:
         """The opens of series silent too long by the clock now, with no window to feed (row

@@ -215,7 +215,7 @@ class Scorer:
     def tick(self) -> tuple[Alert, ...]:
         """What time alone raises, with no window to score: the ``stale`` opens of series
         silent too long by the wall clock (``stale`` with a clock; else nothing). The service
-        calls it while its input is idle, so that a whole fleet falling silent is seen."""
+        calls it after every poll, idle or not, so that a whole fleet falling silent is seen."""
         if self.stale is None or self.stale.clock is None:
             return ()
         alerts = tuple(self._quality_alert(e, None, None) for e in self.stale.check())

@@ -278,8 +278,7 @@ class Service:
                     await self._step(consumer, batch)
                     in_flight -= batch.n_consumed
                     self.metrics.set_records_in_flight(in_flight)
-                else:  # the input is idle: what the clock alone raises
-                    await self._tick()
+                await self._tick()  # what the clock alone raises, busy or idle
         finally:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -326,8 +325,8 @@ class Service:
             )
 
     async def _tick(self) -> None:
-        """Publish what time alone raises while no record arrives (``stale`` by the wall
-        clock: a whole fleet falling silent); nothing to commit."""
+        """Publish what time alone raises, whether records arrive or not (``stale`` by the
+        wall clock: a series, or a whole fleet, falling silent); nothing to commit."""
         assert self._sink is not None
         async with self._lock:
             alerts = self.live.scorer.tick()
