@@ -118,7 +118,7 @@ def _predictions(series: LabelledSeries, cached: dict[str, Any], a: AlertSetting
     tracker = EpisodeTracker(a.hysteresis, a.close_after, a.cooldown)
     settled = None
     if a.close_on_settle and cached.get("settle_err") is not None:
-        settled = cached["settle_err"] < cached["settle_level"]
+        settled = cached["settle_err"] < cached["settle_level"] * a.settle_factor
     for e in tracker.update(keys, ts, s, thr, may_open, settled):
         row = int(series.test_rows([e.ts])[0])
         if e.event == "open":

@@ -194,4 +194,5 @@ def test_an_episode_ends_when_the_data_settles_not_a_window_later(tiny) -> None:
     # a model trained before the level existed closes on its score alone
     older = replace(art, calibration=replace(art.calibration, details={"quantile": 0.99}))
     assert build_scorer(older, AlertSettings(close_on_settle=True)).settle is None
-    assert build_scorer(art, AlertSettings(close_on_settle=True)).settle is not None
+    on = build_scorer(art, AlertSettings(close_on_settle=True, settle_factor=2.0)).settle
+    assert on is not None and on[0] == pytest.approx(2.0 * settle["level"])

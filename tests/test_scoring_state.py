@@ -218,6 +218,13 @@ def test_a_settled_newest_point_ends_the_episode_and_the_score_must_fall_before_
         (12, "close"),
     ]
     assert t.series() == frozenset()
+    # while the score is still up, data that is off again (row 6 not settled) opens a new one
+    again = settled.copy()
+    again[6] = False
+    off = EpisodeTracker(close_after=2).update(["a"] * 14, ts, scores, 1.0, settled=again)
+    assert [(e.row, e.event) for e in off] == [
+        (1, "open"), (4, "close"), (6, "open"), (8, "close"), (10, "open"), (12, "close")
+    ]  # fmt: skip
     # row by row, the same
     one = EpisodeTracker(close_after=2)
     rows = [one.update(["a"], ts[i : i + 1], scores[i : i + 1], 1.0, settled=settled[i : i + 1])

@@ -130,6 +130,9 @@ class AlertSettings(BaseModel):
     # only when the window's score lets go of the anomaly (W windows later). A model trained
     # before this existed has no such level and closes on its score alone.
     close_on_settle: bool = False
+    settle_factor: float = Field(
+        1.0, gt=0, description="settled below this × the stored newest-point level"
+    )
     # The novelty gate (stream_vae.scoring.novelty): an episode opens only where the smoothed
     # score rises above the series' maximum of its previous novelty_window windows by at least
     # this share of its peak (0 = off: every crossing opens one). A recurring high alerts once

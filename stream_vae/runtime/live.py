@@ -211,7 +211,8 @@ def settle_level(
     settle = artifact.calibration.details.get("settle")
     if not alerts.close_on_settle or settle is None:
         return None
-    return float(settle["level"]), artifact.scaler.std[: len(artifact.feature_names)]
+    level = float(settle["level"]) * alerts.settle_factor
+    return level, artifact.scaler.std[: len(artifact.feature_names)]
 
 
 def stale_monitor(alerts: AlertSettings) -> StaleMonitor | None:

@@ -12,8 +12,9 @@ Per row, in order, for the row's series:
   a new one.
 * with ``settled`` flags (the window's newest point looks normal again): a settled row counts
   as a low row too, so an episode ends when the data does, not when the window's score lets go
-  of the anomaly (a window of W points keeps it for W rows). An episode closed so, while its
-  score is still up, opens no new one before a row below ``threshold * hysteresis``.
+  of the anomaly (a window of W points keeps it for W rows). While the score of an episode
+  closed so is still up, a new one opens only on a row that is not settled (the data is off
+  again), and a row below ``threshold * hysteresis`` ends the wait.
 
 Examples
 --------
@@ -213,8 +214,12 @@ class EpisodeTracker:
             self._state[key] = _State(True, ts, score, 0, 0)
             return EpisodeEvent(row, key, "open", ts, ts, score)
         low = score < thr * self.hysteresis
-        if not st.open:  # cooling down, or waiting for the score: this row cannot open one
+        if not st.open:  # cooling down, or closed by settling while the score is still up
             st.cooldown_left -= 1
+            off_again = st.waiting and not settled and score >= thr and may_open
+            if off_again and st.cooldown_left <= 0:  # the data is off again: a new episode
+                self._state[key] = _State(True, ts, score, 0, 0)
+                return EpisodeEvent(row, key, "open", ts, ts, score)
             st.waiting = st.waiting and not low
             if st.cooldown_left <= 0 and not st.waiting:
                 del self._state[key]
