@@ -69,11 +69,12 @@ class _State:
     peak: float
     n_below: int  # consecutive rows below the close level (open only)
     cooldown_left: int  # rows that still cannot open an episode (closed only)
-    # closed while its score was still up (settled): no open before a row below the close level
+    # closed by settling while its score was still up: until a row below the close level, a
+    # new episode opens only on a row that is not settled
     waiting: bool = False
 
 
-# A _State of five slots: the object and its boxed floats and ints (measured ~180 B).
+# A _State of six slots: the object and its boxed floats and ints (measured ~180 B for five).
 _STATE_BYTES = 200
 
 
