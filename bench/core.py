@@ -7,8 +7,9 @@ For each batch size and backend (eager PyTorch, TorchScript, ONNX Runtime) it ti
   full  : Detector.infer (scaling + forward + score components) + Scorer.update (hybrid score,
           EMA, threshold, episodes, attribution)
 and, for eager PyTorch, "full" with every alert part on (the streaming threshold, the
-data-quality checks on the raw windows, stale series, incidents, a budget, recurring kinds:
-the ratio to "bare" is what alerting costs), and "full" with every component on
+data-quality checks on the raw windows, stale series, incidents, a budget, recurring kinds,
+the novelty gate, the close on a settled newest point: the ratio to "bare" is what alerting
+costs), and "full" with every component on
 (latent_mode "knn" against 2,048 reference points, the linear residual at 95% variance, tail
 normalisers: what bench/configs/asd.toml runs), whose ratio to the default "full" is what those
 components cost.
@@ -43,6 +44,7 @@ from stream_vae.model.detector import Detector
 from stream_vae.model.vae import LSTMVAE, VAEConfig
 from stream_vae.scoring.clusters import EpisodeClusters
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts
+from stream_vae.scoring.novelty import SeriesNovelty
 from stream_vae.scoring.quality import QualityMonitor, StaleMonitor
 from stream_vae.scoring.reference import (
     LatentReference,
@@ -275,9 +277,11 @@ def _alerting_scorer(
     hybrid: HybridScore, calib: ScoreParts, names: list[str], ref_x: np.ndarray
 ) -> Scorer:
     """The scorer with every alert part on: the streaming threshold, the data-quality checks,
-    stale series, incidents and a budget, recurring kinds (what ``alerts.*`` can turn on)."""
+    stale series, incidents and a budget, recurring kinds, the novelty gate and the close on a
+    settled newest point (what ``alerts.*`` can turn on)."""
     t0 = 3.0
     held = hybrid.raw(calib).raw
+    scale = ref_x.reshape(-1, ref_x.shape[-1]).std(axis=0)[: len(names)]
     return Scorer(
         hybrid,
         t0,
@@ -288,6 +292,9 @@ def _alerting_scorer(
         stale=StaleMonitor(),
         shaper=AlertShaper(incident_share=0.5, max_opens_per_hour=10),
         clusters=EpisodeClusters(),
+        novelty=SeriesNovelty(2000, censor=0.4),
+        novelty_gate=0.05,
+        settle=(1.0, np.maximum(scale, 1e-6)),
     )
 
 
