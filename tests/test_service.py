@@ -682,6 +682,52 @@ def test_a_fleet_falling_silent_is_stale_by_the_wall_clock(
     ]
 
 
+def test_a_revoke_closes_the_wall_clock_stale_episodes_the_next_owner_cannot_rebuild(
+    broker: EmbeddedBroker, tiny: TinyModel
+) -> None:
+    """A silence by the wall clock is not in the records, so the next owner's replay cannot
+    rebuild its episode: the replica giving a partition up closes them (reason ``revoked``)."""
+    on = {"quality_kinds": ["stale"], "stale_clock": "wall", "stale_factor": 2.0}
+    settings = _fault_settings(broker, "revoke", partitions=4, alerts=on)
+    k = settings.kafka
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    rows = [r for r in table.batch.in_time_order().records()][:240]
+    start = time.time() - 1000.0
+    seen: Counter[str] = Counter()
+    timed = []
+    for r in rows:
+        timed.append(Record(r.series_id, start + seen[r.series_id], r.values))
+        seen[r.series_id] += 1
+
+    async def scenario() -> tuple[list[Any], list[dict[str, int]]]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        await _send_all(k, timed, table.feature_names)
+        first, second = Service(settings, tiny.artifact), Service(settings, tiny.artifact)
+        stop, stop_second = asyncio.Event(), asyncio.Event()
+        tasks = [asyncio.create_task(first.run(stop))]
+        async with asyncio.timeout(60):
+            while first.live.scorer.open_series(all_kinds=True) != set(seen):
+                assert not tasks[0].done(), "the service stopped"
+                await asyncio.sleep(0.05)  # every series fell silent on the first replica
+            tasks.append(asyncio.create_task(second.run(stop_second)))
+            while second.n_assignments == 0 or first.n_assignments < 2:
+                await asyncio.sleep(0.05)
+        stop.set()
+        stop_second.set()
+        await asyncio.gather(*tasks)
+        total = first.accounting()["alerts"] + second.accounting()["alerts"]
+        return await _consume(k, k.alert_topic, total), [first.accounting(), second.accounting()]
+
+    alerts, accs = asyncio.run(scenario())
+    messages = [_json.loads(m.value) for m in alerts]  # type: ignore[attr-defined]
+    opens = {a["alert_id"]: a["series_id"] for a in messages if a["event"] == "open"}
+    revoked = [a for a in messages if a["event"] == "close" and a.get("reason") == "revoked"]
+    assert revoked, messages  # the first replica gave some partitions up
+    for a in revoked:  # each closes an open the first replica published, of its own series
+        assert a["kind"] == "stale" and opens[a["alert_id"]] == a["series_id"]
+    assert all(acc["unaccounted"] == 0 for acc in accs), accs
+
+
 def test_the_streaming_threshold_holds_its_rate_on_a_drifting_stream_and_finds_a_spike(
     broker: EmbeddedBroker, tiny: TinyModel
 ) -> None:

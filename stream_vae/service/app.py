@@ -515,12 +515,13 @@ class Service:
             # a wall-clock stale episode is not rebuilt by the next owner's replay: closed here
             closes = self.live.scorer.close_wall_stale(time.time(), "revoked", series)
             if closes:
-                try:
-                    await self._sink.publish(closes, ())
-                except KafkaError as exc:
-                    log.warning("could not publish %d stale closes: %s", len(closes), exc)
-                for a in closes:
-                    self.metrics.add_alerts(a.event)
+                try:  # bounded: a rebalance must not wait on a broker that went away
+                    await asyncio.wait_for(self._sink.publish(closes, ()), 5.0)
+                except (KafkaError, TimeoutError) as exc:
+                    log.warning("could not publish %d stale closes: %r", len(closes), exc)
+                else:
+                    for a in closes:
+                        self.metrics.add_alerts(a.event)
             self.state.drop(series)
             self.metrics.set_series_held(self.live.store.n_series)
             for tp in gone:
