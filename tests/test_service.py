@@ -627,26 +627,34 @@ def test_a_frozen_sensor_and_silent_series_give_their_alert_kinds_on_the_topic(
     assert stale == {r.series_id for r in rows} - {sid}, messages
 
 
+_WALL_STALE = {"quality_kinds": ["stale"], "stale_clock": "wall", "stale_factor": 2.0}
+
+
+def _one_a_second(tiny: TinyModel) -> tuple[Any, list[Record], dict[str, float]]:
+    """The tiny model's training rows re-timed to one record a second of event time per series
+    (silent for 2 s of wall time is stale), ending ~1,000 s ago; and each series' next ts."""
+    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
+    start = time.time() - 1000.0
+    n: Counter[str] = Counter()
+    timed = []
+    for r in list(table.batch.in_time_order().records())[:240]:
+        timed.append(Record(r.series_id, start + n[r.series_id], r.values))
+        n[r.series_id] += 1
+    return table, timed, {sid: start + i for sid, i in n.items()}
+
+
 def test_a_fleet_falling_silent_is_stale_by_the_wall_clock(
     broker: EmbeddedBroker, tiny: TinyModel
 ) -> None:
     """Issue 18: by stream time a whole fleet falling silent raises nothing (no record moves
     the time on); by the wall clock (``alerts.stale_clock = "wall"``) every series is stale
     while no record arrives at all, and one that comes back closes its episode."""
-    on = {"quality_kinds": ["stale"], "stale_clock": "wall", "stale_factor": 2.0}
-    settings = _fault_settings(broker, "wall", alerts=on)
+    settings = _fault_settings(broker, "wall", alerts=_WALL_STALE)
     k = settings.kafka
-    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
-    rows = [r for r in table.batch.in_time_order().records()][:240]
-    # one record a second of event time each: silent for 2 s of wall time is stale
-    start = time.time() - 1000.0
-    seen: Counter[str] = Counter()
-    timed = []
-    for r in rows:
-        timed.append(Record(r.series_id, start + seen[r.series_id], r.values))
-        seen[r.series_id] += 1
-    fleet = set(seen)
-    back = Record(rows[0].series_id, start + seen[rows[0].series_id], rows[0].values)
+    table, timed, next_ts = _one_a_second(tiny)
+    fleet = set(next_ts)
+    first = timed[0]
+    back = Record(first.series_id, next_ts[first.series_id], first.values)
 
     async def scenario() -> tuple[int, list[Any]]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
@@ -687,17 +695,9 @@ def test_a_revoke_closes_the_wall_clock_stale_episodes_the_next_owner_cannot_reb
 ) -> None:
     """A silence by the wall clock is not in the records, so the next owner's replay cannot
     rebuild its episode: the replica giving a partition up closes them (reason ``revoked``)."""
-    on = {"quality_kinds": ["stale"], "stale_clock": "wall", "stale_factor": 2.0}
-    settings = _fault_settings(broker, "revoke", partitions=4, alerts=on)
+    settings = _fault_settings(broker, "revoke", partitions=4, alerts=_WALL_STALE)
     k = settings.kafka
-    table = read_table(tiny.train_csv, feature_names=tiny.artifact.feature_names)
-    rows = [r for r in table.batch.in_time_order().records()][:240]
-    start = time.time() - 1000.0
-    seen: Counter[str] = Counter()
-    timed = []
-    for r in rows:
-        timed.append(Record(r.series_id, start + seen[r.series_id], r.values))
-        seen[r.series_id] += 1
+    table, timed, seen = _one_a_second(tiny)
 
     async def scenario() -> tuple[list[Any], list[dict[str, int]]]:
         await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
