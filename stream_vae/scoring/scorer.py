@@ -212,11 +212,16 @@ class Scorer:
             settled,
         )
 
+    @property
+    def ticks(self) -> bool:
+        """Whether :meth:`tick` can raise anything (``stale`` by the wall clock)."""
+        return self.stale is not None and self.stale.clock is not None
+
     def tick(self) -> tuple[Alert, ...]:
         """What time alone raises, with no window to score: the ``stale`` opens of series
         silent too long by the wall clock (``stale`` with a clock; else nothing). The service
         calls it after every poll, idle or not, so that a whole fleet falling silent is seen."""
-        if self.stale is None or self.stale.clock is None:
+        if self.stale is None or self.stale.clock is None:  # not self.ticks: for the type checker
             return ()
         alerts = tuple(self._quality_alert(e, None, None) for e in self.stale.check())
         return (

@@ -328,6 +328,8 @@ class Service:
         """Publish what time alone raises, whether records arrive or not (``stale`` by the
         wall clock: a series, or a whole fleet, falling silent); nothing to commit."""
         assert self._sink is not None
+        if not self.live.scorer.ticks or self._lock.locked():
+            return  # nothing the clock can raise, or a batch or rebalance is in: the next poll
         async with self._lock:
             alerts = self.live.scorer.tick()
             if not alerts:
