@@ -156,6 +156,9 @@ def test_the_wall_clock_sees_a_silent_fleet_and_a_revoke_closes_its_episodes(tin
         ("b", "close", "revoked", opened[1].alert_id)
     ]
     assert stream.scorer.close_wall_stale(1005.0, "revoked", ["a", "b"]) == ()
+    # an open forgotten so (say, it could not be published) is raised again by a later check
+    now[0] = 1007.0
+    assert [(a.series_id, a.event) for a in wall.scorer.tick()] == [("b", "open")]
     # "a" comes back: its episode closes with its next window
     back = wall.process(RecordBatch(("a",), np.array([30.0]), x[:1].astype(np.float32)))
     stale = [(a.series_id, a.event) for a in back.alerts if a.kind == "stale"]

@@ -1031,6 +1031,43 @@ def test_readiness_turns_false_when_the_broker_is_lost(tiny: TinyModel) -> None:
         assert asyncio.run(scenario()) == [200, 503]
 
 
+def test_stale_alerts_that_cannot_be_published_are_forgotten_not_counted(
+    tiny: TinyModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the broker gone every series falls silent by the wall clock: the stale opens cannot
+    be published, so they are forgotten (a later check raises them again: tests/test_quality.py)
+    and not counted, and the service still stops promptly."""
+    with EmbeddedBroker() as own:
+        settings = _fault_settings(own, "lost-stale", alerts=_WALL_STALE, shutdown_timeout_s=2.0)
+        k = settings.kafka
+        table, timed, _ = _one_a_second(tiny)
+
+        async def scenario() -> tuple[int, float]:
+            await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+            await _send_all(k, timed, table.feature_names)
+            service = Service(settings, tiny.artifact)
+            stop = asyncio.Event()
+            task = asyncio.create_task(service.run(stop))
+            async with asyncio.timeout(30):
+                while service.accounting()["consumed"] < len(timed):
+                    await asyncio.sleep(0.05)
+            published = service.accounting()["alerts"]
+            own.stop()  # before the series fall silent: their opens meet no broker
+            async with asyncio.timeout(20):  # 2 s to fall silent, 5 s for a publish to give up
+                while "could not publish" not in caplog.text:
+                    await asyncio.sleep(0.1)
+            assert service.accounting()["alerts"] == published  # nothing counted unsent
+            stop.set()
+            t0 = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(task, 30)
+            return service.accounting()["alerts"] - published, time.monotonic() - t0
+
+        unsent, stopping = asyncio.run(scenario())
+    assert unsent == 0
+    assert stopping < 15.0  # the clients' stops time out (2 s each) and a tick's publish (5 s)
+
+
 def test_an_unreadable_state_topic_replays_the_bounded_tail_and_keeps_the_stored_starts(
     broker: EmbeddedBroker, tiny: TinyModel
 ) -> None:

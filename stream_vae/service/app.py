@@ -334,7 +334,14 @@ class Service:
             alerts = self.live.scorer.tick()
             if not alerts:
                 return
-            await self._sink.publish(alerts, ())
+            try:  # bounded: the lock is held, and a broker that went away makes every series stale
+                await asyncio.wait_for(self._sink.publish(alerts, ()), 5.0)
+            except (KafkaError, TimeoutError) as exc:
+                # not published: forget these opens, so that a later check raises them again
+                silent = [a.series_id for a in alerts]
+                self.live.scorer.close_wall_stale(time.time(), "unpublished", silent)
+                log.warning("could not publish %d stale alerts: %r", len(alerts), exc)
+                return
             for a in alerts:
                 self.metrics.add_alerts(a.event)
         self._log_alerts(alerts)
