@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -453,10 +453,4 @@ def with_settle_level(calibration: Calibration, errors: npt.ArrayLike) -> Calibr
         return calibration
     level = float(np.quantile(e, SETTLE_QUANTILE))
     settle = {"level": level, "quantile": SETTLE_QUANTILE}
-    return Calibration(
-        calibration.threshold,
-        calibration.method,
-        calibration.target_fpr,
-        calibration.n,
-        {**calibration.details, "settle": settle},
-    )
+    return replace(calibration, details={**calibration.details, "settle": settle})
