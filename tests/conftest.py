@@ -1,5 +1,16 @@
 from __future__ import annotations
 
+import os
+
+# Under pytest-xdist (`make test` runs two workers), each worker and what it starts get one
+# thread: two processes whose OpenMP threads spin on the same two cores run many times slower.
+# Set before torch and numpy load their thread pools.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+    for _part in ("TRAIN", "SERVICE", "RETRAIN"):
+        os.environ.setdefault(f"STREAM_VAE_{_part}__TORCH_THREADS", "1")
+
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +24,12 @@ from stream_vae.storage.artifact import Artifact
 from stream_vae.storage.files import load_artifact
 
 # Tests run on the CPU with a fixed, small thread count: results must not depend on the machine.
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Settings built with env={} keep their default of 2 threads, and training applies it with
+    # torch.set_num_threads: a worker must not take the other worker's core.
+    _set_num_threads = torch.set_num_threads
+    torch.set_num_threads = lambda n: _set_num_threads(1)
 
 TINY_TOML = """
 [window]
