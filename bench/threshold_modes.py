@@ -105,7 +105,7 @@ def _predictions(series: LabelledSeries, cached: dict[str, Any], a: AlertSetting
         spot = StreamingThreshold(
             TailStart.from_dict(cached["start"]),
             cached["t0"],
-            cached["q"],
+            cached["q"] * a.threshold_tail_factor,
             depth=a.threshold_depth,
             floor=a.threshold_floor,
             ceiling=a.threshold_ceiling,

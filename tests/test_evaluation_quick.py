@@ -29,10 +29,11 @@ NAB_FLOORS = {"standard": 79.0, "reward_low_FP_rate": 74.0, "reward_low_FN_rate"
 # as it alerts (no labels), with the parameter set's novelty gate: measured 2026-12-07 (seed 0)
 # standard_own 79.7, low-FP 73.2, low-FN 86.5
 OWN_FLOORS = {"nab": {"standard_own": 76.0, "reward_low_FP_rate_own": 69.0}}
-# as it alerts on ASD (dspot, close_on_settle): measured 2026-12-07 (seed 0) on normal points
-# 0.06% median, 0.13% worst for a 0.1% target; the static threshold without the settle close
-# alerted on ~16× the target on the 12 servers' median (docs/results.md)
-OWN_CEILINGS = {"asd": {"normal_alert_rate_max": 0.004}}
+# as it alerts on ASD (dspot at 5× the target's tail, close_on_settle): measured 2026-12-07
+# (seed 0) on normal points 0.19% median, 0.39% worst for a 0.1% target, event F1 0.39; the
+# ceiling is the issue's bound (no server over 10× the target). The static threshold without
+# the settle close alerted on ~16× the target on the 12 servers' median (docs/results.md).
+OWN_CEILINGS = {"asd": {"normal_alert_rate_max": 0.01}}
 
 
 def _quick(data: str, command: str, config: str, floors: dict[str, float]) -> object:

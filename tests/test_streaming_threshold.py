@@ -141,3 +141,27 @@ def test_training_stores_the_start_an_old_model_is_refused_and_a_swap_carries(ti
     live.install(replace(art, version="v-next"), ts=0.0)
     assert live.scorer.streaming is not None
     assert live.scorer.streaming.ratios(["x"])["x"] == pytest.approx(ratio)
+
+
+def test_the_tail_factor_moves_the_rate_it_holds_and_an_impossible_one_is_refused(tiny) -> None:  # type: ignore[no-untyped-def]
+    """alerts.threshold_tail_factor: the streaming threshold sits at factor × target_fpr of the
+    recent tail, so on a stationary stream the rows over it are that share, not the target."""
+    rng = np.random.default_rng(1)
+    held = _held_out(rng)
+    t0 = calibrate(held, Q).threshold
+    x = _held_out(rng, 50_000)
+    keys = [f"s{i % 5}" for i in range(len(x))]
+    rates = {}
+    for factor in (1.0, 5.0):
+        spot = StreamingThreshold(TailStart.fit(held, t0, Q), t0, Q * factor, depth=500)
+        rates[factor] = float((x >= spot.update(keys, x)).mean())
+    assert 0.5 * Q < rates[1.0] < 2.0 * Q, rates
+    assert 2.5 * Q < rates[5.0] < 10.0 * Q, rates
+    # through the settings: the product's threshold for a model starts lower, at the wider tail
+    art = tiny.artifact
+    wide = AlertSettings(threshold_mode="dspot", threshold_tail_factor=5.0)
+    assert streaming_threshold(art, wide).update(["x"], [0.0])[0] < 0.99 * art.threshold
+    too_wide = AlertSettings(threshold_mode="dspot", threshold_tail_factor=0.5 / Q)
+    assert art.calibration.target_fpr == Q
+    with pytest.raises(ArtifactError, match="threshold_tail_factor"):
+        build_scorer(art, too_wide)

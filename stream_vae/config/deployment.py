@@ -125,6 +125,14 @@ class AlertSettings(BaseModel):
     threshold_ceiling: float = Field(
         3.0, ge=1, description="highest streaming threshold, × calibrated"
     )
+    # The tail probability the streaming threshold sits at, × the model's target_fpr. A window
+    # over the threshold is not a normal point alerting: scores above it come in runs, which
+    # open one episode, and close_on_settle ends an episode with the data. So at 1 the points
+    # that alert run below the target (ASD: 0.1-0.2× on the median server); a factor above 1
+    # brings them back to it. target_fpr × this must stay below 0.5.
+    threshold_tail_factor: float = Field(
+        1.0, gt=0, le=100, description="streaming threshold's tail probability, × target_fpr"
+    )
     # An episode also ends when the data does: after close_after windows whose newest point
     # looks normal again (its error below the 0.99 quantile of the validation windows'), not
     # only when the window's score lets go of the anomaly (W windows later). A model trained

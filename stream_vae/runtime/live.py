@@ -271,10 +271,16 @@ def streaming_threshold(artifact: Artifact, alerts: AlertSettings) -> StreamingT
             "(it was trained before alerts.threshold_mode existed): retrain it, or set "
             "alerts.threshold_mode = 'static'"
         )
+    tail = artifact.calibration.target_fpr * alerts.threshold_tail_factor
+    if tail >= 0.5:  # as above: a swap to such a model is refused, the service goes on
+        raise ArtifactError(
+            f"model {artifact.version}: its target_fpr {artifact.calibration.target_fpr} × "
+            f"alerts.threshold_tail_factor {alerts.threshold_tail_factor} is {tail}, not below 0.5"
+        )
     return StreamingThreshold(
         TailStart.from_dict(start),
         artifact.threshold,
-        artifact.calibration.target_fpr,
+        tail,
         depth=alerts.threshold_depth,
         floor=alerts.threshold_floor,
         ceiling=alerts.threshold_ceiling,
