@@ -494,6 +494,13 @@ def test_replay_keeps_the_whole_ema_warm_up(tiny: TinyModel) -> None:
     assert 0.99**1375 < 1e-6 < 0.99**1374
 
 
+async def _consumed(service: Service, task: asyncio.Task[Any], n: int) -> None:
+    """Wait until ``service`` consumed ``n`` records, failing if it stops on its own."""
+    while service.accounting()["consumed"] < n:
+        assert not task.done(), "the service stopped"
+        await asyncio.sleep(0.05)
+
+
 async def _serve_until_consumed(settings: Any, artifact: Any, n: int) -> Service:
     """Run a service until it consumed ``n`` records (failing if it stops on its own), then
     stop it cleanly (a stop, not an exit on a record)."""
@@ -501,9 +508,7 @@ async def _serve_until_consumed(settings: Any, artifact: Any, n: int) -> Service
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     async with asyncio.timeout(60):
-        while service.accounting()["consumed"] < n:
-            assert not task.done(), "the service stopped"
-            await asyncio.sleep(0.05)
+        await _consumed(service, task, n)
     stop.set()
     await asyncio.wait_for(task, 30)
     return service
@@ -663,15 +668,11 @@ def test_a_fleet_falling_silent_is_stale_by_the_wall_clock(
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
         async with asyncio.timeout(60):
-            while service.accounting()["consumed"] < len(timed):
-                assert not task.done(), "the service stopped"
-                await asyncio.sleep(0.05)
+            await _consumed(service, task, len(timed))
             await asyncio.sleep(4.0)  # nothing arrives: 2 usual intervals and the check's
             consumed_silent = service.accounting()["consumed"]
             await _send_all(k, [back], table.feature_names)
-            while service.accounting()["consumed"] < len(timed) + 1:
-                assert not task.done(), "the service stopped"
-                await asyncio.sleep(0.05)
+            await _consumed(service, task, len(timed) + 1)
         stop.set()
         await asyncio.wait_for(task, 30)
         alerts = await _consume(k, k.alert_topic, service.accounting()["alerts"])

@@ -31,9 +31,9 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-__all__ = ["KEY_BYTES", "SeriesState", "StateRegistry"]
+__all__ = ["KEY_BYTES", "KeyedState", "SeriesState", "StateRegistry"]
 
 # What one series id costs in a dict beside the state itself: the entry, the key's str object
 # (~50 B + its length) and the hash table's slack. CPython measures 100-200 B; round up.
@@ -52,6 +52,25 @@ class SeriesState(Protocol):
 
     def nbytes(self) -> int:
         """An estimate of the memory this part holds, in bytes."""
+
+
+class KeyedState:
+    """The :class:`SeriesState` methods of a part whose state is one entry of ``self._state``
+    per series, of about ``STATE_BYTES`` each beside its key."""
+
+    STATE_BYTES: ClassVar[int] = 0
+    _state: dict[str, Any]
+
+    def series(self) -> frozenset[str]:
+        return frozenset(self._state)
+
+    def nbytes(self) -> int:
+        return (KEY_BYTES + self.STATE_BYTES) * len(self._state)
+
+    def drop(self, keys: Iterable[str]) -> None:
+        """Forget these series (unknown ids are ignored)."""
+        for k in keys:
+            self._state.pop(k, None)
 
 
 class StateRegistry:

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from ..core.state import KEY_BYTES
+from ..core.state import KeyedState
 from ..errors import ConfigError, DataError, check_shape
 
 __all__ = ["EpisodeEvent", "EpisodeTracker"]
@@ -78,7 +78,7 @@ class _State:
 _STATE_BYTES = 200
 
 
-class EpisodeTracker:
+class EpisodeTracker(KeyedState):
     """Turns a per-series score stream into open/close events of alert episodes.
 
     Parameters
@@ -101,6 +101,8 @@ class EpisodeTracker:
     >>> [(e.row, e.event, e.peak_score) for e in ev]
     [(0, 'close', 2.0), (2, 'open', 5.0)]
     """
+
+    STATE_BYTES = _STATE_BYTES
 
     def __init__(self, hysteresis: float = 0.9, close_after: int = 3, cooldown: int = 0) -> None:
         if not 0.0 < hysteresis <= 1.0:
@@ -281,24 +283,3 @@ class EpisodeTracker:
         for k, _, _ in closed:
             del self._state[k]
         return closed
-
-    def series(self) -> frozenset[str]:
-        return frozenset(self._state)
-
-    def nbytes(self) -> int:
-        return (KEY_BYTES + _STATE_BYTES) * len(self._state)
-
-    def drop(self, keys: Iterable[str]) -> None:
-        """Forget these series, open episodes and cooldowns included (unknown ids are ignored).
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> t = EpisodeTracker()
-        >>> _ = t.update(["a"], np.zeros(1), np.array([2.0]), 1.0)
-        >>> t.drop(["a"])
-        >>> t.is_open("a")
-        False
-        """
-        for k in keys:
-            self._state.pop(k, None)

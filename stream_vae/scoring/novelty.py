@@ -56,13 +56,13 @@ novelty").
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
-from ..core.state import KEY_BYTES
+from ..core.state import KeyedState
 from ..errors import ConfigError, check_shape
 
 __all__ = ["SeriesNovelty"]
@@ -96,8 +96,10 @@ class _Series:
     excursion_rows: int = 0  # and its rows (it ends at one block; the count stays)
 
 
-class SeriesNovelty:
+class SeriesNovelty(KeyedState):
     """Novelty of a per-series score stream (see the module docstring)."""
+
+    STATE_BYTES = _STATE_BYTES
 
     def __init__(
         self,
@@ -178,17 +180,6 @@ class SeriesNovelty:
                 st.block_max, st.block_rows, st.censors_in_block = 0.0, 0, 0
                 st.slot = (slot + 1) % n_blocks
         return out
-
-    def series(self) -> frozenset[str]:
-        return frozenset(self._state)
-
-    def nbytes(self) -> int:
-        return (KEY_BYTES + _STATE_BYTES) * len(self._state)
-
-    def drop(self, keys: Iterable[str]) -> None:
-        """Forget these series (unknown ids are ignored): they start again with no history."""
-        for k in keys:
-            self._state.pop(k, None)
 
     def carry(self, other: SeriesNovelty, factor: float) -> None:
         """Take over ``other``'s per-series history, its scores times ``factor`` (a model swap:

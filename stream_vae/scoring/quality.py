@@ -42,7 +42,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from ..core.state import KEY_BYTES
+from ..core.state import KEY_BYTES, KeyedState
 from ..errors import ConfigError, check_shape
 from .episodes import EpisodeTracker
 from .reference import FLAT_POINTS, QualityReference
@@ -235,7 +235,7 @@ class QualityMonitor:
             t.drop(keys)
 
 
-class StaleMonitor:
+class StaleMonitor(KeyedState):
     """Per-series ``stale`` episodes: a series silent for ``factor`` times its usual interval.
 
     A series' usual interval is the exponentially weighted mean of the gaps between its windows
@@ -271,6 +271,8 @@ class StaleMonitor:
     >>> [(e.series_id, e.event, e.ts) for e in wall.check()]
     [('a', 'open', 106.0), ('b', 'open', 106.0)]
     """
+
+    STATE_BYTES = 180  # a list of four floats, boxed: ~180 B
 
     def __init__(
         self, factor: float = 5.0, min_gaps: int = 3, clock: Callable[[], float] | None = None
@@ -354,13 +356,3 @@ class StaleMonitor:
                 out.append((k, st[3]))
                 st[3] = math.nan
         return out
-
-    def series(self) -> frozenset[str]:
-        return frozenset(self._state)
-
-    def nbytes(self) -> int:
-        return (KEY_BYTES + 180) * len(self._state)
-
-    def drop(self, keys: Iterable[str]) -> None:
-        for k in keys:
-            self._state.pop(k, None)

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..core.state import KEY_BYTES
+from ..core.state import KeyedState
 from ..errors import ConfigError, DataError, check_shape
 from .threshold import Calibration, CalibrationError, fit_gpd
 
@@ -190,7 +190,7 @@ def _tail_factor(xi: float, ratio: float) -> float:
     return math.expm1(-xi * math.log(ratio)) / xi
 
 
-class StreamingThreshold:
+class StreamingThreshold(KeyedState):
     """Per-series DSPOT threshold: :meth:`update` gives each row the threshold it meets.
 
     Parameters
@@ -223,6 +223,8 @@ class StreamingThreshold:
     >>> bool(thr[1] == thr[2] == thr[3])  # then ten quiet rows before it learns again
     True
     """
+
+    STATE_BYTES = _STATE_BYTES
 
     def __init__(
         self,
@@ -329,14 +331,3 @@ class StreamingThreshold:
         """Take over ``other``'s per-series state (a model swap: both are in units of their
         own ``t0``, so each series keeps where its threshold stood against the calibration)."""
         self._state = {k: list(v) for k, v in other._state.items()}
-
-    def series(self) -> frozenset[str]:
-        return frozenset(self._state)
-
-    def nbytes(self) -> int:
-        return (KEY_BYTES + _STATE_BYTES) * len(self._state)
-
-    def drop(self, keys: Iterable[str]) -> None:
-        """Forget these series (unknown ids are ignored): they start again from the calibration."""
-        for k in keys:
-            self._state.pop(k, None)
