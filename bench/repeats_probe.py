@@ -1,6 +1,6 @@
 """A candidate score component, measured offline: exact repeats of a channel within a window.
 
-    python bench/repeats_probe.py [--seeds 0 1 2]
+    cd bench && python repeats_probe.py [--seeds 0 1 2] [--data ../../shared/data]
 
 No score component catches a stuck sensor well (docs/results.md: reconstruction 0.83-0.87
 window ROC-AUC on the generated fleet): a value frozen at a plausible level is reconstructed
@@ -14,6 +14,9 @@ scored with the ``tail`` normaliser, so that every component is a surprise in na
   against the same statistic on the training windows;
 * the reconstruction alone, that surprise alone, their weighted sum and their maximum.
 
+With ``--data``, it also reports, for ASD and NAB (no model: W 32, the training part of each series
+as reference), the share of normal and of anomalous windows whose statistic is above 0.
+
 It is not in the product: the hybrid score has a fixed set of components, and this one would
 be a fourth (docs/results.md, issue 17). Only public tools are used.
 """
@@ -23,21 +26,47 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import numpy as np
 from ablation import KINDS, W, _aucs, _batch
 
 from stream_vae.config import load_settings
 from stream_vae.demo.synthetic import generate_fleet
+from stream_vae.evaluation import nab
+from stream_vae.evaluation.datasets import read_smd
 from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.training.build import train_artifact
 
 
-def repeats(x: np.ndarray) -> np.ndarray:
-    """Exact repeats per channel in every window of ``x`` (T, d): (T − W + 1, d)."""
+def repeats(x: np.ndarray, w: int = W) -> np.ndarray:
+    """Exact repeats per channel in every window of ``x`` (T, d): (T − w + 1, d)."""
     same = np.diff(x, axis=0) == 0  # (T − 1, d): row t + 1 repeats row t
     c = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(same, axis=0)])  # (T, d)
-    return c[W - 1 :] - c[: len(c) - W + 1]  # the W − 1 steps inside each window
+    return c[w - 1 :] - c[: len(c) - w + 1]  # the w − 1 steps inside each window
+
+
+def excess(train: np.ndarray, x: np.ndarray, w: int = W) -> np.ndarray:
+    """The statistic for every window of ``x``: repeats beyond each channel's training most."""
+    most = repeats(train, w).max(axis=0)  # (d,)
+    return np.maximum(repeats(x, w) - most, 0).max(axis=1)  # type: ignore[no-any-return]
+
+
+def real_data(root: Path, w: int = 32) -> None:
+    """Share of normal / anomalous windows with excess repeats, on ASD and NAB."""
+    series = [(s.name, s.train, s.test, s.labels) for s in read_smd(root / "asd")]
+    for f in nab.read_nab(root / "nab"):
+        labels = np.zeros(len(f.ts), dtype=bool)
+        for start, end in f.windows:
+            labels |= (f.ts >= start) & (f.ts <= end)
+        x = f.values.reshape(-1, 1)
+        series.append((f.name, x[: nab.probation_rows(len(x))], x, labels))
+    print("\n| series | normal windows over 0 | anomalous windows over 0 |\n|---|---:|---:|")
+    for name, train, test, labels in series:
+        stat = excess(train, test, w) > 0
+        bad = np.lib.stride_tricks.sliding_window_view(labels, w).any(axis=1)
+        anomalous = f"{stat[bad].mean():.3f}" if bad.any() else "-"
+        print(f"| {name} | {stat[~bad].mean():.3f} | {anomalous} |")
 
 
 def surprise(reference: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -61,12 +90,11 @@ def run_seed(seed: int) -> dict[str, dict[str, float]]:
     scored = list(LiveModel(art, DetectorOptions(device="cpu")).stream(_batch(test), 1000))
     keys = [k for o in scored for k in o.keys]
     recon = np.concatenate([o.recon for o in scored])
-    train_r = [repeats(v) for v in train.values]
-    most = np.max([r.max(axis=0) for r in train_r], axis=0)  # (d,) per channel, in training
-    reference = np.concatenate([np.maximum(r - most, 0).max(axis=1) for r in train_r])
+    # one training maximum per channel over the whole fleet: its machines share one model
+    stacked = np.concatenate(list(train.values))
+    reference = np.concatenate([excess(stacked, v) for v in train.values])
     by_series = {
-        sid: np.maximum(repeats(v) - most, 0).max(axis=1)
-        for sid, v in zip(test.series_ids, test.values, strict=True)
+        sid: excess(stacked, v) for sid, v in zip(test.series_ids, test.values, strict=True)
     }
     seen: dict[str, int] = {}
     stat = np.empty(len(keys))
@@ -85,6 +113,7 @@ def run_seed(seed: int) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--data", type=Path, help="the shared data (asd/, nab/): real-data rates")
     args = p.parse_args(argv)
     runs = [run_seed(s) for s in args.seeds]
     print(f"Window ROC-AUC per anomaly kind, mean ± std over seeds {args.seeds}.\n")
@@ -97,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.mean(vals):.3f} ± {sd:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.data:
+        real_data(args.data)
     return 0
 
 
