@@ -1,6 +1,6 @@
 """A candidate score component, measured offline: exact repeats of a channel within a window.
 
-    cd bench && python repeats_probe.py [--seeds 0 1 2] [--data ../../shared/data]
+    cd bench && python repeats_probe.py [--seeds 0 1 2] [--data DATA_DIR]
 
 No score component catches a stuck sensor well (docs/results.md: reconstruction 0.83-0.87
 window ROC-AUC on the generated fleet): a value frozen at a plausible level is reconstructed
