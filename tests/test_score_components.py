@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from stream_vae.config import ModelSpec, load_settings
 from stream_vae.core.records import RecordBatch
 from stream_vae.core.scaler import Scaler
-from stream_vae.demo.synthetic import generate_fleet
-from stream_vae.errors import ArtifactError
+from stream_vae.demo.synthetic import KINDS, generate_fleet
+from stream_vae.errors import ArtifactError, ConfigError
 from stream_vae.model.backends import TorchBackend
 from stream_vae.model.detector import Detector
 from stream_vae.model.sampled import latent_noise, sampled_term
@@ -27,7 +27,12 @@ from stream_vae.runtime.live import DetectorOptions, LiveModel
 from stream_vae.scoring.alpha import choose_weights, weight_grid
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts, roc_auc
 from stream_vae.scoring.normalise import TailNormaliser
-from stream_vae.scoring.reference import LatentReference, LinearReference, ScoreReference
+from stream_vae.scoring.reference import (
+    LatentReference,
+    LinearReference,
+    RepeatsReference,
+    ScoreReference,
+)
 from stream_vae.storage.artifact import _check_reference
 from stream_vae.storage.files import load_artifact, save_artifact
 from stream_vae.training.build import train_artifact
@@ -355,3 +360,100 @@ def test_a_vampprior_model_trains_stores_its_prior_and_scores_against_it(tmp_pat
     assert not np.allclose(latent, kl_normal)
     with pytest.raises(ValueError, match="prior"):
         _check_reference(art.spec, ScoreReference(), art.hybrid)
+
+
+# ------------------------------------------------------------- the repeats term (stuck sensors)
+
+
+def test_the_repeats_term_is_the_most_exact_repeats_beyond_training() -> None:
+    """A channel's exact repeats beyond the most it repeated in a training window; a channel
+    constant in training counts for nothing. In the hybrid: max(mix, its surprise), one repeat
+    the unit of its tail (a first repeat is a small surprise, a stuck quarter a large one)."""
+    rng = np.random.default_rng(8)
+    train = rng.normal(size=(400, 16, 3)).astype(np.float32)
+    train[:, :, 2] = 1.0  # a constant channel
+    ref = RepeatsReference.fit(train)
+    assert ref.most.tolist() == [0.0, 0.0, 15.0]
+    windows = rng.normal(size=(3, 16, 3)).astype(np.float32)
+    windows[:, :, 2] = 1.0
+    windows[1, 12:, 0] = windows[1, 12, 0]  # stuck for the last 4 points: 3 repeats
+    windows[2, 15, 1] = windows[2, 14, 1]  # one repeat
+    assert ref.excess(windows).tolist() == [0.0, 3.0, 1.0]
+    parts = ScoreParts(
+        rng.random((400, 2)).astype(np.float32),
+        rng.random(400).astype(np.float32),
+        repeats=ref.excess(train[:, :, :]),
+    )
+    h = HybridScore(alpha=1.0, normaliser="tail").fit(parts)
+    assert h.has_repeats
+    probe = ScoreParts(
+        np.full((3, 2), 0.5, np.float32), np.full(3, 0.5, np.float32), repeats=ref.excess(windows)
+    )
+    out = h.raw(probe)
+    mixed = h.raw(probe, weights=h.weights).raw  # the same weights: the term is not a weight
+    assert out.repeats is not None and out.repeats[0] == 0.0
+    assert out.raw[0] == pytest.approx(float(h.mix(h.components(probe), h.weights)[0]))
+    assert out.raw[1] > out.raw[2] > out.raw[0]  # 3 repeats above 1 above none
+    assert out.raw[1] - out.raw[2] == pytest.approx(2.0)  # one nat a repeat
+    assert np.array_equal(mixed, out.raw)
+    back = HybridScore.from_dict(h.to_dict())
+    assert np.array_equal(back.raw(probe).raw, out.raw)
+    with pytest.raises(ValueError, match="repeats"):
+        h.raw(replace(probe, repeats=None))
+    with pytest.raises(ValueError, match="tail"):
+        HybridScore(alpha=1.0).fit(parts)
+    with pytest.raises(ConfigError, match="repeats needs normaliser"):
+        load_settings(env={}, scoring={"repeats": True})
+
+
+def test_the_repeats_term_finds_stuck_sensors_the_reconstruction_misses(tmp_path: Path) -> None:
+    """One small model, with and without the term, on a generated fleet: the stuck sensors'
+    windows rank above the normal ones with it, other faults rank as before, and the reference
+    is stored with the model."""
+    fleet = generate_fleet(8, 4, 900, seed=12, anomaly_start=550, n_anomalies_per_series=3)
+    train, test = fleet.split(550)
+    sids, ts, values, _ = train.interleaved()
+    batch = RecordBatch(tuple(sids), ts, values)
+    sids, ts, values, _ = test.interleaved()
+    w = 16
+    # each window by the fault that fills at least a quarter of it (as bench/ablation.py);
+    # windows that hold less of one are left out, those with none are normal
+    cover = {sid: np.zeros((len(test.ts), len(KINDS))) for sid in test.series_ids}
+    for inj in test.injections:
+        cover[test.series_ids[inj.series_index]][inj.start : inj.end, KINDS.index(inj.kind)] = 1
+    label = {}
+    for sid, c in cover.items():
+        filled = np.cumsum(np.vstack([np.zeros((1, len(KINDS))), c]), axis=0)
+        for e in range(w - 1, len(test.ts)):
+            rows = filled[e + 1] - filled[e + 1 - w]  # fault rows of each kind in the window
+            k = int(rows.argmax())
+            label[(sid, float(test.ts[e]))] = (
+                "normal" if rows.sum() == 0 else KINDS[k] if rows[k] >= w // 4 else "partial"
+            )
+    auc = {}
+    for on in (False, True):
+        settings = load_settings(
+            env={},
+            window={"size": w},
+            model={"hidden": 32, "latent": 8},
+            train={"epochs": 12, "batch_size": 64, "lr": 3e-3, "torch_threads": 1},
+            scoring={"normaliser": "tail", "repeats": on},
+        )
+        art = train_artifact(batch, fleet.feature_names, settings, device="cpu", progress=False)
+        assert art.hybrid.has_repeats == on == (art.reference.repeats is not None)
+        out = list(LiveModel(art, DetectorOptions(device="cpu")).stream(
+            RecordBatch(tuple(sids), ts, values), 500))  # fmt: skip
+        ends = [(k, float(t)) for o in out for k, t in zip(o.keys, o.ts, strict=True)]
+        raw = np.concatenate([o.raw for o in out])
+        row_kind = np.array([label[e] for e in ends])
+        normal = raw[row_kind == "normal"]
+        auc[on] = {k: roc_auc(normal, raw[row_kind == k]) for k in set(row_kind) & set(KINDS)}
+        if on:
+            save_artifact(art, tmp_path / "m")
+            loaded = load_artifact(tmp_path / "m")
+            assert loaded.reference.repeats is not None and loaded.hybrid.has_repeats
+            assert np.array_equal(loaded.reference.repeats.most, art.reference.repeats.most)  # type: ignore[union-attr]
+    print(f"ROC-AUC by kind, without and with the repeats term: {auc}")
+    assert auc[True]["stuck_sensor"] >= 0.95 > auc[False]["stuck_sensor"], auc
+    for k in auc[False]:
+        assert auc[True][k] >= auc[False][k] - 0.02, (k, auc)

@@ -76,6 +76,10 @@ class ScoringSettings(BaseModel):
     # A third component, PCA's view of the same scaled window: its residual off the subspace
     # that explains this share of the normal windows' variance; 0 = no linear component.
     linear_variance: float = Field(0.0, ge=0.0, lt=1.0)
+    # For sensors with continuous values: a window whose channel repeats its value exactly for
+    # more steps than that channel ever did in training (a stuck sensor) scores at least that
+    # surprise, max(hybrid, repeats). Needs normaliser = "tail" (both sides in nats).
+    repeats: bool = False
     normaliser: Literal["robust", "standard", "tail"] = "robust"
     transform: Literal["softplus", "sigmoid"] = "softplus"
     combine: Literal["sum", "product"] = "sum"
@@ -92,6 +96,8 @@ class ScoringSettings(BaseModel):
             raise ValueError("alpha must be in [0, 1] or 'auto'")
         if self.alpha != "auto" and self.linear_variance > 0:
             raise ValueError("linear_variance > 0 needs alpha = 'auto' (its weight is chosen)")
+        if self.repeats and self.normaliser != "tail":
+            raise ValueError("repeats needs normaliser = 'tail' (its surprise is in nats)")
         return self
 
 

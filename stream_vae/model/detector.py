@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -171,20 +172,25 @@ class Detector:
     def infer(self, windows: npt.NDArray[np.floating[Any]]) -> ScoreParts:
         """Score raw windows (n, W, d), in chunks of at most ``max_batch``."""
         check_shape("Detector.infer windows", windows.shape, (None, self.window, self.n_features))
+        ref = self.reference
+        repeats = None
+        if ref is not None and ref.repeats is not None:  # exact repeats of the data's values
+            repeats = ref.repeats.excess(windows[:, :, : self.n_values])
         if len(windows) == 0:
             empty = np.empty(0, np.float32)
-            linear = None if self.reference is None or self.reference.linear is None else empty
-            return ScoreParts(np.empty((0, self.n_values), np.float32), empty, linear)
+            linear = None if ref is None or ref.linear is None else empty
+            values = np.empty((0, self.n_values), np.float32)
+            return ScoreParts(values, empty, linear, repeats=repeats)
         x = self.scaled(windows)  # (n, W, d) float32
         chunks = [
             self._chunk_parts(np.ascontiguousarray(x[i : i + self.max_batch]))
             for i in range(0, len(x), self.max_batch)
         ]
-        parts = ScoreParts.concat(chunks)
+        parts = replace(ScoreParts.concat(chunks), repeats=repeats)
         if self.n_context:  # the data's features only
             values = np.ascontiguousarray(parts.recon_features[:, : self.n_values])
             expected = None if parts.expected is None else parts.expected[:, : self.n_values]
-            return ScoreParts(values, parts.latent, parts.linear, expected)
+            return replace(parts, recon_features=values, expected=expected)
         return parts
 
     def _expected(self, recon: F32) -> F32:

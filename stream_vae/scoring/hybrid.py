@@ -5,7 +5,10 @@
 the latent term, P the linear residual (when the model has a linear reference), ^ the
 normaliser fitted on validation windows and T the transform (softplus by default; none after the
 ``tail`` normaliser, whose output is already a surprise in nats). With two components the weights
-are ``(α, 1 − α, 0)``.
+are ``(α, 1 − α, 0)``. With a repeats term (``scoring.repeats``, the ``tail`` normaliser only) the
+score is ``max(raw, Q̂)``, Q the exact repeats beyond training (a stuck sensor) as a surprise
+(:class:`~stream_vae.scoring.normalise.CountSurprise`): a window is as surprising as its most
+surprising part, and the weights are chosen without it.
 
 Examples
 --------
@@ -19,14 +22,20 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import check_shape
-from .normalise import AnyNormaliser, apply_transform, make_normaliser, normaliser_from_dict
+from .normalise import (
+    AnyNormaliser,
+    CountSurprise,
+    apply_transform,
+    make_normaliser,
+    normaliser_from_dict,
+)
 
 __all__ = ["HybridParts", "HybridScore", "ScoreParts", "Weights", "combine", "roc_auc"]
 
@@ -48,6 +57,7 @@ class ScoreParts:
     # (n, d) the model's reconstruction of each window's newest point, in the data's units (what
     # an alert shows beside the observed value); None where the caller did not ask for it
     expected: F32 | None = None
+    repeats: F32 | None = None  # (n,) exact repeats beyond training (scoring.repeats)
 
     def __len__(self) -> int:
         return int(self.latent.shape[0])
@@ -60,11 +70,20 @@ class ScoreParts:
             check_shape("ScoreParts.linear", self.linear.shape, (n,))
         if self.expected is not None:
             check_shape("ScoreParts.expected", self.expected.shape, self.recon_features.shape)
+        if self.repeats is not None:
+            check_shape("ScoreParts.repeats", self.repeats.shape, (n,))
 
     def take(self, idx: npt.NDArray[np.intp]) -> ScoreParts:
-        linear = None if self.linear is None else self.linear[idx]
-        expected = None if self.expected is None else self.expected[idx]
-        return ScoreParts(self.recon_features[idx], self.latent[idx], linear, expected)
+        def part(a: F32 | None) -> F32 | None:
+            return None if a is None else a[idx]
+
+        return ScoreParts(
+            self.recon_features[idx],
+            self.latent[idx],
+            part(self.linear),
+            part(self.expected),
+            part(self.repeats),
+        )
 
     @staticmethod
     def concat(parts: list[ScoreParts]) -> ScoreParts:
@@ -73,6 +92,7 @@ class ScoreParts:
             np.concatenate([p.latent for p in parts]),
             _concat_optional([p.linear for p in parts]),
             _concat_optional([p.expected for p in parts]),
+            _concat_optional([p.repeats for p in parts]),
         )
 
 
@@ -88,6 +108,7 @@ class HybridParts:
     recon: F64  # (n,) transformed, normalised reconstruction component
     latent: F64  # (n,) transformed, normalised latent component
     linear: F64 | None = None  # (n,) transformed, normalised linear residual, if any
+    repeats: F64 | None = None  # (n,) the repeats term's surprise, if the score has one
 
 
 Weights = tuple[float, float, float]  # reconstruction, latent, linear
@@ -116,6 +137,7 @@ class HybridScore:
         self._recon_norm: AnyNormaliser = make_normaliser(normaliser)
         self._latent_norm: AnyNormaliser = make_normaliser(normaliser)
         self._linear_norm: AnyNormaliser | None = None
+        self._repeats_norm: CountSurprise | None = None
 
     @property
     def alpha(self) -> float:
@@ -125,6 +147,10 @@ class HybridScore:
     @property
     def has_linear(self) -> bool:
         return self._linear_norm is not None
+
+    @property
+    def has_repeats(self) -> bool:
+        return self._repeats_norm is not None
 
     def fit(self, parts: ScoreParts) -> HybridScore:
         """Fit the normalisers on validation (normal) windows; returns self."""
@@ -136,6 +162,10 @@ class HybridScore:
         self._latent_norm.fit(parts.latent)
         if parts.linear is not None:
             self._linear_norm = make_normaliser(self.normaliser).fit(parts.linear)
+        if parts.repeats is not None:
+            if self.normaliser != "tail":
+                raise ValueError("a repeats term needs the tail normaliser")
+            self._repeats_norm = CountSurprise().fit(parts.repeats)
         return self
 
     def feature_errors(self, parts: ScoreParts) -> F64:
@@ -173,7 +203,13 @@ class HybridScore:
         if alpha is not None:
             w = (alpha, 1.0 - alpha, 0.0)
         r, lat, lin = self.components(parts)
-        return HybridParts(self.mix((r, lat, lin), w), r, lat, lin)
+        mixed = HybridParts(self.mix((r, lat, lin), w), r, lat, lin)
+        if self._repeats_norm is None:
+            return mixed
+        if parts.repeats is None:
+            raise ValueError("this score has a repeats term: ScoreParts.repeats is None")
+        rep = self._repeats_norm.transform(parts.repeats)
+        return replace(mixed, raw=np.maximum(mixed.raw, rep), repeats=rep)
 
     def mix(self, components: tuple[F64, F64, F64 | None], weights: Sequence[float]) -> F64:
         """Weighted combination of normalised components (as :meth:`components` returns them)."""
@@ -205,6 +241,8 @@ class HybridScore:
             d["weights"] = list(self.weights)
         if self._linear_norm is not None:
             d["linear_norm"] = self._linear_norm.to_dict()
+        if self._repeats_norm is not None:
+            d["repeats_norm"] = self._repeats_norm.to_dict()
         return d
 
     @classmethod
@@ -218,6 +256,8 @@ class HybridScore:
         h._latent_norm = normaliser_from_dict(d["latent_norm"])
         if "linear_norm" in d:
             h._linear_norm = normaliser_from_dict(d["linear_norm"])
+        if "repeats_norm" in d:
+            h._repeats_norm = CountSurprise.from_dict(d["repeats_norm"])
         return h
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Normaliser", "TailNormaliser", "apply_transform", "make_normaliser"]
+__all__ = ["CountSurprise", "Normaliser", "TailNormaliser", "apply_transform", "make_normaliser"]
 
 Array = npt.NDArray[np.float64]
 
@@ -140,6 +140,45 @@ class TailNormaliser:
         t._cdf = np.asarray(d["cdf"], dtype=np.float64)
         t._u, t._p_u, t._scale = float(d["u"]), float(d["p_u"]), float(d["scale"])
         return t
+
+
+class CountSurprise:
+    """A count that is 0 on nearly every normal window, as a surprise in nats: 0 for 0, and
+    ``−log P(X ≥ 1) + (x − 1)`` beyond, P from the validation windows (smoothed by one), one
+    nat a unit after the first. (The tail normaliser gives a point mass the tail probability at
+    its top, not 1: every 0 would be a surprise of ~2.3 nats.)
+
+    Examples
+    --------
+    >>> c = CountSurprise().fit(np.r_[np.zeros(98), 1.0])  # 1 of 99 normal windows above 0
+    >>> c.transform(np.array([0.0, 1.0, 3.0])).round(2).tolist()
+    [0.0, 3.91, 5.91]
+    """
+
+    method = "count"
+
+    def __init__(self) -> None:
+        self._p_any = 1.0
+
+    def fit(self, x: npt.ArrayLike) -> CountSurprise:
+        a = np.asarray(x, dtype=np.float64)
+        if a.ndim != 1 or a.size == 0 or not np.isfinite(a).all():
+            raise ValueError("CountSurprise.fit needs a non-empty finite 1-d array")
+        self._p_any = (float((a >= 1.0).sum()) + 1.0) / (a.size + 1.0)
+        return self
+
+    def transform(self, x: npt.ArrayLike) -> Array:
+        v = np.asarray(x, dtype=np.float64)
+        return np.where(v >= 1.0, -np.log(self._p_any) + (v - 1.0), 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "p_any": self._p_any}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CountSurprise:
+        c = cls()
+        c._p_any = float(d["p_any"])
+        return c
 
 
 AnyNormaliser = Normaliser | TailNormaliser

@@ -12,6 +12,10 @@ that two score components are measured against.
   W·d values): a window's linear component is its mean squared residual off that subspace. It
   is PCA's view of the same window, and catches broken correlations between features that the
   recurrent model reconstructs too well.
+* :class:`RepeatsReference` — how many steps of a window each channel repeated its value
+  exactly, at most, in training: a stuck sensor repeats its value, which a live channel with
+  continuous values almost never does, and a frozen value at a plausible level is reconstructed
+  well (``scoring.repeats``).
 
 Examples
 --------
@@ -42,6 +46,7 @@ __all__ = [
     "LinearReference",
     "PriorReference",
     "QualityReference",
+    "RepeatsReference",
     "ScoreReference",
 ]
 
@@ -184,6 +189,54 @@ class QualityReference:
         )
 
 
+def window_repeats(windows: npt.ArrayLike) -> F64:
+    """How many of each window's W − 1 steps repeat the value exactly, per channel: (n, d).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.array([[[1.0, 5.0], [2.0, 5.0], [2.0, 5.0], [3.0, 5.0]]])  # (1 window, 4, 2)
+    >>> window_repeats(w).tolist()
+    [[1.0, 3.0]]
+    """
+    w = np.asarray(windows)
+    check_shape("window_repeats windows", w.shape, (None, None, None))
+    return (w[:, 1:, :] == w[:, :-1, :]).sum(axis=1).astype(np.float64)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatsReference:
+    """The most steps each channel repeated its value in a training window: (d,). A window's
+    repeats term is the most any channel repeats beyond that (0 for every training window; a
+    channel constant or coarsely quantised in training counts for nothing).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> train = np.stack([np.c_[np.arange(4.0), np.full(4, 2.0)]] * 3)  # moving, constant
+    >>> ref = RepeatsReference.fit(train)
+    >>> ref.most.tolist()
+    [0.0, 3.0]
+    >>> stuck = np.array([[[7.0, 2.0], [7.0, 2.0], [7.0, 2.0], [8.0, 2.0]]])
+    >>> ref.excess(np.concatenate([train[:1], stuck])).tolist()
+    [0.0, 2.0]
+    """
+
+    most: F32  # (d,)
+
+    @classmethod
+    def fit(cls, windows: npt.ArrayLike) -> RepeatsReference:
+        """From training windows (n, W, d): the data's features only, no context."""
+        return cls(window_repeats(windows).max(axis=0).astype(np.float32))
+
+    def excess(self, windows: npt.ArrayLike) -> F32:
+        """The repeats term of windows (n, W, d): repeats beyond the training most, max over
+        channels (n,)."""
+        r = window_repeats(windows)
+        check_shape("RepeatsReference.excess windows", r.shape, (None, len(self.most)))
+        return np.maximum(r - self.most, 0.0).max(axis=1).astype(np.float32)  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True, slots=True)
 class ScoreReference:
     """The references a model's score components need (each may be absent)."""
@@ -192,6 +245,7 @@ class ScoreReference:
     linear: LinearReference | None = None
     prior: PriorReference | None = None
     quality: QualityReference | None = None  # models trained before it have none
+    repeats: RepeatsReference | None = None  # scoring.repeats only
 
     def to_arrays(self) -> dict[str, F32]:
         """Named float32 arrays (stored beside the weights)."""
@@ -210,6 +264,8 @@ class ScoreReference:
             out["quality.low"] = self.quality.low
             out["quality.high"] = self.quality.high
             out["quality.window_std"] = self.quality.window_std
+        if self.repeats is not None:
+            out["repeats.most"] = self.repeats.most
         return out
 
     @classmethod
@@ -238,4 +294,7 @@ class ScoreReference:
                 np.asarray(arrays["linear.centre"], np.float32),
                 np.asarray(arrays["linear.basis"], np.float32),
             )
-        return cls(latent, linear, prior, quality)
+        repeats = None
+        if "repeats.most" in arrays:
+            repeats = RepeatsReference(np.asarray(arrays["repeats.most"], np.float32))
+        return cls(latent, linear, prior, quality, repeats)

@@ -211,6 +211,8 @@ def _check_reference(spec: ModelSpec, ref: ScoreReference, hybrid: HybridScore) 
         raise ValueError(f"latent_mode {spec.scoring.latent_mode} without a latent reference")
     if hybrid.has_linear != (ref.linear is not None):
         raise ValueError("the score's linear component and the linear reference disagree")
+    if hybrid.has_repeats != (ref.repeats is not None):
+        raise ValueError("the score's repeats term and the repeats reference disagree")
     if (spec.model.prior == "vamp") != (ref.prior is not None):
         raise ValueError("the model's prior and its stored prior components disagree")
 

@@ -35,6 +35,7 @@ from ..scoring.reference import (
     LinearReference,
     PriorReference,
     QualityReference,
+    RepeatsReference,
     ScoreReference,
 )
 from ..scoring.spot import with_stream_start
@@ -363,9 +364,11 @@ def _fit_reference(
             mu, logvar = (c.detach().cpu().numpy().astype(np.float32) for c in comps)
         prior = PriorReference(mu, logvar)
     # the data-quality alerts' reference: the values' range and movement (not the calendar)
-    quality = QualityReference.fit(train_windows[:, :, : train_windows.shape[2] - win.n_context])
+    values = train_windows[:, :, : train_windows.shape[2] - win.n_context]
+    quality = QualityReference.fit(values)
+    repeats = RepeatsReference.fit(values) if s.repeats else None
     if not need_latent and s.linear_variance == 0:
-        return ScoreReference(prior=prior, quality=quality)
+        return ScoreReference(prior=prior, quality=quality, repeats=repeats)
     rng = np.random.default_rng(settings.train.seed)
     n = min(MAX_LINEAR_ROWS, len(train_windows))
     sample = train_windows[np.sort(rng.choice(len(train_windows), size=n, replace=False))]
@@ -377,7 +380,7 @@ def _fit_reference(
     if s.linear_variance > 0:
         data = probe.scaled(sample)[:, :, : probe.n_values]  # the values, not the calendar
         linear = LinearReference.fit(data.reshape(n, -1), s.linear_variance, rng)
-    return ScoreReference(latent, linear, prior, quality)
+    return ScoreReference(latent, linear, prior, quality, repeats)
 
 
 def _auc_metrics(aucs: dict[Weights, float], has_linear: bool) -> dict[str, dict[str, float]]:
