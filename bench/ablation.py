@@ -48,6 +48,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "kl, Gaussian head": ({}, GAUSSIAN),
     "recon_prob, Gaussian head": ({"latent_mode": "recon_prob"}, GAUSSIAN),
     "iwae, Gaussian head": ({"latent_mode": "iwae"}, GAUSSIAN),
+    # exact repeats beyond training (stuck sensors), max-combined, with the tail normaliser it
+    # needs; and the same without them
+    "kl, tail": ({"normaliser": "tail"}, {}),
+    "kl + repeats, tail": ({"normaliser": "tail", "repeats": True}, {}),
 }
 KINDS = ("spike", "level_shift", "variance_burst", "stuck_sensor", "correlation_break")
 
