@@ -17,8 +17,8 @@ scored with the ``tail`` normaliser, so that every component is a surprise in na
 With ``--data``, it also reports, for ASD and NAB (no model: W 32, the training part of each series
 as reference), the share of normal and of anomalous windows whose statistic is above 0.
 
-It is not in the product: the hybrid score has a fixed set of components, and this one would
-be a fourth (docs/results.md, issue 17). Only public tools are used.
+The product has it since as ``scoring.repeats`` (a count surprise, max-combined; measured with
+``bench/ablation.py``); this probe stays for the real-data rates. Only public tools are used.
 """
 
 from __future__ import annotations
