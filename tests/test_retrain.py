@@ -429,7 +429,8 @@ def test_retraining_keeps_the_live_architecture() -> None:
         env={},
         train={"epochs": 1, "batch_size": 64, "torch_threads": 1},
         retrain={"min_windows": 100, "epochs": 1},
-        scoring={"linear_variance": 0.9},  # the live model has none (it has a fixed alpha)
+        # the live model has neither (it has a fixed alpha and the standard normaliser)
+        scoring={"linear_variance": 0.9, "repeats": True, "normaliser": "tail"},
     )
     for section in ModelSpec.model_fields:  # the job's settings disagree on every field
         ours, live_part = getattr(settings, section), getattr(LIVE_SPEC, section)
