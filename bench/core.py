@@ -11,8 +11,8 @@ data-quality checks on the raw windows, stale series, incidents, a budget, recur
 the novelty gate, the close on a settled newest point: the ratio to "bare" is what alerting
 costs), and "full" with every component on
 (latent_mode "knn" against 2,048 reference points, the linear residual at 95% variance, tail
-normalisers: what bench/configs/asd.toml runs), whose ratio to the default "full" is what those
-components cost.
+normalisers: what bench/configs/asd.toml runs), for eager PyTorch and ONNX Runtime, whose ratio
+to the default "full" of the same backend is what those components cost.
 Each figure is the median over --repeats runs; every run loops for at least --min-seconds.
 The ratio full/bare is what the scorer costs.
 
@@ -205,18 +205,19 @@ def main(argv: list[str] | None = None) -> int:
                 args.min_seconds,
             ),
         )
-        det = Detector(backends["eager"], scaler, w, max_batch=max(args.batches),
-                       latent_mode="knn", reference=reference)  # fmt: skip
-        scorer = Scorer(hybrid_all, 3.0, names, "bench")
-        row["all"] = (
-            row["eager"][0],
-            _rate(
-                lambda det=det, sc=scorer, x=x, k=keys, t=ts: sc.update(k, t, det.infer(x)),
-                b,
-                args.repeats,
-                args.min_seconds,
-            ),
-        )
+        for name, key in (("eager", "all"), ("onnxruntime", "all_ort")):
+            det = Detector(backends[name], scaler, w, max_batch=max(args.batches),
+                           latent_mode="knn", reference=reference)  # fmt: skip
+            scorer = Scorer(hybrid_all, 3.0, names, "bench")
+            row[key] = (
+                row[name][0],
+                _rate(
+                    lambda det=det, sc=scorer, x=x, k=keys, t=ts: sc.update(k, t, det.infer(x)),
+                    b,
+                    args.repeats,
+                    args.min_seconds,
+                ),
+            )
         rows.append(row)
         print(
             f"batch {b}: "
@@ -231,16 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| batch | eager bare | eager +scorer | ratio | +scorer, every component | ratio to "
         "+scorer | +scorer, every alert part | ratio to bare | TorchScript bare | +scorer | "
-        "ORT bare | ORT +scorer | ratio | ORT/eager (+scorer) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "ORT bare | ORT +scorer | ratio | ORT/eager (+scorer) | ORT +scorer, every component | "
+        "ratio to ORT +scorer |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         (eb, ef), (tb, tf), (ob, of) = r["eager"], r["torchscript"], r["onnxruntime"]
-        af, lf = r["all"][1], r["alerts"][1]
+        af, lf, oa = r["all"][1], r["alerts"][1], r["all_ort"][1]
         lines.append(
             f"| {r['batch']} | {eb:,.0f} | {ef:,.0f} | {ef / eb:.2f} | {af:,.0f} | {af / ef:.2f} | "
             f"{lf:,.0f} | {lf / eb:.2f} | "
-            f"{tb:,.0f} | {tf:,.0f} | {ob:,.0f} | {of:,.0f} | {of / ob:.2f} | {of / ef:.2f} |"
+            f"{tb:,.0f} | {tf:,.0f} | {ob:,.0f} | {of:,.0f} | {of / ob:.2f} | {of / ef:.2f} | "
+            f"{oa:,.0f} | {oa / of:.2f} |"
         )
     cfg = model.config
     flops = flops_per_window(cfg)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from threadpoolctl import threadpool_info
 
 from stream_vae.config import ModelSpec, load_settings
 from stream_vae.core.records import RecordBatch
@@ -28,6 +29,7 @@ from stream_vae.scoring.alpha import choose_weights, weight_grid
 from stream_vae.scoring.hybrid import HybridScore, ScoreParts, roc_auc
 from stream_vae.scoring.normalise import TailNormaliser
 from stream_vae.scoring.reference import (
+    KNN_K,
     LatentReference,
     LinearReference,
     RepeatsReference,
@@ -92,6 +94,44 @@ def test_linear_residual_is_zero_on_the_normal_subspace_and_grows_off_it() -> No
     broken[:, 0] += 3.0  # one channel stops following the others
     assert ref.residual(inside).max() < 1e-8
     assert ref.residual(broken).min() > 1e-3
+
+
+def test_knn_and_residual_equal_a_direct_computation_and_leave_blas_threads_as_they_were() -> None:
+    """The fast paths (a partition in place, the residual's squares in place, numpy's BLAS on
+    one thread while they run) compute what the definitions say, and the thread limit is
+    lifted after each batch."""
+    rng = np.random.default_rng(4)
+    ref = LatentReference.fit(rng.normal(size=(3000, 5)), rng)
+    q = rng.normal(size=(1500, 5)).astype(np.float32)  # more than one chunk of queries
+    dist = np.sqrt(((q[:, None, :] - ref.points[None, :, :]) ** 2).sum(axis=2))
+    direct = np.sort(dist, axis=1)[:, :KNN_K].mean(axis=1)
+    np.testing.assert_allclose(ref.knn(q), direct, rtol=1e-4, atol=1e-5)
+
+    x = rng.normal(size=(400, 24))
+    lin = LinearReference.fit(x, 0.6, rng)
+    c = x.astype(np.float32) - lin.centre
+    off = c - (c @ lin.basis.T) @ lin.basis
+    np.testing.assert_allclose(
+        lin.residual(x), (off.astype(np.float64) ** 2).mean(axis=1), rtol=1e-5
+    )
+
+    blas = threadpool_info_blas()
+    torch.manual_seed(0)
+    model = LSTMVAE(VAEConfig(n_features=3, window=8, hidden=8, latent=5)).eval()
+    det = Detector(
+        TorchBackend(model),
+        Scaler(np.zeros(3, np.float32), np.ones(3, np.float32)),
+        8,
+        latent_mode="knn",
+        reference=ScoreReference(ref),
+    )
+    parts = det.infer(rng.normal(size=(20, 8, 3)).astype(np.float32))
+    assert np.isfinite(parts.latent).all()
+    assert threadpool_info_blas() == blas
+
+
+def threadpool_info_blas() -> list[int]:
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 
 
 def _parts(rng: np.random.Generator, n: int, shift: tuple[float, float, float]) -> ScoreParts:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from threadpoolctl import ThreadpoolController
 
 from ..core.scaler import Scaler
 from ..errors import check_shape
@@ -43,6 +46,26 @@ MAX_SCALED = 1e6
 LatentMode = Literal["kl", "prior_nll", "aggregate", "knn", "recon_prob", "iwae"]
 
 
+@cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _one_blas_thread(
+    reference: ScoreReference | None, latent_mode: str
+) -> AbstractContextManager[Any]:
+    """numpy's BLAS on one thread while the components that use it (the kNN term, the linear
+    residual) run. Its threads spin for a while after each product, on the cores the forward
+    pass's threads (torch's or ONNX Runtime's) want next: with both components on, model +
+    scorer ran at 0.27-0.28 of the default scorer's rate at batch 256, and at 0.78-1.05 with
+    one BLAS thread (``bench/core.py``, docs/results.md). Their products are small; one thread
+    does them. (The limit is process-wide while it holds: only the scoring thread sets it.)"""
+    if reference is None or (reference.linear is None and latent_mode not in ("aggregate", "knn")):
+        return nullcontext()
+    limit: AbstractContextManager[Any] = _blas().limit(limits=1, user_api="blas")
+    return limit
+
+
 def score_parts(
     x: F32,
     outputs: Outputs,
@@ -61,6 +84,18 @@ def score_parts(
     (:class:`Detector` adds them); ``n_values`` is the number of data channels (the
     rest are context, left out of the linear residual).
     """
+    with _one_blas_thread(reference, latent_mode):
+        return _score_parts(x, outputs, recon_mode, latent_mode, reference, n_values)
+
+
+def _score_parts(
+    x: F32,
+    outputs: Outputs,
+    recon_mode: Literal["window", "last"],
+    latent_mode: LatentMode,
+    reference: ScoreReference | None,
+    n_values: int | None,
+) -> ScoreParts:
     recon, recon_lv, mu, logvar = outputs
     linear = None
     if reference is not None and reference.linear is not None:
