@@ -42,6 +42,7 @@ from stream_vae.evaluation.runner import series_metrics
 from stream_vae.model.backends import OrtBackend, TorchBackend, int8_graph, onnx_graph
 from stream_vae.model.detector import Detector
 from stream_vae.model.vae import LSTMVAE, VAEConfig
+from stream_vae.runtime.live import int8_reduce_range
 from stream_vae.storage.artifact import Artifact
 from stream_vae.training.build import train_artifact
 from stream_vae.training.fit import make_windows
@@ -61,7 +62,7 @@ def ort_graphs(model: LSTMVAE) -> tuple[bytes, bytes]:
     """The float32 ONNX graph and its dynamically quantised int8 copy (as the service makes it)."""
     buf = io.BytesIO()
     onnx_graph(model, buf)
-    return buf.getvalue(), int8_graph(buf.getvalue())
+    return buf.getvalue(), int8_graph(buf.getvalue(), reduce_range=int8_reduce_range())
 
 
 def backends(model: LSTMVAE, threads: int) -> dict[str, Forward]:

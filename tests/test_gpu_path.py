@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 import torch
 
 from stream_vae.errors import ConfigError, ShapeError
-from stream_vae.model.backends import TorchBackend
+from stream_vae.model.backends import TorchBackend, cpu_bf16_lstm
 from stream_vae.model.gpu import GraphRunner, HostStaging, graph_bucket
 from stream_vae.model.vae import LSTMVAE, VAEConfig, VAEOutput
 from stream_vae.runtime.live import DetectorOptions, LiveModel, build_detector
@@ -96,14 +96,24 @@ def test_artifact_detector_fp32_matches_default(tiny: TinyModel) -> None:
 
 
 def test_live_model_threads_the_detector_options_to_the_backend(tiny: TinyModel) -> None:
-    live = LiveModel(tiny.artifact, DetectorOptions(device="cpu", precision="bf16", max_batch=123))
+    # bf16 where this CPU runs it (else the backend refuses it: see the bf16 tests below)
+    precision: Literal["bf16", "fp32"] = "bf16" if cpu_bf16_lstm() else "fp32"
+    live = LiveModel(
+        tiny.artifact, DetectorOptions(device="cpu", precision=precision, max_batch=123)
+    )
     assert isinstance(live.detector.backend, TorchBackend)
-    assert live.detector.backend.precision == "bf16" and live.detector.max_batch == 123
+    assert live.detector.backend.precision == precision and live.detector.max_batch == 123
     default = LiveModel(tiny.artifact, DetectorOptions(device="cpu")).detector.backend
     assert isinstance(default, TorchBackend) and default.precision == "fp32"
 
 
 # -- bf16 parity ------------------------------------------------------------------------------
+NO_CPU_BF16 = pytest.mark.skipif(
+    not cpu_bf16_lstm(), reason="this CPU has no bfloat16 LSTM kernel (refused: see below)"
+)
+
+
+@NO_CPU_BF16
 def test_bf16_scores_stay_within_the_documented_bound(tiny: TinyModel) -> None:
     raw32, smooth32 = _scores(tiny.artifact, tiny.test_csv)
     raw16, smooth16 = _scores(tiny.artifact, tiny.test_csv, precision="bf16")
@@ -119,9 +129,20 @@ def test_bf16_scores_stay_within_the_documented_bound(tiny: TinyModel) -> None:
     assert flips.mean() <= FLIP_SHARE_BOUND
 
 
+@NO_CPU_BF16
 def test_bf16_outputs_come_back_as_float32() -> None:
     out = TorchBackend(_model(gaussian=True), "cpu", precision="bf16")(_windows(5, 16, 3))
     assert all(a is not None and a.dtype == np.float32 for a in out)
+
+
+def test_bf16_on_a_cpu_without_its_lstm_kernel_is_refused_when_the_backend_is_built() -> None:
+    """Where oneDNN has no bfloat16 LSTM kernel, the backend refuses bf16 up front (a clear
+    setting error at start-up), instead of the first batch failing in the scoring loop."""
+    if cpu_bf16_lstm():
+        TorchBackend(_model(), "cpu", precision="bf16")(_windows(2, 16, 3))
+        return
+    with pytest.raises(ConfigError, match="no bfloat16 LSTM kernel"):
+        TorchBackend(_model(), "cpu", precision="bf16")
 
 
 # -- refused options --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import io
 import logging
 import warnings
 from collections.abc import Callable
+from functools import cache
 from typing import IO, Literal, Protocol
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "Outputs",
     "Precision",
     "TorchBackend",
+    "cpu_bf16_lstm",
     "example_input",
     "int8_graph",
     "onnx_graph",
@@ -152,8 +154,27 @@ def _check_options(device: torch.device, precision: str, cuda_graphs: bool) -> N
         )
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision bf16: {device} does not support bfloat16 (use fp16)")
+    if precision == "bf16" and not cuda and not cpu_bf16_lstm():
+        raise ConfigError(
+            "precision bf16: this CPU has no bfloat16 LSTM kernel (torch's oneDNN needs "
+            "AVX-512 BF16 or AMX; AVX2-only CPUs lack it): use fp32"
+        )
     if cuda_graphs and not cuda:
         raise ConfigError(f"cuda_graphs needs a CUDA device, got {device}")
+
+
+@cache
+def cpu_bf16_lstm() -> bool:
+    """Whether torch's CPU LSTM runs under bfloat16 autocast on this machine: oneDNN builds its
+    kernel for the CPU's instruction set, and has none on some (an AVX2-only AMD EPYC raised
+    "could not create a primitive descriptor" at the first batch). Tried once, on a tiny LSTM."""
+    lstm = nn.LSTM(2, 2, batch_first=True)
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 2, 2))
+    except RuntimeError:
+        return False
+    return True
 
 
 def _numpy_outputs(out: VAEOutput) -> Outputs:
@@ -212,14 +233,21 @@ def onnx_graph(model: LSTMVAE, out: str | IO[bytes], opset: int = 17) -> None:
         )
 
 
-def int8_graph(graph: bytes) -> bytes:
+def int8_graph(graph: bytes, reduce_range: bool = False) -> bytes:
     """``graph`` (:func:`onnx_graph`) with its LSTM and linear weights quantised to int8 by ONNX
-    Runtime's dynamic quantisation (activations are quantised per call), in memory."""
+    Runtime's dynamic quantisation (activations are quantised per call), in memory.
+    ``reduce_range``: 7-bit weights, for x86 CPUs without VNNI, whose int8 kernels add pairs of
+    products in 16 bits and can saturate (ONNX Runtime's advice; docs/operations.md)."""
     import onnx  # the onnx extra
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = io.BytesIO()  # written by onnx.save_model, which takes a stream as well as a path
-    quantize_dynamic(onnx.load_from_string(graph), out, weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        onnx.load_from_string(graph),
+        out,
+        weight_type=QuantType.QInt8,
+        reduce_range=reduce_range,
+    )
     return out.getvalue()
 
 
