@@ -112,6 +112,33 @@ def test_export_parity(tiny: TinyModel, tmp_path: Path) -> None:
     assert np.allclose(eager_parts.latent, ort_parts.latent, rtol=1e-4, atol=1e-4)
 
 
+def test_int8_takes_7_bit_weights_and_warns_on_a_cpu_without_vnni(
+    tiny: TinyModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the CPU has no VNNI, int8 quantises the weights to 7 bits and says that fp32 is
+    likely better there; where it has, 8 bits and no warning."""
+    import stream_vae.runtime.live as live
+
+    asked: list[bool] = []
+    real = live.int8_graph
+
+    def spy(graph: bytes, reduce_range: bool = False) -> bytes:
+        asked.append(reduce_range)
+        return real(graph, reduce_range)
+
+    monkeypatch.setattr(live, "int8_graph", spy)
+    int8 = DetectorOptions(device="cpu", backend="onnx", precision="int8", threads=1)
+    for vnni in (True, False):
+        monkeypatch.setattr(live, "int8_reduce_range", lambda vnni=vnni: not vnni)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="stream_vae.runtime.live"):
+            build_detector(tiny.artifact, int8)
+        assert asked[-1] is (not vnni)
+        assert ("without VNNI" in caplog.text) is (not vnni)
+    build_detector(tiny.artifact, dataclasses.replace(int8, precision="fp32"))
+    assert len(asked) == 2  # fp32 quantises nothing
+
+
 def test_int8_is_onnx_runtime_and_scores_within_its_documented_bound(tiny: TinyModel) -> None:
     """``service.precision = "int8"``: auto takes ONNX Runtime with the weights quantised to
     int8, and the hybrid score of the tiny model's test windows stays within the bound
