@@ -31,7 +31,10 @@ from .test_service import _consume
 
 STEP_S = 60.0
 CHANGE = 1200  # the regime change (scale and level of every series), in steps
-TRAIN_END, STREAM_END = 900, 4500
+# The stream runs at a fixed rate, whatever the machine: the producer stops once 300 steps were
+# scored after the swap, and the stream is long enough for a slow machine's job (20 s on an AVX2
+# CPU beside another test worker: with 3,600 steps the swap came with fewer than 300 left).
+TRAIN_END, STREAM_END = 900, 6000
 TARGET_FPR = 0.01
 
 
@@ -129,12 +132,17 @@ def test_regime_change_is_detected_retrained_promoted_and_swapped(
     at_swap: dict[str, int] = {}
     after: dict[str, int] = {}  # counts once 300 steps of windows were scored after the swap
 
-    async def produce() -> None:
+    async def produce() -> int:
+        """The stream at ~1,500 records/s, until 300 steps were scored after the swap; returns
+        how many records were sent."""
         producer = make_producer(k)
         await producer.start()
+        sent = 0
         try:
             names = fleet.feature_names
             for i in range(0, len(stream), 120):  # 10 steps of 12 series at ~1,500 records/s
+                if after:
+                    break
                 acks = [
                     await producer.send(
                         k.input_topics[0], encode(r, names), key=r.series_id.encode()
@@ -142,9 +150,11 @@ def test_regime_change_is_detected_retrained_promoted_and_swapped(
                     for r in stream.slice(i, i + 120).records()
                 ]
                 await asyncio.gather(*acks)
+                sent += len(acks)
                 await asyncio.sleep(0.08)
         finally:
             await producer.stop()
+        return sent
 
     async def scenario() -> tuple[Service, list[Any], list[Any]]:
         await ensure_topics(
@@ -164,9 +174,9 @@ def test_regime_change_is_detected_retrained_promoted_and_swapped(
         service.batch_observers.append(observe)
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
-        await produce()
+        sent = await produce()
         async with asyncio.timeout(120):
-            while service.accounting()["consumed"] < len(stream):
+            while service.accounting()["consumed"] < sent:
                 await asyncio.sleep(0.1)
         stop.set()
         await asyncio.wait_for(task, 30)
