@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from aiokafka import TopicPartition
 
@@ -14,9 +15,11 @@ from stream_vae import _json
 from stream_vae.broker import EmbeddedBroker
 from stream_vae.cli.main import main
 from stream_vae.config import KafkaSettings, load_settings
-from stream_vae.core.records import decode
+from stream_vae.core.records import RecordBatch, decode
 from stream_vae.errors import ConfigError
 from stream_vae.service.kafka import client_options, ensure_topics, make_consumer
+from stream_vae.service.replay import replay
+from stream_vae.storage.tabular import Table
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,28 @@ def test_replay_produces_contract_messages(
         part_of.setdefault(rec.series_id, set()).add(partition)
     assert all(len(p) == 1 for p in part_of.values())
     assert all(ts == sorted(ts) and len(ts) == 10 for ts in by_series.values())
+
+
+def test_replay_stops_sending_once_until_says_so(broker: EmbeddedBroker) -> None:
+    """``until`` is asked before each chunk: the chunks sent before it turned true are all
+    that reach the topic, and the count says so (the drift demo stops its stream this way)."""
+    rows = np.arange(50, dtype=np.float32).reshape(25, 2)
+    batch = RecordBatch(tuple(f"m{i % 5}" for i in range(25)), 1.7e9 + 60.0 * np.arange(25), rows)
+    k = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_partitions=1)
+    topic = f"until-{uuid.uuid4().hex[:8]}"
+    acked: list[int] = []
+    sent = asyncio.run(
+        replay(
+            Table(batch, ("a", "b")),
+            k,
+            topic,
+            chunk=10,
+            on_sent=acked.append,
+            until=lambda: len(acked) == 2,
+        )
+    )
+    assert sent == 20 and acked == [10, 20]
+    assert len(asyncio.run(_read_all(k, topic, 20))) == 20
 
 
 def test_ensure_topics_is_idempotent(broker: EmbeddedBroker) -> None:

@@ -34,7 +34,10 @@ def run_drift_demo(
     """Train on a fleet's past; at 40% of the stream every sensor's scale and level change; the
     service detects the drift, retrains in a worker process, gates, promotes and swaps, live."""
     torch.set_num_threads(1)  # the retraining worker gets the other core
-    steps, train_end, change = 3300, 900, 1200
+    # The stream runs at a fixed rate whatever the machine, and stops 300 steps after the swap:
+    # its length leaves a slow machine's job time (3,300 steps were too few on an AVX2-only CPU,
+    # where the job was still running when the stream ended).
+    steps, train_end, change, after_swap = 6000, 900, 1200, 300
     n_series = 12
     fleet = generate_fleet(
         n_series, 4, steps, seed=seed, n_anomalies_per_series=0, regime_change_at=change
@@ -63,8 +66,8 @@ def run_drift_demo(
     registry.promote(art.version, reason="demo: initial model")
     say(
         f"model {art.version} trained on steps 0-{train_end} of {n_series} series; registry "
-        f"{root}; streaming steps {train_end}-{steps}; every sensor changes scale and level "
-        f"at step {change}"
+        f"{root}; streaming from step {train_end} until {after_swap} steps after a swap (at most "
+        f"to step {steps}); every sensor changes scale and level at step {change}"
     )
     future = fleet.split(train_end)[1]
     sids, ts, values, _ = future.interleaved()
@@ -114,7 +117,13 @@ def run_drift_demo(
         alerts: list[dict[str, Any]] = []
         service, _, at_swap = asyncio.run(
             drift_cycle(
-                run_settings, registry, stream, on_event, rate=min(rate, 1500.0), alerts=alerts
+                run_settings,
+                registry,
+                stream,
+                on_event,
+                rate=min(rate, 1500.0),
+                alerts=alerts,
+                after_swap=after_swap * n_series,
             )
         )
     acc = service.accounting()
@@ -165,10 +174,12 @@ async def drift_cycle(
     rate: float,
     timeout_s: float = 300.0,
     alerts: list[dict[str, Any]] | None = None,
+    after_swap: int | None = None,
 ) -> tuple[Service, list[dict[str, Any]], dict[str, int]]:
     """Stream ``records`` through the service with drift monitoring and retraining on; report
     model events as they arrive. Returns the service, the events and the counts at the swap;
-    the alert messages are appended to ``alerts`` when given."""
+    the alert messages are appended to ``alerts`` when given. With ``after_swap``, the stream
+    stops once that many windows were scored after the swap."""
     k = settings.kafka
     topic = k.input_topics[0]
     await ensure_topics(k, [topic, k.alert_topic, k.dead_letter_topic, k.model_events_topic])
@@ -190,17 +201,24 @@ async def drift_cycle(
             asyncio.create_task(read_topic(settings, k.alert_topic, alerts, lambda _: None))
         )
     running = asyncio.create_task(service.run(stop))
+
+    def swapped_long_enough() -> bool:
+        if after_swap is None or not at_swap:
+            return False
+        return service.accounting()["windows"] - at_swap["windows"] >= after_swap
+
     try:
-        await replay(
+        sent = await replay(
             Table(records, service.live.artifact.feature_names),
             k,
             topic,
             rate=rate,
             create_topic=False,
             chunk=500,
+            until=swapped_long_enough,
         )
         async with asyncio.timeout(timeout_s):
-            while service.accounting()["consumed"] < len(records):
+            while service.accounting()["consumed"] < sent:
                 if running.done():
                     running.result()
                 await asyncio.sleep(0.2)

@@ -25,12 +25,14 @@ async def replay(
     create_topic: bool = True,
     chunk: int = 2000,
     on_sent: Callable[[int], None] | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> int:
     """Send every row of ``table`` in file order, keyed by series id; returns the count.
 
     ``rate`` (messages/s) paces the stream; ``None`` sends as fast as the broker takes it.
     Returns after the broker acknowledged every message. ``on_sent`` is called with the
-    running count after each acknowledged chunk of ``chunk`` messages.
+    running count after each acknowledged chunk of ``chunk`` messages; ``until``, before each
+    chunk: once it returns true, nothing more is sent.
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0 messages/s")
@@ -44,6 +46,8 @@ async def replay(
     try:
         batch = table.batch
         for start in range(0, len(batch), chunk):
+            if until is not None and until():
+                break
             part = batch.slice(start, start + chunk)
             acks = [
                 await producer.send(topic, encode(rec, names), key=rec.series_id.encode())
