@@ -52,6 +52,9 @@ def test_manifest_is_json_with_versions(tiny: TinyModel) -> None:
     assert {"torch", "numpy", "python"} <= set(m["libraries"])
     assert m["calibration"]["threshold"] > 0
     assert "kl_per_dim" in m["training"]["metrics"]
+    history = m["training"]["metrics"]["history"]  # the loss curves, one row per epoch
+    assert len(history) == m["training"]["metrics"]["epochs_run"]
+    assert {"epoch", "train_loss", "val_loss", "val_kl", "beta"} <= set(history[0])
 
 
 def test_feature_mismatch_is_refused(tiny: TinyModel) -> None:

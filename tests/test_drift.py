@@ -57,14 +57,17 @@ def _shipped(min_interval_s: float = DriftSettings().min_interval_s) -> DriftMon
 # -- false alarms and detection ------------------------------------------------------------
 
 
-def test_shipped_defaults_raise_at_most_one_event_on_100k_stationary_scores() -> None:
-    # One fixed stream. Over the streams of seeds 0-99 with this monitor: 96 raise none, 4 one,
-    # none more (with within_samples 300 instead of 100: 91 / 8 / one seed with three).
-    keys, ts, raw = _stream(1, 100_000)
+def test_shipped_defaults_raise_at_most_one_event_on_25k_stationary_scores() -> None:
+    # One fixed stream. Over the 100k-score streams of seeds 0-99 with this monitor: 96 raise
+    # none, 4 one, none more (with within_samples 300 instead of 100: 91 / 8 / one seed with
+    # three). river's KSWIN runs an exact two-sample KS test per sample (~0.6 ms here), so the
+    # suite feeds a quarter of one such stream (seed 1's, which raises its one event at sample
+    # 16,919).
+    keys, ts, raw = _stream(1, 25_000)
     monitor = _shipped()
     assert monitor.thin_every == 1 and monitor.alpha == 1e-4
     events = _feed(monitor, keys, ts, raw)
-    assert monitor.n_sampled == 100_000
+    assert monitor.n_sampled == 25_000
     assert len(events) <= 1, events
 
 

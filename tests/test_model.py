@@ -79,6 +79,10 @@ def test_training_lowers_the_loss_and_early_stops() -> None:
     assert len(res.kl_per_dim) == 4
     m = res.metrics()
     assert m["best_epoch"] == res.best_epoch and m["epochs_run"] == len(res.history)
+    # the per-epoch history travels with the metrics (into the artifact's manifest)
+    assert [h["epoch"] for h in m["history"]] == list(range(1, len(res.history) + 1))
+    assert m["history"][res.best_epoch - 1]["val_recon"] == m["val_recon"]
+    assert m["history"][0]["beta"] == res.history[0].beta
 
 
 def test_posterior_collapse_is_detected() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,6 +70,9 @@ class FitResult:
             "kl_per_dim": self.kl_per_dim,
             "collapsed_dims": self.collapsed_dims,
             "posterior_collapse": self.collapsed,
+            # every epoch's figures (EpochStats' fields), kept in the manifest: the loss curves
+            # of any model, without training it again
+            "history": [asdict(h) for h in self.history],
         }
 
 
