@@ -42,6 +42,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"latent_mode": "knn", "normaliser": "tail", "linear_variance": 0.95},
         {},
     ),
+    "knn_whitened + linear, tail": (
+        {"latent_mode": "knn_whitened", "normaliser": "tail", "linear_variance": 0.95},
+        {},
+    ),
     # the sampled modes need (iwae) or use (recon_prob) the decoder's variance: against the same
     # Gaussian-head model scored at z = μ
     "kl, VampPrior": ({}, {"prior": "vamp"}),

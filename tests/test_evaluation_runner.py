@@ -109,10 +109,11 @@ def test_evaluate_the_latent_modes_in_one_command(smd_dir: Path, tmp_path: Path)
     args = ["--config", str(cfg), "evaluate", "smd", str(smd_dir), "--out", str(out)]
     assert main([*args, "--detectors", "stream-vae-modes"]) == 0
     report = _json.loads((out / "report.json").read_bytes())
-    modes = ("kl", "aggregate", "knn", "recon_prob")  # iwae needs the Gaussian head
+    modes = ("kl", "aggregate", "knn", "knn_whitened", "recon_prob")  # iwae: the Gaussian head
     assert set(report) == {f"vae-{part}-{m}" for m in modes for part in ("hybrid", "latent")}
     for m in modes:
         row = report[f"vae-hybrid-{m}"]
         assert {"f1", "event_f1", "alert_rate"} <= set(row), m  # its own threshold
         assert row["roc_auc"] > 0.6, (m, row["roc_auc"])
     assert report["vae-latent-knn"] != report["vae-latent-aggregate"]
+    assert report["vae-latent-knn_whitened"] != report["vae-latent-knn"]

@@ -76,6 +76,27 @@ def test_knn_latent_term_sees_the_gap_between_two_normal_clusters() -> None:
     assert ref.points.shape == (800, 2) and ref.points.dtype == np.float32
 
 
+def test_whitened_knn_counts_a_dimension_by_its_normal_spread_not_its_scale() -> None:
+    """Normal μ spread 10 along dimension 0 and 0.1 along dimension 1. A point at 50 along
+    dimension 0 is 21 units from its neighbours and ~2 of dimension 0's spreads; a point at 2
+    along dimension 1 is 2 units off but many of dimension 1's spreads (its variance is floored
+    by the reference's ridge, 1e-3 of the mean variance). The plain kNN ranks the first as the
+    more anomalous, the whitened one the second."""
+    rng = np.random.default_rng(5)
+    mu = rng.normal(size=(2000, 2)) * [10.0, 0.1]
+    ref = LatentReference.fit(mu, rng)
+    queries = np.array([[50.0, 0.0], [0.0, 2.0]])
+    plain, white = ref.knn(queries), ref.knn(queries, whitened=True)
+    assert plain[0] > 5 * plain[1]
+    assert white[1] > 2 * white[0]
+    # and it is the Euclidean kNN of the whitened points: L = chol(precision), z = (μ − m) L
+    whiten = np.linalg.cholesky(ref.precision)
+    z = (queries - ref.mean) @ whiten
+    zp = (ref.points - ref.mean) @ whiten
+    dist = np.sqrt(((z[:, None, :] - zp[None, :, :]) ** 2).sum(axis=2))
+    np.testing.assert_allclose(white, np.sort(dist, axis=1)[:, :KNN_K].mean(axis=1), rtol=1e-4)
+
+
 def test_a_latent_dimension_the_model_does_not_use_stays_finite() -> None:
     mu = np.zeros((100, 3))
     mu[:, 0] = np.random.default_rng(2).normal(size=100)  # dims 1 and 2 collapsed to 0

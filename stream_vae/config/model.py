@@ -68,10 +68,13 @@ class ScoringSettings(BaseModel):
     recon_mode: Literal["window", "last"] = "window"
     # The latent term: KL to the prior, −log N(μ; 0, I), or how far μ lies from the posterior
     # means of the normal training windows (one Gaussian: "aggregate"; its nearest neighbours:
-    # "knn"), stored with the model; or, sampling latent_samples codes per window (the torch
-    # backend only, latent_samples decoder passes each), the reconstruction probability
-    # "recon_prob" or the importance-weighted −log p(x) "iwae" (see docs/scoring.md).
-    latent_mode: Literal["kl", "prior_nll", "aggregate", "knn", "recon_prob", "iwae"] = "kl"
+    # "knn", or "knn_whitened" under that Gaussian's metric), stored with the model; or,
+    # sampling latent_samples codes per window (the torch backend only, latent_samples decoder
+    # passes each), the reconstruction probability "recon_prob" or the importance-weighted
+    # −log p(x) "iwae" (see docs/scoring.md).
+    latent_mode: Literal[
+        "kl", "prior_nll", "aggregate", "knn", "knn_whitened", "recon_prob", "iwae"
+    ] = "kl"
     latent_samples: int = Field(16, ge=1, le=1024)
     # A third component, PCA's view of the same scaled window: its residual off the subspace
     # that explains this share of the normal windows' variance; 0 = no linear component.

@@ -380,7 +380,7 @@ DEFAULT_DETECTORS = tuple(
     d for d in DETECTORS if d not in ("stream-vae-retrain", "stream-vae-modes")
 )
 # The latent modes `stream-vae-modes` scores (iwae only for a model with the Gaussian head).
-LATENT_MODES = ("kl", "aggregate", "knn", "recon_prob", "iwae")
+LATENT_MODES = ("kl", "aggregate", "knn", "knn_whitened", "recon_prob", "iwae")
 
 
 def run_detector(

@@ -22,7 +22,7 @@ from threadpoolctl import ThreadpoolController
 from ..core.scaler import Scaler
 from ..errors import check_shape
 from ..scoring.hybrid import ScoreParts
-from ..scoring.reference import ScoreReference
+from ..scoring.reference import REFERENCE_MODES, ScoreReference
 from .backends import Backend, Outputs, TorchBackend
 from .sampled import SAMPLED_MODES, sampled_term
 from .vae import kl_per_dim, log_mixture, point_error
@@ -43,7 +43,7 @@ MAX_BATCH = 4096
 MAX_SCALED = 1e6
 
 
-LatentMode = Literal["kl", "prior_nll", "aggregate", "knn", "recon_prob", "iwae"]
+LatentMode = Literal["kl", "prior_nll", "aggregate", "knn", "knn_whitened", "recon_prob", "iwae"]
 
 
 @cache
@@ -60,7 +60,7 @@ def _one_blas_thread(
     scorer ran at 0.27-0.28 of the default scorer's rate at batch 256, and at 0.78-1.05 with
     one BLAS thread (``bench/core.py``, docs/results.md). Their products are small; one thread
     does them. (The limit is process-wide while it holds: only the scoring thread sets it.)"""
-    if reference is None or (reference.linear is None and latent_mode not in ("aggregate", "knn")):
+    if reference is None or (reference.linear is None and latent_mode not in REFERENCE_MODES):
         return nullcontext()
     limit: AbstractContextManager[Any] = _blas().limit(limits=1, user_api="blas")
     return limit
@@ -80,7 +80,7 @@ def score_parts(
     ``recon_mode="window"`` averages the error over the window's points (it sees shape changes,
     not just the newest point); ``"last"`` uses the newest point only. With a Gaussian decoder
     the error is the per-point negative log-likelihood (without its constant). ``"aggregate"``
-    and ``"knn"`` need ``reference.latent``; the sampled modes need the model itself
+    and the kNN modes need ``reference.latent``; the sampled modes need the model itself
     (:class:`Detector` adds them); ``n_values`` is the number of data channels (the
     rest are context, left out of the linear residual).
     """
@@ -120,7 +120,10 @@ def _score_parts(
         if reference is None or reference.latent is None:
             raise ValueError(f"latent_mode {latent_mode!r} needs the model's latent reference")
         ref = reference.latent
-        latent = ref.mahalanobis(mu) if latent_mode == "aggregate" else ref.knn(mu)
+        if latent_mode == "aggregate":
+            latent = ref.mahalanobis(mu)
+        else:
+            latent = ref.knn(mu, whitened=latent_mode == "knn_whitened")
     return ScoreParts(per_feature.astype(np.float32), latent.astype(np.float32), linear)
 
 
@@ -149,9 +152,9 @@ class Detector:
         # The windows' last channels are context (the calendar: stream_vae.core.windows), input to
         # the model but not data: their reconstruction error is not scored.
         self.n_context = n_context
-        # What normal windows look like (the latent modes "aggregate"/"knn", the linear residual)
+        # What normal windows look like (the latent modes "aggregate"/"knn*", the linear residual)
         self.reference = reference
-        if latent_mode in ("aggregate", "knn") and (reference is None or reference.latent is None):
+        if latent_mode in REFERENCE_MODES and (reference is None or reference.latent is None):
             raise ValueError(f"latent_mode {latent_mode!r} needs the model's latent reference")
         self.latent_samples = latent_samples
         if latent_mode in SAMPLED_MODES and not isinstance(backend, TorchBackend):

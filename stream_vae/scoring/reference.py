@@ -5,7 +5,9 @@ that two score components are measured against.
   posterior means μ of those windows. A window's latent term is how far its μ lies from them:
   ``"aggregate"`` is the Mahalanobis distance under one Gaussian fitted to them (½·d², nats up to
   a constant), ``"knn"`` the mean distance to the nearest ``k`` of them (a nearest-neighbour
-  density estimate: normal windows form several clusters, which one Gaussian blurs into one).
+  density estimate: normal windows form several clusters, which one Gaussian blurs into one),
+  ``"knn_whitened"`` the same in the space that Gaussian whitens (the Mahalanobis metric: a
+  latent dimension counts by how much it varies across normal windows, not by its raw scale).
   The KL of q(z|x) to N(0, I) says how far a window is from the prior; these say how far it is
   from normal.
 * :class:`LinearReference` — the principal subspace of the normal scaled windows (flattened,
@@ -32,7 +34,7 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +44,7 @@ from ..errors import check_shape
 __all__ = [
     "FLAT_POINTS",
     "KNN_K",
+    "REFERENCE_MODES",
     "LatentReference",
     "LinearReference",
     "PriorReference",
@@ -53,6 +56,8 @@ __all__ = [
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
+# The latent modes measured against the normal windows' μ (they need ``LatentReference``).
+REFERENCE_MODES = ("aggregate", "knn", "knn_whitened")
 # Neighbours averaged by the kNN latent term: few enough to follow a small cluster of normal
 # windows, enough that one odd training window does not make its neighbourhood look normal.
 KNN_K = 10
@@ -80,6 +85,14 @@ class LatentReference:
     mean: F64  # (k,)
     precision: F64  # (k, k)
     points: F32  # (m, k) reference μ for the kNN term
+    # derived, not stored: the whitening map L (precision = L·Lᵀ) and the points through it
+    _whiten: F32 = field(init=False, repr=False, compare=False)
+    _white: F32 = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        whiten = np.linalg.cholesky(self.precision).astype(np.float32)
+        object.__setattr__(self, "_whiten", whiten)
+        object.__setattr__(self, "_white", (self.points - self.mean.astype(np.float32)) @ whiten)
 
     @classmethod
     def fit(cls, mu: npt.ArrayLike, rng: np.random.Generator) -> LatentReference:
@@ -97,10 +110,14 @@ class LatentReference:
         d = np.asarray(mu, dtype=np.float64) - self.mean
         return 0.5 * np.einsum("ij,jk,ik->i", d, self.precision, d)  # type: ignore[no-any-return]
 
-    def knn(self, mu: npt.ArrayLike, k: int = KNN_K) -> F64:
-        """Mean Euclidean distance of each μ (n, k) to its ``k`` nearest reference points: (n,)."""
+    def knn(self, mu: npt.ArrayLike, k: int = KNN_K, *, whitened: bool = False) -> F64:
+        """Mean Euclidean distance of each μ (n, k) to its ``k`` nearest reference points: (n,);
+        ``whitened``: in the space where the normal μ have unit covariance."""
         q = np.asarray(mu, dtype=np.float32)
         ref = self.points
+        if whitened:
+            q = (q - self.mean.astype(np.float32)) @ self._whiten
+            ref = self._white
         k = min(k, len(ref))
         ref_sq = (ref * ref).sum(axis=1)  # (m,)
         out = np.empty(len(q), dtype=np.float64)

@@ -29,7 +29,7 @@ from ..core.scaler import Scaler
 from ..errors import ArtifactError
 from ..model.vae import LSTMVAE, VAEConfig
 from ..scoring.hybrid import HybridScore
-from ..scoring.reference import ScoreReference
+from ..scoring.reference import REFERENCE_MODES, ScoreReference
 from ..scoring.threshold import Calibration
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Artifact"]
@@ -207,7 +207,7 @@ class Artifact:
 
 
 def _check_reference(spec: ModelSpec, ref: ScoreReference, hybrid: HybridScore) -> None:
-    if spec.scoring.latent_mode in ("aggregate", "knn") and ref.latent is None:
+    if spec.scoring.latent_mode in REFERENCE_MODES and ref.latent is None:
         raise ValueError(f"latent_mode {spec.scoring.latent_mode} without a latent reference")
     if hybrid.has_linear != (ref.linear is not None):
         raise ValueError("the score's linear component and the linear reference disagree")

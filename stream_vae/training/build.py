@@ -31,6 +31,7 @@ from ..scoring.ema import SeriesEMA
 from ..scoring.hybrid import HybridScore, ScoreParts, Weights
 from ..scoring.reference import (
     MAX_LINEAR_ROWS,
+    REFERENCE_MODES,
     LatentReference,
     LinearReference,
     PriorReference,
@@ -353,10 +354,10 @@ def _trim(
 def _fit_reference(
     backend: TorchBackend, scaler: Scaler, settings: Settings, train_windows: np.ndarray
 ) -> ScoreReference:
-    """What the latent modes ``aggregate``/``knn`` and the linear residual measure against:
+    """What the latent modes ``aggregate``/``knn*`` and the linear residual measure against:
     the posterior means and the principal subspace of (a sample of) the training windows."""
     s, win = settings.scoring, settings.window
-    need_latent = s.latent_mode in ("aggregate", "knn")
+    need_latent = s.latent_mode in REFERENCE_MODES
     prior = None
     comps = backend.model.prior_components()
     if comps is not None:
