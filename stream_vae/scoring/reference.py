@@ -160,10 +160,14 @@ class LinearReference:
     def residual(self, x: npt.ArrayLike) -> F64:
         """Mean squared residual of each row of ``x`` (n, D) off the subspace: (n,)."""
         c = np.asarray(x, dtype=np.float32) - self.centre
-        r = (c @ self.basis.T) @ self.basis  # the projection, then the residual's squares in it
-        np.subtract(c, r, out=r)
-        np.square(r, out=r)
-        return r.sum(axis=1, dtype=np.float64) / r.shape[1]  # type: ignore[no-any-return]
+        # The basis is orthonormal: |c − Bᵀ·B·c|² = |c|² − |B·c|². One product instead of two,
+        # and no (n, D) projection (9 against 13.5 µs a window at W·d = 512, 460 components).
+        # The difference loses float32's relative precision (~1e-6) of |c|², far below what a
+        # residual must be to matter against the validation windows' own.
+        inside = c @ self.basis.T  # (n, r)
+        total = np.einsum("ij,ij->i", c, c, dtype=np.float64)
+        kept = np.einsum("ij,ij->i", inside, inside, dtype=np.float64)
+        return np.maximum(total - kept, 0.0) / c.shape[1]  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
