@@ -85,12 +85,16 @@ class LatentReference:
     mean: F64  # (k,)
     precision: F64  # (k, k)
     points: F32  # (m, k) reference μ for the kNN term
-    # derived, not stored: the whitening map L (precision = L·Lᵀ) and the points through it
+    # derived, not stored: a whitening map L (precision = L·Lᵀ) and the points through it
     _whiten: F32 = field(init=False, repr=False, compare=False)
     _white: F32 = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        whiten = np.linalg.cholesky(self.precision).astype(np.float32)
+        # From the eigendecomposition, not a Cholesky factor: any L with L·Lᵀ = precision gives
+        # the same distances, and this one cannot fail on a stored precision that rounding left
+        # a hair short of positive definite (a model must load whatever its latent mode).
+        values, vectors = np.linalg.eigh(self.precision)
+        whiten = (vectors * np.sqrt(np.maximum(values, 0.0))).astype(np.float32)
         object.__setattr__(self, "_whiten", whiten)
         object.__setattr__(self, "_white", (self.points - self.mean.astype(np.float32)) @ whiten)
 
