@@ -27,14 +27,11 @@ demo: $(VENV)/.installed
 # Lint and types are part of the test command, so CI keeps them clean too; so is the wheel,
 # installed into a fresh venv and run as a user would (tests/wheel_smoke.sh, ~1 min).
 # pytest runs on two workers of one thread each (tests/conftest.py): many tests wait on a
-# broker, so two workers finish in ~2/3 of the time on 2 cores. A worker that runs out of tests
-# takes the other's pending ones (worksteal): a few tests take 1-2 minutes each, and the run
-# ends when the last of them does. A third worker was no faster on 2 cores (559 s against
-# 596 s, within this machine's noise), and two timing tests failed under it.
+# broker, so two workers finish in ~2/3 of the time on 2 cores.
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check stream_vae tests bench
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(PY) -m pytest -q -n 2
 	STREAM_VAE_LOG__LEVEL=ERROR sh tests/wheel_smoke.sh $(PY) build/wheel-smoke
 
 lint: $(VENV)/.installed
