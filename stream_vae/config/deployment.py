@@ -308,7 +308,7 @@ class DriftSettings(BaseModel):
     # Per test. The KS test runs at every sample once the window is full, so the per-sample
     # alpha is spent ~window_size/stat_size times per independent window. 1e-4 with the
     # 2-of-3-within-100 rule below: ≤ 1 event per 100k stationary scores in every one of 100
-    # seeds (within 300 samples: 3 events in 1 seed of 100); tests/test_drift.py.
+    # seeds (within 300 samples: 3 events in 1 seed of 100); tests/test_drift.py checks 25k.
     alpha: float = Field(1e-4, gt=0, lt=1)
     window_size: int = Field(100, ge=4, le=100_000)
     stat_size: int = Field(30, ge=2)
