@@ -71,6 +71,8 @@ def test_every_fault_kind_loses_no_alert_and_accounts_every_offset(
     assert set(report["dead_letters"]["by_reason"]) == reasons, summary
     assert all(n >= n_bursts for n in report["dead_letters"]["by_reason"].values())
     assert report["dead_letters"]["unexpected"] == 0
-    # (3) memory: sampled in both thirds of the stream for the two replicas kept running
-    for slot in ("0", "1"):
-        assert {"first_third_max", "last_third_max"} <= set(report["rss_mib"][slot]), summary
+    # (3) memory, per process: the short form kills one replica once, so of the two that start
+    # with the stream, one lives through it and is sampled in both thirds (the check itself is
+    # in report["failures"]; a slot's restarted process starts afresh and is not compared)
+    spanned = {p for p, v in report["rss_mib"].items() if "last_third_max" in v}
+    assert spanned & {"replica0-0", "replica1-0"}, summary
