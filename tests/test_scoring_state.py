@@ -89,6 +89,27 @@ def test_ema_batched_equals_one_by_one_bitwise_on_a_wide_batch() -> None:
     np.testing.assert_allclose(whole, expected, rtol=1e-12)
 
 
+def test_ema_a_batch_of_distinct_held_series_equals_one_by_one() -> None:
+    """The one-round path (every row a held series, none repeated: a fleet's usual batch) and
+    the batches it must leave to the general path (a new series, a repeated one)."""
+    rng = np.random.default_rng(4)
+    names = [f"s{i}" for i in range(50)]
+    batches = [
+        names,  # all new: the general path allocates them
+        names[::-1],  # all held, distinct
+        names[:30],  # a subset
+        [*names[:20], "new"],  # one new series among held ones
+        [*names[:20], names[3]],  # a repeat
+        names,
+    ]
+    batched, ref = SeriesEMA(0.6), SeriesEMA(0.6)
+    for keys in batches:
+        x = rng.gamma(1.0, 2.0, size=len(keys))
+        got = batched.update(keys, x)
+        one_by_one = [ref.update([k], x[i : i + 1])[0] for i, k in enumerate(keys)]
+        assert got.tolist() == one_by_one
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     keys=st.lists(st.integers(0, 39), min_size=0, max_size=150),

@@ -459,19 +459,19 @@ def _state(store: WindowStore) -> dict[str, object]:
     return out
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {},
-        {"max_gap_s": 2.5},
-        {"max_gap_s": 2.5, "gap_policy": "ffill", "max_fill": 3},
-        {"max_series": 6},
-        {"calendar": ("day",)},
-        {"stride": 3},
-        {"stride": 7, "max_series": 6},
-        {"stride": 2, "max_gap_s": 2.5, "gap_policy": "ffill", "max_fill": 3},
-    ],
-)
+STORES = [
+    {},
+    {"max_gap_s": 2.5},
+    {"max_gap_s": 2.5, "gap_policy": "ffill", "max_fill": 3},
+    {"max_series": 6},
+    {"calendar": ("day",)},
+    {"stride": 3},
+    {"stride": 7, "max_series": 6},
+    {"stride": 2, "max_gap_s": 2.5, "gap_policy": "ffill", "max_fill": 3},
+]
+
+
+@pytest.mark.parametrize("kwargs", STORES)
 def test_a_batch_pushed_at_once_matches_its_records_pushed_one_by_one(kwargs: dict) -> None:
     """The vectorised path of push_many (big batches, any stride) against the per-record loop,
     on interleaved series with new series, single-record runs, and batches it must hand back
@@ -493,6 +493,36 @@ def test_a_batch_pushed_at_once_matches_its_records_pushed_one_by_one(kwargs: di
         batch = RecordBatch(tuple(keys), np.array(ts), vals)
         got = fast.push_many(batch)
         ref = [slow.push_many(batch.slice(i, i + 1)) for i in range(n)]
+        assert got.keys == tuple(k for r in ref for k in r.keys)
+        np.testing.assert_array_equal(got.ts, np.concatenate([r.ts for r in ref]))
+        np.testing.assert_array_equal(got.values, np.concatenate([r.values for r in ref]))
+        assert _state(fast) == _state(slow), b
+
+
+@pytest.mark.parametrize("kwargs", [*STORES, {"max_series": 60}])
+def test_a_batch_of_one_record_per_series_matches_its_records_pushed_one_by_one(
+    kwargs: dict,
+) -> None:
+    """A fleet's usual batch at scale: each record the only one of its series (the path that
+    writes into the rings in place), with series joining, late records and gaps that send a
+    batch back to the other paths."""
+    rng = np.random.default_rng(11)
+    fast, slow = WindowStore(5, 2, **kwargs), WindowStore(5, 2, **kwargs)
+    names = [f"s{i}" for i in range(50)]
+    t = dict.fromkeys(names, 0.0)
+    for b in range(40):
+        live = names[: 36 + 2 * (b // 6)]  # a few series join every sixth batch
+        keys = [live[int(j)] for j in rng.permutation(len(live))[: int(rng.integers(32, 37))]]
+        ts = []
+        for k in keys:
+            t[k] += float(rng.choice([1.0, 1.0, 1.0, 2.0, 4.0] if b % 5 == 4 else [1.0, 2.0]))
+            ts.append(t[k])
+        if b % 7 == 6:
+            ts[len(ts) // 2] -= 50.0  # a late record
+        vals = rng.normal(size=(len(keys), 2)).astype(np.float32)
+        batch = RecordBatch(tuple(keys), np.array(ts), vals)
+        got = fast.push_many(batch)
+        ref = [slow.push_many(batch.slice(i, i + 1)) for i in range(len(keys))]
         assert got.keys == tuple(k for r in ref for k in r.keys)
         np.testing.assert_array_equal(got.ts, np.concatenate([r.ts for r in ref]))
         np.testing.assert_array_equal(got.values, np.concatenate([r.values for r in ref]))

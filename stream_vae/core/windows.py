@@ -248,6 +248,8 @@ class WindowStore:
         n_new = int(is_new.sum())
         if n_new and self.max_series is not None and len(known) + n_new > self.max_series:
             return None
+        if not n_new and len(names) == len(sids):
+            return self._push_singles(sids, ts, values)
         group = {s: g for g, s in enumerate(names)}
         rec_group = np.fromiter((group[s] for s in sids), np.int64, len(sids))  # (n,)
         order = np.argsort(rec_group, kind="stable")  # by series, then arrival
@@ -276,6 +278,41 @@ class WindowStore:
         self._counts["points"] += len(sids)
         self._counts["windows"] += len(keys)
         return ReadyWindows(keys, ts[rows], out[0])
+
+    def _push_singles(self, sids: tuple[str, ...], ts: F64, values: F32) -> ReadyWindows | None:
+        """:meth:`_push_runs` when each record is the only one of its series and every series
+        is held (a fleet's batch smaller than the fleet, at scale the usual case): each point is
+        written into its ring in place and each window read from the ring once, rather than
+        the rings laid out again with the new rows. None, having changed nothing, when a record
+        needs the one-at-a-time path (late, or after a gap)."""
+        w, n = self.window, len(sids)
+        slot = np.fromiter(map(self._slots.__getitem__, sids), np.int64, n)  # (n,)
+        step = ts - self._last_ts[slot]  # (n,) NaN or ≤ 0: late
+        ok = step > 0
+        if self.max_gap_s is not None:
+            ok &= ~(step > self.max_gap_s)
+        if not ok.all():
+            return None
+        head = self._head[slot]
+        self._pool[slot, head] = values  # as _append: the point goes where the head is
+        head = (head + 1) % w
+        self._head[slot] = head
+        count = np.minimum(self._count[slot] + 1, w)
+        self._count[slot] = count
+        self._last_ts[slot] = ts
+        self._last_step[slot] = step
+        since = self._since[slot] + 1
+        ready = (count >= w) & (since >= self.stride)  # (n,)
+        self._since[slot] = np.where(ready, 0, since)
+        rows = np.flatnonzero(ready)
+        # each ring oldest first: it starts at the head (the next write's place)
+        windows = self._pool[slot[rows, None], (head[rows, None] + self._ar) % w]  # (r, W, c)
+        for sid in sids:  # least recently updated first: in arrival order
+            self._slots.move_to_end(sid)
+        keys = sids if len(rows) == n else tuple(sids[i] for i in rows.tolist())
+        self._counts["points"] += n
+        self._counts["windows"] += len(keys)
+        return ReadyWindows(keys, ts[rows], windows)
 
     def _runs_windows(
         self, slot: I64, starts: I64, order: I64, values: F32

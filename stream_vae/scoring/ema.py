@@ -100,6 +100,13 @@ class SeriesEMA:
                 f"SeriesEMA.update: {int((~np.isfinite(xs)).sum())} non-finite scores "
                 "(a NaN or inf would stick in the series' state)"
             )
+        if len(keys) >= _MIN_VECTOR_KEYS:
+            known = self._known_distinct(keys)
+            if known is not None:  # one round: every row is its series' only one in the batch
+                prev, c = self._value[known], 1.0 - self.beta
+                new = np.where(np.isnan(prev), xs, self.beta * prev + c * xs)
+                self._value[known] = new
+                return new
         rows_of: dict[str, list[int]] = {}
         for i, k in enumerate(keys):
             rows_of.setdefault(k, []).append(i)
@@ -142,6 +149,16 @@ class SeriesEMA:
                 p = xi if math.isnan(p) else b * p + c * xi
                 out[i] = p
             self._value[s] = p
+
+    def _known_distinct(self, keys: Sequence[str]) -> npt.NDArray[np.intp] | None:
+        """The slots of ``keys`` when each is a held series and none repeats (a fleet's batch
+        smaller than the fleet, at scale the usual case), else None: the per-key grouping of
+        :meth:`update` is then not needed."""
+        try:
+            slots = np.fromiter(map(self._slot.__getitem__, keys), np.intp, len(keys))
+        except KeyError:  # a series not seen yet: the general path allocates its slot
+            return None
+        return slots if len(set(keys)) == len(keys) else None
 
     def _slot_of(self, key: str) -> int:
         s = self._slot.get(key)
