@@ -7,8 +7,6 @@ PY := $(VENV)/bin/python
 # index where that one is unreachable). For a GPU machine, a CUDA index:
 #   make TORCH_INDEX=https://download.pytorch.org/whl/cu126 demo
 # (TORCH_INDEX= : the default index's build); another version: TORCH_SPEC='torch>=2.4'.
-# --no-compile: pip does not byte-compile every module of every package (a minute of CPU on 2
-# cores); Python compiles the ones a run imports, once, into the venv.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
@@ -17,8 +15,8 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "stream-vae needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
-	TORCH_SPEC='$(TORCH_SPEC)' TORCH_INDEX='$(TORCH_INDEX)' sh deploy/install-torch.sh $(PY) --no-compile
-	$(PY) -m pip install -q --no-compile -e ".[dev]"
+	TORCH_SPEC='$(TORCH_SPEC)' TORCH_INDEX='$(TORCH_INDEX)' sh deploy/install-torch.sh $(PY)
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 # Detection on a fleet with injected faults, then the model lifecycle (drift -> retrain -> swap).

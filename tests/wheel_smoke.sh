@@ -14,9 +14,8 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$dir/dist" "$root"
 "$py" -m venv "$dir/venv"
-# --no-compile: only what the run imports is byte-compiled (as the Makefile's venv)
-sh "$root/deploy/install-torch.sh" "$dir/venv/bin/python" --no-compile >/dev/null
-"$dir/venv/bin/python" -m pip install -qq --no-compile "$dir"/dist/stream_vae-*.whl
+sh "$root/deploy/install-torch.sh" "$dir/venv/bin/python" >/dev/null
+"$dir/venv/bin/python" -m pip install -qq "$dir"/dist/stream_vae-*.whl
 cd "$dir"  # not the repository: only the installed package can be imported
 sv="$dir/venv/bin/stream-vae"
 version=$("$sv" --version)
