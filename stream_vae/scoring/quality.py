@@ -139,13 +139,14 @@ class QualityMonitor:
 
         Unlike the other mutators this one returns a value: the events.
         """
-        w = np.asarray(windows, dtype=np.float64)
+        w = np.asarray(windows)
         n, d = len(keys), self.n_features
         check_shape("QualityMonitor.update windows", w.shape, (n, None, None))
         if w.shape[2] < d:
             raise ValueError(f"QualityMonitor.update: {w.shape[2]} channels for {d} features")
         t = np.asarray(ts, dtype=np.float64)
-        v = w[:, :, :d]  # (n, W, d)
+        # both checks read the newest FLAT_POINTS points only: convert those, not the window
+        v = w[:, -FLAT_POINTS:, :d].astype(np.float64)  # (n, ≤ FLAT_POINTS, d)
         events: list[QualityEvent] = []
         if "flatline" in self.kinds:
             events += self._flatline(keys, t, v)
@@ -154,7 +155,7 @@ class QualityMonitor:
         return sorted(events, key=lambda e: e.row)
 
     def _flatline(self, keys: Sequence[str], t: F64, v: F64) -> list[QualityEvent]:
-        std = v[:, -FLAT_POINTS:, :].std(axis=1)  # (n, d)
+        std = v.std(axis=1)  # (n, d)
         moves = self._typical > 0
         with np.errstate(divide="ignore", invalid="ignore"):
             flatness = np.where(moves, self._typical / std, 0.0)  # (n, d): × flatter; inf: frozen
