@@ -27,11 +27,13 @@ demo: $(VENV)/.installed
 # Lint and types are part of the test command, so CI keeps them clean too; so is the wheel,
 # installed into a fresh venv and run as a user would (tests/wheel_smoke.sh, ~1 min).
 # pytest runs on two workers of one thread each (tests/conftest.py): many tests wait on a
-# broker, so two workers finish in ~2/3 of the time on 2 cores.
+# broker, so two workers finish in ~2/3 of the time on 2 cores. worksteal: a worker that runs
+# out takes tests queued for the other (with the default, one worker sat idle for the last
+# ~60 s of a ~600 s suite while the other worked through its queue).
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check stream_vae tests bench
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 	STREAM_VAE_LOG__LEVEL=ERROR sh tests/wheel_smoke.sh $(PY) build/wheel-smoke
 
 lint: $(VENV)/.installed
