@@ -11,6 +11,9 @@ core in the same run.
    the medians are reported;
 3. half load: a producer sends at half the saturated rate for --seconds; per-record latency is
    Kafka append time → the record's batch published, acknowledged and committed; p50/p99.
+   ``--breakdown`` splits it into three stages: append → the batch fetched and decoded, fetched →
+   its step begins (the batch before it still in its step), the step itself (windows, forward
+   pass, scores, publish, commit).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from stream_vae.runtime.live import build_scorer
 from stream_vae.service import Service, SourceBatch
 from stream_vae.service.kafka import ensure_topics
 from stream_vae.service.replay import replay
+from stream_vae.service.source import KafkaSource
 from stream_vae.storage.tabular import Table
 from stream_vae.training.build import train_artifact
 
@@ -70,6 +74,50 @@ async def _produce(settings, topic: str, batch: RecordBatch, names, rate: float 
         create_topic=False,
         chunk=2000 if rate is None else 50,
     )
+
+
+class _Stages:
+    """``--breakdown``: when each batch was fetched and when its step began, by wrapping the
+    source's ``next_batch`` and the service's ``_step`` (a bench's view, not the service's)."""
+
+    def __init__(self, service: Service) -> None:
+        self.fetched: dict[int, float] = {}
+        self.started: dict[int, float] = {}
+        self.rows: list[tuple[np.ndarray, float, float, float]] = []
+        next_batch, step = KafkaSource.next_batch, service._step
+
+        async def timed_next_batch(source: KafkaSource) -> SourceBatch:
+            batch = await next_batch(source)
+            self.fetched[id(batch)] = time.time()
+            return batch
+
+        async def timed_step(consumer: Any, batch: SourceBatch) -> None:
+            self.started[id(batch)] = time.time()
+            await step(consumer, batch)
+
+        KafkaSource.next_batch = timed_next_batch  # type: ignore[method-assign]
+        service._step = timed_step  # type: ignore[method-assign]
+
+    def observe(self, batch: SourceBatch, done: float) -> None:
+        key = id(batch)
+        self.rows.append((batch.append_ts, self.fetched[key], self.started[key], done))
+
+    def report(self) -> dict[str, tuple[float, float]]:
+        append = np.concatenate([a for a, *_ in self.rows])
+        fetched, started, done = (
+            np.concatenate([np.full(len(r[0]), r[i]) for r in self.rows]) for i in (1, 2, 3)
+        )
+        stages = {
+            "append → fetched and decoded": fetched - append,
+            "fetched → its step begins": started - fetched,
+            "the step (windows, forward pass, scores, publish, commit)": done - started,
+        }
+        out = {k: (float(np.median(v)), float(np.percentile(v, 99))) for k, v in stages.items()}
+        out["records per batch (median, batches)"] = (
+            float(np.median([len(a) for a, *_ in self.rows])),
+            float(len(self.rows)),
+        )
+        return out
 
 
 async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
@@ -123,6 +171,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     half_batch = batch_of(half)
     gc.freeze()  # as `stream-vae run` does before its service starts
     service = Service(settings, art)
+    stages = _Stages(service) if args.breakdown else None
     samples: list[tuple[float, int]] = []
     latencies: list[np.ndarray] = []
     measuring = [False]
@@ -131,6 +180,8 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         samples.append((done, service.accounting()["windows"]))
         if measuring[0] and len(batch.append_ts):
             latencies.append(done - batch.append_ts)
+            if stages is not None:
+                stages.observe(batch, done)
 
     service.batch_observers.append(observe)
     stop = asyncio.Event()
@@ -168,6 +219,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         "n_lat": float(len(lat)),
         "sat_windows": float(sat_windows),
         "ratios": [s / c for s, c in zip(sats, cores, strict=True)],
+        "stages": stages.report() if stages is not None else {},
     }
 
 
@@ -182,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=int, default=50, help="service.max_wait_ms")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="core/saturation pairs")
+    p.add_argument("--breakdown", action="store_true", help="half-load latency by stage")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with EmbeddedBroker() as broker:
@@ -202,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| latency p50 / p99 at half load, ms ({r['n_lat']:,.0f} records) | "
         f"{r['p50'] * 1000:.0f} / {r['p99'] * 1000:.0f} |"
     )
+    for stage, (a, b) in r["stages"].items():
+        if stage.startswith("records"):
+            print(f"| half load: {stage} | {a:,.0f} ({b:,.0f} batches) |")
+        else:
+            print(f"| half load: {stage}, p50 / p99 ms | {a * 1000:.0f} / {b * 1000:.0f} |")
     return 0
 
 
