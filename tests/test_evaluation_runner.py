@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 
 from stream_vae import _json
 from stream_vae.cli.main import main
+from stream_vae.config import load_settings
 from stream_vae.demo.synthetic import generate_fleet
-from stream_vae.evaluation.datasets import read_labelled_csv, read_smd
+from stream_vae.evaluation.datasets import LabelledSeries, read_labelled_csv, read_smd
+from stream_vae.evaluation.detectors import run_detector
 
 from .conftest import TINY_TOML
 
@@ -117,3 +120,27 @@ def test_evaluate_the_latent_modes_in_one_command(smd_dir: Path, tmp_path: Path)
         assert row["roc_auc"] > 0.6, (m, row["roc_auc"])
     assert report["vae-latent-knn"] != report["vae-latent-aggregate"]
     assert report["vae-latent-knn_whitened"] != report["vae-latent-knn"]
+
+
+def test_the_dspot_row_covers_a_series_too_short_for_a_streaming_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A short NAB file holds out 2-3 windows, too few to fit a streaming-threshold start. The
+    other-threshold row (``stream-vae-dspot`` beside a static product) keeps the calibrated
+    threshold for it instead of leaving it out: NAB scores a detector only on every file, and a
+    full NAB run used to fail at its end on one such file."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_TOML)
+    t = np.arange(285.0)
+    x = np.sin(t / 5.0)[:, None]
+    x[250] += 4.0  # one spike in the test part
+    labels = np.zeros(200, bool)
+    labels[163:170] = True
+    series = LabelledSeries("short", x[:85], x[85:], labels)
+    with caplog.at_level(logging.WARNING, logger="stream_vae.evaluation.detectors"):
+        out = run_detector("stream-vae", series, load_settings(cfg), 0)
+    assert "the dspot row keeps the calibrated threshold" in caplog.text
+    dspot, ours = out["stream-vae-dspot"], out["stream-vae"]
+    assert dspot.predictions is not None and dspot.predictions.shape == (200,)
+    assert np.array_equal(dspot.scores, ours.scores)
+    assert dspot.predictions[163:175].any()  # the spike alerts at the calibrated threshold

@@ -227,7 +227,9 @@ def _other_threshold(
 ) -> dict[str, Output]:
     """The product as it alerts under the other threshold mode (``stream-vae-dspot`` when the
     settings say ``static``, and the reverse): the same smoothed scores, its own thresholds and
-    episodes. Empty for a model with no streaming-threshold start."""
+    episodes. A model with no streaming-threshold start (too few held-out windows: a short NAB
+    file) keeps its calibrated threshold in the ``dspot`` row, logged, so that the row covers
+    every series (NAB scores a detector only on every file)."""
     mode = "dspot" if settings.alerts.threshold_mode == "static" else "static"
     a = settings.alerts.model_copy(update={"threshold_mode": mode})
     t, s = np.concatenate(ts), np.concatenate(smoothed)
@@ -236,8 +238,8 @@ def _other_threshold(
     if mode == "dspot":
         try:
             thr = streaming_threshold(art, a).update(keys, s)
-        except ArtifactError:  # too few held-out windows for a streaming start
-            return {}
+        except ArtifactError as why:
+            log.warning("%s: the dspot row keeps the calibrated threshold: %s", series.name, why)
     gate = novelty_history(a)
     may_open = None if gate is None else gate.update(keys, s) >= a.novelty_gate
     episodes = _Episodes(series, a.top_k)

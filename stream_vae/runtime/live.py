@@ -296,8 +296,8 @@ def streaming_threshold(artifact: Artifact, alerts: AlertSettings) -> StreamingT
         # an ArtifactError: a hot swap to such a model is refused (and logged), not a crash
         raise ArtifactError(
             f"model {artifact.version} has no streaming-threshold start in its calibration "
-            "(it was trained before alerts.threshold_mode existed): retrain it, or set "
-            "alerts.threshold_mode = 'static'"
+            "(it was trained before alerts.threshold_mode existed, or had too few held-out "
+            "windows to fit one): retrain it, or set alerts.threshold_mode = 'static'"
         )
     tail = artifact.calibration.target_fpr * alerts.threshold_tail_factor
     if tail >= 0.5:  # as above: a swap to such a model is refused, the service goes on
