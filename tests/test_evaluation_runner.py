@@ -143,4 +143,6 @@ def test_the_dspot_row_covers_a_series_too_short_for_a_streaming_start(
     dspot, ours = out["stream-vae-dspot"], out["stream-vae"]
     assert dspot.predictions is not None and dspot.predictions.shape == (200,)
     assert np.array_equal(dspot.scores, ours.scores)
+    assert dspot.novelty is not None and ours.novelty is not None  # what NAB's sweep scores
+    assert np.array_equal(dspot.novelty, ours.novelty)
     assert dspot.predictions[163:175].any()  # the spike alerts at the calibrated threshold

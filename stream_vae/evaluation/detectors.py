@@ -202,15 +202,18 @@ def score_product(series: LabelledSeries, art: Artifact, settings: Settings) -> 
     linear = (
         {"vae-linear": Output(_ema(_fill(cols["linear"]), beta))} if art.hybrid.has_linear else {}
     )
+    novelty_rows = np.nan_to_num(cols["novelty"])
     return {
         "stream-vae": Output(
             _fill(cols["smoothed"]),
             episodes.predictions,
             episodes.top,
             art.calibration.threshold,
-            np.nan_to_num(cols["novelty"]),
+            novelty_rows,
         ),
-        **_other_threshold(series, art, settings, stream_ts, stream_smoothed, stream_settled),
+        **_other_threshold(
+            series, art, settings, stream_ts, stream_smoothed, stream_settled, novelty_rows
+        ),
         "vae-recon": Output(_ema(_fill(cols["recon"]), beta)),
         "vae-latent": Output(_ema(_fill(cols["latent"]), beta)),
         **linear,
@@ -224,12 +227,14 @@ def _other_threshold(
     ts: list[F64],
     smoothed: list[F64],
     settled: list[npt.NDArray[np.bool_]],
+    novelty: F64,
 ) -> dict[str, Output]:
     """The product as it alerts under the other threshold mode (``stream-vae-dspot`` when the
-    settings say ``static``, and the reverse): the same smoothed scores, its own thresholds and
-    episodes. A model with no streaming-threshold start (too few held-out windows: a short NAB
-    file) keeps its calibrated threshold in the ``dspot`` row, logged, so that the row covers
-    every series (NAB scores a detector only on every file)."""
+    settings say ``static``, and the reverse): the same smoothed scores and per-row novelty
+    (so its swept NAB score is the product's), its own thresholds and episodes. A model with
+    no streaming-threshold start (too few held-out windows: a short NAB file) keeps its
+    calibrated threshold in the ``dspot`` row, logged, so that the row covers every series
+    (NAB scores a detector only on every file)."""
     mode = "dspot" if settings.alerts.threshold_mode == "static" else "static"
     a = settings.alerts.model_copy(update={"threshold_mode": mode})
     t, s = np.concatenate(ts), np.concatenate(smoothed)
@@ -251,7 +256,7 @@ def _other_threshold(
     scores = np.full(len(series.test), np.nan)
     scores[series.test_rows(t)] = s
     scores = _newly_covered(scores, art.spec.window.stride)
-    return {f"stream-vae-{mode}": Output(_fill(scores), episodes.predictions)}
+    return {f"stream-vae-{mode}": Output(_fill(scores), episodes.predictions, novelty=novelty)}
 
 
 def _stream_vae_retrain(series: LabelledSeries, settings: Settings, seed: int) -> dict[str, Output]:
