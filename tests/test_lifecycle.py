@@ -395,7 +395,7 @@ def test_a_version_with_other_inputs_is_refused_once_and_not_reloaded(
         spec = tiny.artifact.spec.model_copy(update={"window": window})
         other = replace(tiny.artifact, spec=spec, version="v-with-calendar")
     service.lifecycle._swap = Swap(other, build_detector(other, DetectorOptions(device="cpu")))
-    assert service._swap_model() == ()
+    assert service._swap_model(service.lifecycle.take_swap()) == ()
     assert service.live.version == tiny.artifact.version
     assert service.lifecycle._refused == {other.version}
     assert [e["event"] for e in service.lifecycle.take_events()] == ["refused"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from stream_vae.service import Service
 from stream_vae.service.app import _replay_keep
 from stream_vae.service.checkpoint import Checkpoint, CheckpointStore
 from stream_vae.service.kafka import ensure_topics, make_producer
+from stream_vae.service.sink import KafkaSink
 from stream_vae.storage.tabular import read_table
 
 from .conftest import TinyModel
@@ -396,13 +398,97 @@ def test_slow_inference_pauses_fetching(broker: EmbeddedBroker, tiny: TinyModel)
         return in_flight, consumed, lag, produced
 
     in_flight, consumed, lag, produced = asyncio.run(scenario())
-    assert max(in_flight) <= 2 * batch_records  # one batch processing, one fetched ahead
+    # one batch in its tail (publish, commit), one scored, one fetched ahead
+    assert max(in_flight) <= 3 * batch_records
     assert max(in_flight) > 0
     # the rest waits in Kafka: consumption kept pace with inference (~10 batches/s)
     assert consumed < len(rows) // 2
     assert sum(lag.values()) >= len(rows) - consumed - 2 * batch_records
     # and the partitions took turns: none waited for another's backlog to drain
     assert all(0 < lag[p] < produced[p] for p in range(2)), (lag, produced)
+
+
+def test_a_batch_is_published_while_the_next_one_is_scored(
+    broker: EmbeddedBroker, tiny: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow acknowledgements (a broker far away, acks from every replica) do not hold the
+    forward pass: batch k+1 is scored while batch k waits for its acks. The tails stay one at
+    a time, in order, and a stop publishes and commits the batch scored last: every alert of a
+    full run arrives, none other, and the group committed every record."""
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        env={},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "group_id": f"g9-{tag}",
+            "input_topics": [f"in9-{tag}"],
+            "alert_topic": f"alerts9-{tag}",
+            "dead_letter_topic": f"dlq9-{tag}",
+            "topic_partitions": 2,
+        },
+        service={
+            "max_batch_records": 100,
+            "max_wait_ms": 20,
+            "device": "cpu",
+            "metrics_port": None,
+        },
+    )
+    k = settings.kafka
+    table = read_table(tiny.test_csv, feature_names=tiny.artifact.feature_names)
+    rows = list(table.batch.records())
+    publishing: list[tuple[float, float]] = []  # (start, end) of each publish, acks included
+    scoring: list[tuple[float, float]] = []  # (start, end) of each forward pass
+    real_publish = KafkaSink.publish
+
+    async def slow_publish(sink: KafkaSink, *args: Any, **kwargs: Any) -> None:
+        t0 = time.monotonic()
+        await real_publish(sink, *args, **kwargs)
+        await asyncio.sleep(0.1)  # the acknowledgements take their time
+        publishing.append((t0, time.monotonic()))
+
+    monkeypatch.setattr(KafkaSink, "publish", slow_publish)
+
+    async def scenario() -> tuple[list[object], int]:
+        await ensure_topics(k, [k.input_topics[0], k.alert_topic, k.dead_letter_topic])
+        await _send_all(k, rows, table.feature_names)
+        service = Service(settings, tiny.artifact)
+        infer = service.live.detector.infer
+
+        def timed(values: np.ndarray) -> object:
+            t0 = time.monotonic()
+            time.sleep(0.05)  # a forward pass of a real batch's length
+            try:
+                return infer(values)
+            finally:
+                scoring.append((t0, time.monotonic()))
+
+        service.live.detector.infer = timed  # type: ignore[method-assign,assignment]
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        async with asyncio.timeout(60):
+            while service.accounting()["consumed"] < len(rows):
+                await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        n_alerts = service.accounting()["alerts"]
+        alerts = await _consume(k, k.alert_topic, n_alerts) if n_alerts else []
+        return alerts, await _committed_total(k, 2)
+
+    alerts, committed = asyncio.run(scenario())
+    assert len(publishing) > 5
+    ends = sorted(publishing)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ends)), "two tails overlapped"
+    # a forward pass ran while a batch before it waited for its acks (never, before the tails)
+    during = [f for f in scoring if any(f[0] < t1 and t0 < f[1] for t0, t1 in publishing)]
+    assert len(during) >= len(publishing) // 2, (len(during), len(publishing))
+    assert committed == len(rows)  # the last batch too, though it was still in its tail
+    got = {(m["alert_id"], m["event"]) for m in (_json.loads(x.value) for x in alerts)}  # type: ignore[attr-defined]
+    expected = {
+        (a.alert_id, a.event)
+        for s in LiveModel(tiny.artifact, DetectorOptions(device="cpu")).stream(table.batch, 500)
+        for a in s.alerts
+    }
+    assert expected and got == expected, (expected - got, got - expected)
 
 
 def test_evicted_series_leave_all_state(broker: EmbeddedBroker, tiny: TinyModel) -> None:

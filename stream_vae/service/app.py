@@ -5,6 +5,10 @@ Delivery order, in one place (:meth:`Service._step`)::
     fetch → decode (bad → dead letters) → windows → forward pass (worker thread)
           → scores and alert events → produce alerts and dead letters → await acks → commit
 
+The last three are a batch's *tail* (:meth:`Service._finish`): it runs while the next batch's
+forward pass does, and one tail ends before the next begins, so alerts and commits keep the
+batches' order.
+
 Offsets are committed only after the broker acknowledged everything the records caused, so a
 crash repeats work (and alerts, with the same ``alert_id``) but never loses it. While the forward
 pass runs in the worker thread, aiokafka's fetcher keeps prefetching the next batch on the loop.
@@ -17,7 +21,7 @@ partition over (restart or rebalance) seeks back to that start and rebuilds the 
 records before the committed offset without publishing anything (``SourceBatch.replay``), then
 goes on live: the state is rebuilt exactly, and a clean restart repeats no alert.
 
-On revoke, the listener waits for the batch in flight to be published and committed, then drops
+On revoke, the listener waits for the batches in flight to be published and committed, then drops
 the state of the series on the revoked partitions; nothing is handed over between replicas, the
 Kafka log is the hand-over. A batch fetched before a rebalance and not yet processed is dropped
 (its records are delivered again from the committed offset, to us or to the new owner): its
@@ -34,6 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -52,7 +57,7 @@ from .checkpoint import Checkpoint, CheckpointStore
 from .feedback import FeedbackReader
 from .health import EventLoopLagMonitor, HealthServer
 from .kafka import ensure_topics, make_consumer, make_producer
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, Swap
 from .metrics import ServiceMetrics
 from .offsets import ReplayWatermark
 from .sink import KafkaSink
@@ -110,6 +115,8 @@ class Service:
         self._sink: KafkaSink | None = None
         self._checkpoints: CheckpointStore | None = None
         self._n_assignments = 0
+        self._tail: asyncio.Task[None] | None = None  # the batch being published and committed
+        self._records_in_flight = 0
         # One worker: forward passes are batched, and torch already uses its own threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-vae-infer")
 
@@ -246,66 +253,90 @@ class Service:
                     log.warning("broker unreachable (%s): not ready", reason)
 
     async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        """Fetch and decode batch k+1 on the loop while batch k's forward pass runs in the
-        worker thread (torch releases the GIL); batches are still processed and committed in
-        order. A batch fetched but not processed when ``stop`` is set is not committed: it is
-        delivered again after a restart.
+        """A pipeline of three batches, each stage in order: batch k+1 is fetched and decoded on
+        the loop while batch k's forward pass runs in the worker thread (torch releases the
+        GIL), and batch k−1's alerts are published, acknowledged and committed (its *tail*,
+        :meth:`_finish`). Batches are scored, published and committed in order. A batch fetched
+        but not processed when ``stop`` is set is not committed: it is delivered again after a
+        restart; a batch scored is published and committed before the loop returns.
 
-        Back-pressure: this is the only queue, and it holds one batch. Batch k+2 is not asked
-        for until batch k is published and committed, and the consumer fetches a partition
-        again only once its buffered records were taken, so when inference falls behind,
-        fetching stops and the backlog waits in Kafka (as consumer lag), not in memory: at most
-        2 × ``service.max_batch_records`` records are in flight (the ``records_in_flight``
-        gauge), plus the consumer's buffer (``kafka.fetch_max_bytes``,
+        Back-pressure: the pipeline is the only queue. Batch k+2 is not asked for until batch
+        k's forward pass is done and batch k−1 is published and committed, and the consumer
+        fetches a partition again only once its buffered records were taken, so when inference
+        falls behind, fetching stops and the backlog waits in Kafka (as consumer lag), not in
+        memory: at most 3 × ``service.max_batch_records`` records are in flight (the
+        ``records_in_flight`` gauge), plus the consumer's buffer (``kafka.fetch_max_bytes``,
         ``kafka.max_partition_fetch_bytes``)."""
         assert self._source is not None
         source = self._source
-        in_flight = 0
 
         async def fetch() -> SourceBatch:
-            nonlocal in_flight
             batch = await source.next_batch()
-            in_flight += batch.n_consumed
-            self.metrics.set_records_in_flight(in_flight)
+            self._in_flight(batch.n_consumed)
             return batch
 
         pending = asyncio.create_task(fetch())
+        stopped = False
         try:
             while not stop.is_set():
                 batch = await pending
                 pending = asyncio.create_task(fetch())
                 if batch.n_consumed or batch.replay is not None:
                     await self._step(consumer, batch)
-                    in_flight -= batch.n_consumed
-                    self.metrics.set_records_in_flight(in_flight)
                 await self._tick()  # what the clock alone raises, busy or idle
+            stopped = True
         finally:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pending
+            if not stopped and self._tail is not None:
+                # an error: the batch in its tail is not committed, and is delivered again
+                self._tail.cancel()
+                await asyncio.gather(self._tail, return_exceptions=True)
+                self._tail = None
+        await self._drain()  # a stop: the batch scored last is published and committed
+
+    def _in_flight(self, n: int) -> None:
+        self._records_in_flight += n
+        self.metrics.set_records_in_flight(self._records_in_flight)
+
+    async def _drain(self) -> None:
+        """Wait for the batch in its tail to be published and committed (raises what it
+        raised)."""
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            await tail
+
+    async def _settled(self) -> None:
+        """Wait for the batch in its tail to end, leaving what it raised to the loop (a
+        rebalance listener's error would only be logged by the consumer)."""
+        if self._tail is not None:
+            await asyncio.wait({self._tail})
 
     async def _step(self, consumer: AIOKafkaConsumer, batch: SourceBatch) -> None:
+        """Score a batch (:meth:`_process`), then hand it to its tail (:meth:`_finish`), which
+        runs while the next batch is scored. What reads or changes the state of the tail's
+        batch waits for it: a model swap, a replay, an eviction, a revoke, an assignment, the
+        clock's alerts and a stop."""
         assert self._source is not None
-        alerts: tuple[Alert, ...] = ()
-        async with self._lock:  # a revoke waits for this batch to be published and committed
+        async with self._lock:  # a revoke waits for this batch to be scored, then for its tail
             if batch.generation != self._source.generation:
                 # fetched before a rebalance: delivered again from the committed offset
                 self.metrics.add_records_dropped_stale(batch.n_consumed)
+                self._in_flight(-batch.n_consumed)
                 log.debug("dropped %d records fetched before a rebalance", batch.n_consumed)
                 return
-            closed = self._swap_model()  # between batches: this batch is the new model's
+            swap = self.lifecycle.take_swap()
+            if batch.replay is not None or swap is not None:
+                await self._drain()
+            closed = self._swap_model(swap)  # between batches: this batch is the new model's
             if batch.replay is not None:
                 await self._rebuild(batch.replay)
-            if batch.n_consumed or closed:
-                alerts = await self._process(batch, closed)
-            done = time.time()
-            for observe in self.batch_observers:
-                observe(batch, done)
-        await self._observe_lag(consumer, batch.next_offsets)
-        events = self.lifecycle.take_events()
-        if events:
-            await self._publish_events(events)
-        self._log_alerts(alerts)
+            scored = await self._process(batch, closed) if batch.n_consumed or closed else None
+            await self._drain()  # the batch before: published and committed, in order
+            self._tail = asyncio.create_task(self._finish(consumer, batch, scored))
+            if scored is not None and scored.evicted:
+                await self._drain()  # the evicted series leave the state before the next batch
 
     def _log_alerts(self, alerts: Sequence[Alert]) -> None:
         for a in alerts:
@@ -334,6 +365,7 @@ class Service:
             alerts = self.live.scorer.tick()
             if not alerts:
                 return
+            await self._drain()  # the batch before published first: its alerts came first
             try:  # bounded: the lock is held, and a broker that went away makes every series stale
                 await asyncio.wait_for(self._sink.publish(alerts, ()), 5.0)
             except (KafkaError, TimeoutError) as exc:
@@ -363,12 +395,13 @@ class Service:
         did all of that)."""
         ready, scored, _ = await self._infer(replay)
         self.lifecycle.hold(ready, scored.alerts)  # an open episode's windows, rebuilt too
-        self._track(replay, scored.alerts)
+        still_open = self.live.open_series(all_kinds=True) if scored.alerts else frozenset()
+        self._track(replay, scored.alerts, still_open)
         self.metrics.add_records_replayed(replay.n_consumed)
 
-    async def _process(self, batch: SourceBatch, closed: tuple[Alert, ...]) -> tuple[Alert, ...]:
-        """Score, publish (awaiting acks), commit the processed position, then checkpoint."""
-        assert self._source is not None and self._sink is not None
+    async def _process(self, batch: SourceBatch, closed: tuple[Alert, ...]) -> _Scored:
+        """Windows, forward pass and scores of a batch, and the alerts they raise; the state
+        of every series moves on. Nothing is published here (:meth:`_finish`)."""
         live, store = self.live, self.live.store
         late_before = store.counters["late"]
         evicted_before = _evictions(store)
@@ -378,32 +411,70 @@ class Service:
             store.evict_idle(float(batch.records.ts.max()))
         # Series the store evicted (idle, or over service.max_series): an open episode closes
         # now (reason "evicted"), published and committed with this batch, since no replay
-        # after the commit could produce it; then the series leave every part of the state,
-        # so that memory stays bounded by the store's bounds. The set differences cost a pass
-        # over every series held: only when the store evicted any.
+        # after the commit could produce it; then the series leave every part of the state
+        # (in the tail, before the next batch), so that memory stays bounded by the store's
+        # bounds. The set differences cost a pass over every series held: only when the
+        # store evicted any.
         evicted = _evictions(store) != evicted_before
         gone = live.series() - store.series() if evicted else frozenset()
         alerts = closed + scored.alerts + live.scorer.close(self._last_ts, "evicted", gone)
         self.lifecycle.hold(ready, alerts)
-        await self._sink.publish(alerts, batch.rejected)
-        self._track(batch, alerts)
-        if evicted:
-            self.state.drop((self._watermark.series() | live.series()) - store.series())
-        committed = await self._source.commit(batch.next_offsets)
-        if committed:
-            assert self._checkpoints is not None
-            await self._checkpoints.save_commits(committed, self._watermark.replay_starts)
-        late = store.counters["late"] - late_before
-        self._record(batch, len(ready), late, alerts, inference_s)
-        self.metrics.add_windows_scored(len(scored), int(scored.is_alert.sum()))
-        self.metrics.set_series_held(store.n_series)
-        for reason, n in scored.suppressed.items():
-            self.metrics.add_alerts_suppressed(reason, n)
-        return alerts
+        return _Scored(
+            alerts=alerts,
+            # the episodes open after this batch, for the replay starts (the tail runs while
+            # the next batch moves the scorer on)
+            still_open=live.open_series(all_kinds=True) if alerts else frozenset(),
+            evicted=evicted,
+            windows=len(ready),
+            late=store.counters["late"] - late_before,
+            inference_s=inference_s,
+            n_alerted=int(scored.is_alert.sum()),
+            suppressed=dict(scored.suppressed),
+            series_held=store.n_series,
+        )
 
-    def _track(self, batch: SourceBatch, alerts: Sequence[Alert]) -> None:
+    async def _finish(
+        self, consumer: AIOKafkaConsumer, batch: SourceBatch, scored: _Scored | None
+    ) -> None:
+        """A batch's tail: publish its alerts and dead letters (awaiting acks), commit the
+        processed position, then checkpoint; the metrics, lag and model events after."""
+        assert self._source is not None and self._sink is not None
+        try:
+            if scored is not None:
+                await self._sink.publish(scored.alerts, batch.rejected)
+                self._track(batch, scored.alerts, scored.still_open)
+                if scored.evicted:
+                    live = self.live
+                    self.state.drop(
+                        (self._watermark.series() | live.series()) - live.store.series()
+                    )
+                committed = await self._source.commit(batch.next_offsets)
+                if committed:
+                    assert self._checkpoints is not None
+                    await self._checkpoints.save_commits(committed, self._watermark.replay_starts)
+                self._record(batch, scored.windows, scored.late, scored.alerts, scored.inference_s)
+                self.metrics.add_windows_scored(scored.windows, scored.n_alerted)
+                self.metrics.set_series_held(scored.series_held)
+                for reason, n in scored.suppressed.items():
+                    self.metrics.add_alerts_suppressed(reason, n)
+            done = time.time()
+            for observe in self.batch_observers:
+                observe(batch, done)
+        finally:
+            self._in_flight(-batch.n_consumed)
+        await self._observe_lag(consumer, batch.next_offsets)
+        events = self.lifecycle.take_events()
+        if events:
+            await self._publish_events(events)
+        if scored is not None:
+            self._log_alerts(scored.alerts)
+
+    def _track(
+        self, batch: SourceBatch, alerts: Sequence[Alert], still_open: frozenset[str] = frozenset()
+    ) -> None:
         """Keep the replay starts up to date: the records' offsets and the episodes opened and
-        closed; count series seen on a second partition, and warn once for each."""
+        closed (``still_open``: the series with an episode open after the batch, of any kind);
+        count series seen on a second partition, and warn once for each."""
         before = self._watermark.n_moves
         moved = self._watermark.observe(batch.records.series_ids, batch.partitions, batch.offsets)
         self.metrics.add_series_partition_conflicts(self._watermark.n_moves - before)
@@ -415,7 +486,6 @@ class Service:
                 self._watermark.partition_of(sid),
                 extra={"series": sid, "partition": self._watermark.partition_of(sid)},
             )
-        still_open = self.live.open_series(all_kinds=True) if alerts else frozenset()
         for a in alerts:
             if a.event == "open":
                 self._watermark.episode_opened(a.series_id)
@@ -432,10 +502,9 @@ class Service:
         except Exception as exc:
             log.error("could not publish %d model events to %s: %s", len(events), topic, exc)
 
-    def _swap_model(self) -> tuple[Alert, ...]:
-        """Install a promoted version, if one is loaded (:meth:`LiveModel.install`: its
+    def _swap_model(self, swap: Swap | None) -> tuple[Alert, ...]:
+        """Install a promoted version, if one was loaded (:meth:`LiveModel.install`: its
         episodes end with the old model, the EMA restarts, the windows carry over)."""
-        swap = self.lifecycle.take_swap()
         if swap is None:
             return ()
         old = self.live.version
@@ -514,6 +583,7 @@ class Service:
         gone = set(revoked)
         async with self._lock:
             self._source.generation += 1
+            await self._settled()  # the batch scored last: published and committed
             try:
                 # what the throttle held back
                 await self._checkpoints.flush(gone, self._watermark.replay_starts)
@@ -548,6 +618,7 @@ class Service:
         consumer.pause(*assigned)  # before any await
         try:
             async with self._lock:
+                await self._settled()
                 replays = await self._take_over(consumer, assigned)
                 self._source.generation += 1
                 self._n_assignments += 1
@@ -626,6 +697,21 @@ class Service:
                 replays[tp] = c - start
         await self._checkpoints.save(fresh, force=True)
         return replays
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    """What scoring a batch leaves for its tail (:meth:`Service._finish`)."""
+
+    alerts: tuple[Alert, ...]
+    still_open: frozenset[str]
+    evicted: bool
+    windows: int
+    late: int
+    inference_s: float
+    n_alerted: int
+    suppressed: dict[str, int]
+    series_held: int
 
 
 def _evictions(store: WindowStore) -> int:
