@@ -12,8 +12,8 @@ core in the same run.
 3. half load: a producer sends at half the saturated rate for --seconds; per-record latency is
    Kafka append time → the record's batch published, acknowledged and committed; p50/p99.
    ``--breakdown`` splits it into three stages: append → the batch fetched and decoded, fetched →
-   its step begins (the batch before it still in its step), the step itself (windows, forward
-   pass, scores, publish, commit).
+   its step begins (the batch before it still being scored), the step itself (windows, forward
+   pass, scores, then its tail: publish, acks, commit).
 """
 
 from __future__ import annotations
