@@ -92,6 +92,40 @@ def test_writes_are_throttled_and_a_held_back_start_is_flushed(broker: EmbeddedB
     assert same == {P0: Checkpoint(3, 4)}
 
 
+def test_a_held_commit_whose_successor_failed_is_not_flushed(broker: EmbeddedBroker) -> None:
+    """A commit held back by the throttle, then a commit that failed after the state moved on:
+    the held one's start would be computed from the newer state (later than it needs), so it
+    is dropped, and the start written before stays."""
+    topic = f"state-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> tuple[
+        dict[TopicPartition, Checkpoint], list[dict[TopicPartition, int]]
+    ]:
+        k = _kafka(broker, "g")
+        producer = make_producer(k)
+        await producer.start()
+        try:
+            store = CheckpointStore(k, producer, topic=topic, interval_s=3600.0)
+            await store.ensure_topic()
+            asked: list[dict[TopicPartition, int]] = []
+
+            def starts(committed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+                asked.append(dict(committed))
+                return {tp: c - 1 for tp, c in committed.items()}
+
+            await store.save_commits({P0: 2, P1: 2}, starts)  # written
+            await store.save_commits({P0: 4, P1: 4}, starts)  # held back
+            store.abandon([P0])  # the next commit of P0 failed
+            await store.flush([P0, P1], starts)  # a revoke
+            return await store.load([P0, P1]), asked
+        finally:
+            await producer.stop()
+
+    found, asked = asyncio.run(scenario())
+    assert found == {P0: Checkpoint(1, 2), P1: Checkpoint(3, 4)}
+    assert asked == [{P0: 2, P1: 2}, {P1: 4}]
+
+
 class _TornDown:
     """A consumer whose stop() surfaces its fetcher's CancelledError (aiokafka, broker down)."""
 

@@ -288,12 +288,15 @@ class Service:
         finally:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await pending
+                unprocessed = await pending  # fetched, never processed: delivered again
+                self._in_flight(-unprocessed.n_consumed)
             if not stopped and self._tail is not None:
-                # an error: the batch in its tail is not committed, and is delivered again
-                self._tail.cancel()
-                await asyncio.gather(self._tail, return_exceptions=True)
-                self._tail = None
+                # an error: the batch before it still ends its tail (bounded: a broker gone
+                # holds it); cut short, its records are delivered again after a restart
+                tail, self._tail = self._tail, None
+                await asyncio.wait({tail}, timeout=self.settings.service.shutdown_timeout_s)
+                tail.cancel()
+                await asyncio.gather(tail, return_exceptions=True)
         await self._drain()  # a stop: the batch scored last is published and committed
 
     def _in_flight(self, n: int) -> None:
@@ -302,10 +305,15 @@ class Service:
 
     async def _drain(self) -> None:
         """Wait for the batch in its tail to be published and committed (raises what it
-        raised)."""
-        tail, self._tail = self._tail, None
-        if tail is not None:
+        raised). The tail stays visible until it ends: a revoke meanwhile waits for it."""
+        tail = self._tail
+        if tail is None:
+            return
+        try:
             await tail
+        finally:
+            if self._tail is tail:
+                self._tail = None
 
     async def _settled(self) -> None:
         """Wait for the batch in its tail to end, leaving what it raised to the loop (a
@@ -448,9 +456,15 @@ class Service:
                     self.state.drop(
                         (self._watermark.series() | live.series()) - live.store.series()
                     )
-                committed = await self._source.commit(batch.next_offsets)
+                assert self._checkpoints is not None
+                committed: dict[TopicPartition, int] = {}
+                try:
+                    committed = await self._source.commit(batch.next_offsets)
+                finally:
+                    # A commit that failed or raised: the watermark has moved past the commits
+                    # held back by the throttle, whose starts it can no longer compute.
+                    self._checkpoints.abandon(batch.next_offsets.keys() - committed.keys())
                 if committed:
-                    assert self._checkpoints is not None
                     await self._checkpoints.save_commits(committed, self._watermark.replay_starts)
                 self._record(batch, scored.windows, scored.late, scored.alerts, scored.inference_s)
                 self.metrics.add_windows_scored(scored.windows, scored.n_alerted)

@@ -241,6 +241,14 @@ class CheckpointStore:
             self._computed_at[tp] = now
         return {tp: Checkpoint(found[tp], c) for tp, c in commits.items()}
 
+    def abandon(self, partitions: Iterable[TopicPartition]) -> None:
+        """A commit of these partitions failed after the state moved on: the commits held
+        back for them are dropped, not computed later (their starts would be computed for the
+        newer state, and could be later than those commits need). The start written last
+        stays: it is earlier, so valid."""
+        for tp in partitions:
+            self._commits.pop(tp, None)
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop what is remembered of partitions no longer ours (another owner writes them)."""
         for tp in partitions:
