@@ -19,7 +19,10 @@ failed, the series' records between the two commits would be missing. So a check
 only after its commit succeeded, and one is written before a partition's first commit (its start
 then is where consumption started, with no state). Whatever crash comes between, the checkpoint
 on record was made for a commit at or before the committed offset. Writes are throttled
-(``service.checkpoint_interval_s``): a stale start only makes the replay longer. The starts
+(``service.checkpoint_interval_s``): a stale start only makes the replay longer. A commit held
+back by the throttle is computed when a write is due, from the state then; if a later commit of
+its partition failed, that state is past it, so the held commit is dropped (:meth:`abandon`)
+and the start written before it stays. The starts
 themselves (a pass over every series held) are computed only when a write is due, and for
 what the throttle held back, when a partition is revoked or the service stops.
 
