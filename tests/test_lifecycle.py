@@ -229,7 +229,11 @@ def test_regime_change_is_detected_retrained_promoted_and_swapped(
         f"{len(gaps)} batch gaps meanwhile; longest {longest_ms:.0f} ms; "
         f"median {1000 * float(np.median(gaps)):.0f} ms"
     )
-    assert longest_ms < 200
+    # A job that held the loop would leave gaps of seconds (it trains for ~20 s). Measured alone
+    # on 2 cores: 146-162 ms with each batch published before the next was scored, 169-177 ms
+    # since a batch's tail runs beside the next one's scoring (its acks then wait for the loop
+    # between the next batch's windows and scores), 201 ms once in the full suite.
+    assert longest_ms < 250
     # the alert rate after the swap is back within 2× the target (it was ~80% before), over the
     # next 300 steps (the data's slow cycle, 240-1,600 steps, and its AR drift move on later:
     # the monitor, reset at the swap, watches for that)
