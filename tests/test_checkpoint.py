@@ -27,6 +27,17 @@ def _kafka(broker: EmbeddedBroker, group: str) -> KafkaSettings:
     return KafkaSettings(bootstrap_servers=broker.bootstrap_servers, group_id=group)
 
 
+class _Starts:
+    """Replay starts one before each commit, recording what it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[TopicPartition, int]] = []
+
+    def __call__(self, committed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        self.asked.append(dict(committed))
+        return {tp: c - 1 for tp, c in committed.items()}
+
+
 def test_the_latest_start_of_each_partition_is_found_per_group(broker: EmbeddedBroker) -> None:
     topic = f"state-{uuid.uuid4().hex[:8]}"
 
@@ -67,11 +78,8 @@ def test_writes_are_throttled_and_a_held_back_start_is_flushed(broker: EmbeddedB
             store = CheckpointStore(k, producer, topic=topic, interval_s=3600.0)
             await store.ensure_topic()
             seen = []
-            asked: list[dict[TopicPartition, int]] = []
-
-            def starts(committed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-                asked.append(dict(committed))  # a pass over every series, in the service
-                return {tp: c - 1 for tp, c in committed.items()}
+            starts = _Starts()  # a pass over every series, in the service
+            asked = starts.asked
 
             await store.save_commits({P0: 2}, starts)  # the first write of a partition: now
             await store.save_commits({P0: 4}, starts)  # within the interval: held back
@@ -107,11 +115,8 @@ def test_a_held_commit_whose_successor_failed_is_not_flushed(broker: EmbeddedBro
         try:
             store = CheckpointStore(k, producer, topic=topic, interval_s=3600.0)
             await store.ensure_topic()
-            asked: list[dict[TopicPartition, int]] = []
-
-            def starts(committed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-                asked.append(dict(committed))
-                return {tp: c - 1 for tp, c in committed.items()}
+            starts = _Starts()
+            asked = starts.asked
 
             await store.save_commits({P0: 2, P1: 2}, starts)  # written
             await store.save_commits({P0: 4, P1: 4}, starts)  # held back

@@ -484,7 +484,7 @@ class Service:
             self._log_alerts(scored.alerts)
 
     def _track(
-        self, batch: SourceBatch, alerts: Sequence[Alert], still_open: frozenset[str] = frozenset()
+        self, batch: SourceBatch, alerts: Sequence[Alert], still_open: frozenset[str]
     ) -> None:
         """Keep the replay starts up to date: the records' offsets and the episodes opened and
         closed (``still_open``: the series with an episode open after the batch, of any kind);
